@@ -1,0 +1,37 @@
+# `make train` and `make test` set up .venv from pinned versions (requirements.lock) when needed.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+ARGS ?=
+
+.PHONY: train test test-slow test-all bench lint clean-venv
+
+$(STAMP): requirements.lock pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.lock
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+train: $(STAMP)
+	$(PY) -m autocomp.train $(ARGS)
+
+test: $(STAMP)
+	$(PY) -m pytest -q -m "not slow" $(ARGS)
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow $(ARGS)
+
+test-all: $(STAMP)
+	$(PY) -m pytest -q $(ARGS)
+
+bench: $(STAMP)
+	$(PY) -m autocomp.bench search $(ARGS)
+
+lint: $(STAMP)
+	$(PY) -m ruff check autocomp agents envs tests
+	$(PY) -m ruff format --check autocomp agents envs tests
+
+clean-venv:
+	rm -rf $(VENV)

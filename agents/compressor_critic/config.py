@@ -1,0 +1,43 @@
+"""Config of the compressor-critic agent."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class CompressorCriticConfig:
+    """Compressor-critic (DeepIoT-style actor-critic over the layer sequence).
+
+    Attributes:
+        name: agent name (selects the agent in ``autocomp.train``).
+        episodes: total episodes, i.e. plans evaluated.
+        batch_episodes: episodes rolled out (in lockstep) per policy-gradient update.
+        updates_per_chunk: updates run in one jitted ``lax.scan`` between host-side logging.
+        hidden: width of the LSTM compressor (DeepIoT uses 64).
+        learning_rate: Adam step size.
+        entropy_coef: weight of the entropy bonus (exploration).
+        entropy_final_frac: entropy weight at the end as a share of the start (linear decay).
+        value_coef: weight of the critic's squared error.
+        max_grad_norm: global gradient-norm clip.
+    """
+
+    name: str = "compressor_critic"
+    episodes: int = 2048
+    batch_episodes: int = 32
+    updates_per_chunk: int = 4
+    hidden: int = 64
+    learning_rate: float = 3e-3
+    entropy_coef: float = 0.02
+    entropy_final_frac: float = 0.1
+    value_coef: float = 0.5
+    max_grad_norm: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.episodes < self.batch_episodes or self.batch_episodes < 2:
+            raise ValueError(
+                f"agent.episodes={self.episodes} must be >= agent.batch_episodes="
+                f"{self.batch_episodes} >= 2"
+            )
+        if self.updates_per_chunk < 1 or self.hidden < 1 or self.learning_rate <= 0:
+            raise ValueError("agent.updates_per_chunk, hidden and learning_rate must be > 0")

@@ -1,0 +1,271 @@
+"""Typed config schemas, registered with Hydra's ConfigStore so a typo fails at compose time.
+
+Library code takes these dataclasses; only entry points touch ``DictConfig``. Cross-field checks
+live in ``__post_init__`` so they run both for YAML-composed configs (``OmegaConf.to_object``)
+and for configs built in Python (tests).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import MISSING
+
+LAYER_KINDS = ("conv", "dense", "maxpool", "avgpool", "flatten")
+ACTIVATIONS = ("relu", "none")
+
+
+class ConfigError(ValueError):
+    """A config value that composes but makes no sense; the message names the key and the fix."""
+
+
+@dataclass
+class LayerConfig:
+    """One layer of a sequential model.
+
+    Attributes:
+        kind: one of ``conv``, ``dense``, ``maxpool``, ``avgpool``, ``flatten``.
+        name: unique layer name (becomes the params pytree key); required for conv/dense.
+        features: output channels (conv) or units (dense).
+        kernel: square kernel size (conv) or pooling window (pools).
+        stride: stride of conv or pool (pools default to their window).
+        activation: ``relu`` or ``none`` applied after a conv/dense.
+    """
+
+    kind: str = MISSING
+    name: str | None = None
+    features: int = 0
+    kernel: int = 1
+    stride: int = 1
+    activation: str = "relu"
+
+    def __post_init__(self) -> None:
+        if self.kind not in LAYER_KINDS:
+            raise ConfigError(f"model.layers: unknown kind {self.kind!r}; use one of {LAYER_KINDS}")
+        if self.activation not in ACTIVATIONS:
+            raise ConfigError(
+                f"model.layers[{self.name}]: activation {self.activation!r} not in {ACTIVATIONS}"
+            )
+        if self.kind in ("conv", "dense"):
+            if not self.name:
+                raise ConfigError(f"model.layers: every {self.kind} layer needs a name")
+            if self.features <= 0:
+                raise ConfigError(f"model.layers[{self.name}]: features must be > 0")
+        if self.kernel <= 0 or self.stride <= 0:
+            raise ConfigError(f"model.layers[{self.name or self.kind}]: kernel/stride must be > 0")
+
+
+@dataclass
+class ModelConfig:
+    """A sequential CNN. ``input_shape`` is (H, W, C) and ``num_classes`` the last layer's width."""
+
+    name: str = MISSING
+    input_shape: list[int] = field(default_factory=lambda: [8, 8, 1])
+    num_classes: int = 10
+    layers: list[LayerConfig] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        names = [layer.name for layer in self.layers if layer.name]
+        if len(names) != len(set(names)):
+            raise ConfigError(f"model.layers: layer names must be unique, got {names}")
+        weighted = [layer for layer in self.layers if layer.kind in ("conv", "dense")]
+        if not weighted or weighted[-1].kind != "dense":
+            raise ConfigError("model.layers: the last weighted layer must be a dense classifier")
+        if weighted[-1].features != self.num_classes:
+            raise ConfigError(
+                f"model.layers: last dense has {weighted[-1].features} units but "
+                f"model.num_classes={self.num_classes}"
+            )
+
+
+@dataclass
+class DataConfig:
+    """Where the data comes from and how it is split.
+
+    Attributes:
+        source: ``digits`` (scikit-learn's bundled 8x8 digits, no network needed).
+        path: file or folder for file-based sources.
+        val_fraction: share of the non-test data held out for validation (the search's metric).
+        test_fraction: share of all data held out for the final test (digits only).
+        split_seed: seed of the fixed train/val/test split (independent of the run seed).
+    """
+
+    source: str = "digits"
+    path: str | None = None
+    val_fraction: float = 0.15
+    test_fraction: float = 0.2
+    split_seed: int = 0
+
+    def __post_init__(self) -> None:
+        for key in ("val_fraction", "test_fraction"):
+            value = getattr(self, key)
+            if not 0.0 < value < 0.5:
+                raise ConfigError(f"data.{key}={value} must be in (0, 0.5)")
+
+
+@dataclass
+class TrainConfig:
+    """Training of the base model, cached under ``cache_dir`` by (model, data, seed, this).
+
+    ``cache_dir`` None means ``$AUTOCOMP_CACHE`` or ``~/.cache/autocomp``.
+    """
+
+    epochs: int = 40
+    batch_size: int = 64
+    learning_rate: float = 2e-3
+    weight_decay: float = 1e-4
+    cache_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.epochs < 0 or self.batch_size <= 0 or self.learning_rate <= 0:
+            raise ConfigError("base: epochs >= 0, batch_size > 0 and learning_rate > 0 required")
+
+
+@dataclass
+class FinetuneConfig:
+    """Knowledge-distillation fine-tuning of the materialized model (Hinton et al., 2015)."""
+
+    epochs: int = 30
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+    temperature: float = 4.0
+    alpha: float = 0.5  # weight of the hard-label loss; 1 - alpha goes to the teacher
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ConfigError(f"finetune.alpha={self.alpha} must be in [0, 1]")
+        if self.temperature <= 0:
+            raise ConfigError(f"finetune.temperature={self.temperature} must be > 0")
+
+
+@dataclass
+class EnvConfig:
+    """The compression environment.
+
+    Attributes:
+        techniques: technique names the agent may choose from, in action-index order.
+        ratios: compression ratio bins (fraction removed), each in [0, 1); the first must be 0.
+        val_examples: cap on validation examples scored per plan (None: all).
+    """
+
+    techniques: list[str] = field(
+        default_factory=lambda: ["keep", "magnitude", "filter", "svd"]
+    )
+    ratios: list[float] = field(
+        default_factory=lambda: [0.0, 0.25, 0.5, 0.625, 0.75, 0.875, 0.9375]
+    )
+    val_examples: int | None = None
+
+    def __post_init__(self) -> None:
+        for i, ratio in enumerate(self.ratios):
+            if not 0.0 <= ratio < 1.0:
+                raise ConfigError(
+                    f"env.ratios[{i}]={ratio} is out of range: a ratio is the fraction removed "
+                    "and must be in [0, 1), e.g. env.ratios=[0,0.5,0.75]"
+                )
+        if not self.ratios or self.ratios[0] != 0.0:
+            raise ConfigError("env.ratios must start with 0.0 (the uncompressed bin)")
+        if list(self.ratios) != sorted(set(self.ratios)):
+            raise ConfigError(f"env.ratios={list(self.ratios)} must be strictly increasing")
+        if "keep" not in self.techniques:
+            raise ConfigError("env.techniques must include 'keep' so every layer has a choice")
+
+
+@dataclass
+class RewardConfig:
+    """Reward weights and hard budgets.
+
+    reward = accuracy_weight * (acc - base_acc)
+             + latency_weight * (1 - lat/base_lat) + energy_weight * (1 - energy/base_energy)
+             + size_weight * (1 - bytes/base_bytes) - violation_penalty * [budget violated]
+
+    Budgets are absolute (``max_latency_ms``, ``max_energy_mj``, ``max_bytes``) or relative to the
+    base model (``max_*_frac``); where both are set the tighter one holds. ``None`` means none.
+    """
+
+    accuracy_weight: float = 1.0
+    latency_weight: float = 0.1
+    energy_weight: float = 0.05
+    size_weight: float = 0.05
+    violation_penalty: float = 1.0
+    max_latency_ms: float | None = None
+    max_energy_mj: float | None = None
+    max_bytes: float | None = None
+    max_latency_frac: float | None = None
+    max_energy_frac: float | None = None
+    max_bytes_frac: float | None = None
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ConfigError(f"reward.{f.name}={value!r} must be a number")
+            if f.name.startswith("max_") and value <= 0:
+                raise ConfigError(f"reward.{f.name}={value} must be > 0 (or null for no budget)")
+            if f.name.endswith("_frac") and value > 1:
+                raise ConfigError(f"reward.{f.name}={value} is a fraction of the base: use <= 1")
+
+
+@dataclass
+class DeviceConfig:
+    """Target device: a cost profile file (path, or a name shipped in autocomp/devices)."""
+
+    name: str = MISSING
+    profile: str = MISSING
+
+
+@dataclass
+class LoggerConfig:
+    """Run tracking. ``name``: ``wandb`` or ``none``; wandb runs offline unless ``mode=online``."""
+
+    name: str = "wandb"
+    project: str = "autocomp"
+    mode: str = "offline"
+    tags: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.name not in ("wandb", "none"):
+            raise ConfigError(f"logger.name={self.name!r}: use logger=wandb or logger=none")
+        if self.mode not in ("offline", "online", "disabled"):
+            raise ConfigError(f"logger.mode={self.mode!r}: use offline, online or disabled")
+
+
+@dataclass
+class RootConfig:
+    """The whole run. Groups are directories of ``experiments/``."""
+
+    name: str = "digits"
+    seed: int = 0
+    model: ModelConfig = MISSING
+    data: DataConfig = MISSING
+    base: TrainConfig = field(default_factory=TrainConfig)
+    env: EnvConfig = field(default_factory=EnvConfig)
+    agent: Any = MISSING
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    device: DeviceConfig = MISSING
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    resume: bool = True
+
+
+def register_configs(agent_schemas: dict[str, type]) -> None:
+    """Register the schemas with Hydra's ConfigStore (idempotent).
+
+    Args:
+        agent_schemas: agent name -> its config dataclass; stored as ``agent/<name>_schema``.
+    """
+    from hydra.core.config_store import ConfigStore
+
+    cs = ConfigStore.instance()
+    cs.store(name="root_schema", node=RootConfig)
+    cs.store(group="model", name="model_schema", node=ModelConfig)
+    cs.store(group="data", name="data_schema", node=DataConfig)
+    cs.store(group="reward", name="reward_schema", node=RewardConfig)
+    cs.store(group="device", name="device_schema", node=DeviceConfig)
+    cs.store(group="logger", name="logger_schema", node=LoggerConfig)
+    for name, schema in agent_schemas.items():
+        cs.store(group="agent", name=f"{name}_schema", node=schema)

@@ -1,0 +1,75 @@
+"""Data sources. The embedded default is scikit-learn's bundled 8x8 digits: no network needed."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterator
+from typing import NamedTuple
+
+import numpy as np
+
+from autocomp.config import DataConfig
+
+
+class DataError(ValueError):
+    """A data set that cannot be loaded; the message says how to fix it."""
+
+
+class Dataset(NamedTuple):
+    """Train/validation/test splits as float32 NHWC images in [0, 1] and int32 labels."""
+
+    name: str
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    num_classes: int
+
+    def fingerprint(self) -> str:
+        """A short hash of the data, part of the base-model cache key."""
+        h = hashlib.sha256()
+        for arr in (self.x_train, self.y_train, self.x_val, self.y_val):
+            h.update(np.ascontiguousarray(arr).tobytes())
+        return h.hexdigest()[:16]
+
+
+def _split(x: np.ndarray, y: np.ndarray, cfg: DataConfig, name: str, classes: int) -> Dataset:
+    """A fixed, seeded, stratification-free split into train/val/test."""
+    order = np.random.default_rng(cfg.split_seed).permutation(len(x))
+    n_test = int(round(cfg.test_fraction * len(x)))
+    n_val = int(round(cfg.val_fraction * (len(x) - n_test)))
+    test, val, train = np.split(order, [n_test, n_test + n_val])
+    return Dataset(name, x[train], y[train], x[val], y[val], x[test], y[test], classes)
+
+
+def load_digits(cfg: DataConfig) -> Dataset:
+    from sklearn.datasets import load_digits as sk_load_digits
+
+    bunch = sk_load_digits()
+    x = (bunch.images.astype(np.float32) / 16.0)[..., None]
+    y = bunch.target.astype(np.int32)
+    return _split(x, y, cfg, "digits", 10)
+
+
+SOURCES: dict[str, Callable[[DataConfig], Dataset]] = {"digits": load_digits}
+
+
+def load_dataset(cfg: DataConfig) -> Dataset:
+    """Load the data set named by ``cfg.source``."""
+    if cfg.source not in SOURCES:
+        raise DataError(f"data.source={cfg.source!r} is unknown; available: {sorted(SOURCES)}")
+    return SOURCES[cfg.source](cfg)
+
+
+def batches(
+    x: np.ndarray, y: np.ndarray, batch_size: int, rng: np.random.Generator | None = None
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Minibatches; shuffled when ``rng`` is given. The last partial batch is dropped when
+    shuffling (fixed shapes mean one compiled step)."""
+    idx = rng.permutation(len(x)) if rng is not None else np.arange(len(x))
+    stop = len(x) - (len(x) % batch_size) if rng is not None else len(x)
+    for start in range(0, stop, batch_size):
+        sel = idx[start : start + batch_size]
+        yield x[sel], y[sel]

@@ -1,0 +1,170 @@
+"""Plans: per-layer (technique, ratio) choices, their JSON form, and materialization.
+
+A plan is data. During search it is two int arrays applied inside one compiled function; once
+chosen it is materialized here, on the host, into a really smaller model: real shapes, pruned
+filters removed (with the next layer's inputs), factorized layers split in two.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from autocomp.layers import LayerInfo
+from autocomp.models import Op
+from autocomp.techniques import Technique, TechniqueError, check_ratio
+
+PLAN_VERSION = 1
+
+
+class PlanError(ValueError):
+    """A plan that does not fit the model; the message names the layer and the problem."""
+
+
+@dataclass(frozen=True)
+class LayerChoice:
+    """One layer of a plan, with what it became (filled in when the plan is materialized)."""
+
+    name: str
+    technique: str
+    ratio: float
+    shape: list = field(default_factory=list)
+    latency_ms: float | None = None
+    energy_mj: float | None = None
+    params: int | None = None
+    bytes: int | None = None
+
+
+@dataclass(frozen=True)
+class Plan:
+    model: str
+    layers: tuple[LayerChoice, ...]
+    version: int = PLAN_VERSION
+
+    def to_json(self) -> str:
+        doc = {"version": self.version, "model": self.model,
+               "layers": [asdict(layer) for layer in self.layers]}
+        return json.dumps(doc, indent=2) + "\n"
+
+    @staticmethod
+    def from_json(text: str) -> Plan:
+        """Parse a plan (JSON only: nothing in it is ever executed)."""
+        try:
+            doc = json.loads(text)
+            if doc.get("version") != PLAN_VERSION:
+                raise PlanError(f"plan version {doc.get('version')!r}, expected {PLAN_VERSION}")
+            layers = tuple(
+                LayerChoice(
+                    name=str(layer["name"]),
+                    technique=str(layer["technique"]),
+                    ratio=float(layer["ratio"]),
+                    shape=list(layer.get("shape", [])),
+                    latency_ms=layer.get("latency_ms"),
+                    energy_mj=layer.get("energy_mj"),
+                    params=layer.get("params"),
+                    bytes=layer.get("bytes"),
+                )
+                for layer in doc["layers"]
+            )
+            return Plan(model=str(doc["model"]), layers=layers)
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as err:
+            if isinstance(err, PlanError):
+                raise
+            raise PlanError(f"malformed plan: {err!r}") from err
+
+    @staticmethod
+    def load(path: str | Path) -> Plan:
+        return Plan.from_json(Path(path).read_text())
+
+
+def plan_from_indices(
+    model_name: str,
+    layers: Sequence[LayerInfo],
+    techniques: Sequence[Technique],
+    ratios: Sequence[float],
+    indices: np.ndarray,
+) -> Plan:
+    """A :class:`Plan` from an int array [L, 2] of (technique, ratio bin) indices."""
+    indices = np.asarray(indices)
+    return Plan(
+        model=model_name,
+        layers=tuple(
+            LayerChoice(layer.name, techniques[int(t)].name, float(ratios[int(r)]))
+            for layer, (t, r) in zip(layers, indices, strict=True)
+        ),
+    )
+
+
+def prepare_aux(
+    layers: Sequence[LayerInfo], params: dict, techniques: Sequence[Technique]
+) -> tuple[dict, ...]:
+    """Per layer, every fitting technique's precomputation on the trained weights."""
+    return tuple(
+        {
+            tech.name: tech.prepare(layer, jax.tree.map(np.asarray, params[layer.name]))
+            for tech in techniques
+            if tech.fits(layer) is None
+        }
+        for layer in layers
+    )
+
+
+def check_plan(plan: Plan, layers: Sequence[LayerInfo], techniques: Sequence[Technique]) -> None:
+    """Raise :class:`PlanError`/:class:`TechniqueError` if ``plan`` does not fit the model."""
+    by_name = {t.name: t for t in techniques}
+    names = [layer.name for layer in layers]
+    if [c.name for c in plan.layers] != names:
+        raise PlanError(
+            f"plan for model {plan.model!r} lists layers {[c.name for c in plan.layers]}, but "
+            f"this model's compressible layers are {names}"
+        )
+    for layer, choice in zip(layers, plan.layers, strict=True):
+        if choice.technique not in by_name:
+            raise TechniqueError(
+                f"layer {layer.name!r}: unknown technique {choice.technique!r}; "
+                f"available: {sorted(by_name)}"
+            )
+        reason = by_name[choice.technique].fits(layer)
+        if reason is not None:
+            raise TechniqueError(
+                f"technique {choice.technique!r} does not fit layer {layer.name!r}: {reason}"
+            )
+        check_ratio(choice.technique, layer, choice.ratio)
+
+
+def materialize(
+    base_ops: tuple[Op, ...],
+    layers: Sequence[LayerInfo],
+    params: dict,
+    aux: Sequence[dict],
+    techniques: Sequence[Technique],
+    plan: Plan,
+) -> tuple[tuple[Op, ...], dict, dict[str, np.ndarray]]:
+    """The really smaller model of ``plan``: (ops, params, sparsity masks to keep)."""
+    check_plan(plan, layers, techniques)
+    by_name = {t.name: t for t in techniques}
+    replaced: dict[str, tuple[Op, ...]] = {}
+    new_params: dict = {}
+    masks: dict[str, np.ndarray] = {}
+    kept_channels: np.ndarray | None = None
+    for layer, choice in zip(layers, plan.layers, strict=True):
+        if kept_channels is None:
+            in_rows = np.arange(layer.in_shape[-1])
+        else:
+            in_rows = layer.input_rows(kept_channels)
+        tech = by_name[choice.technique]
+        out = tech.materialize(layer, params[layer.name], aux[layer.index][tech.name],
+                               choice.ratio, in_rows)
+        replaced[layer.name] = out.ops
+        new_params.update(out.params)
+        masks.update(out.masks)
+        kept_channels = out.out_keep
+    ops: list[Op] = []
+    for op in base_ops:
+        ops.extend(replaced.get(op.name, (op,)) if op.name else (op,))
+    return tuple(ops), new_params, masks

@@ -1,0 +1,50 @@
+"""What a person reads at the end of a run: a side-by-side table of base vs compressed."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from autocomp.plan import Plan
+
+ROWS = (
+    ("test accuracy (%)", "test_accuracy", lambda v: f"{100 * v:.2f}"),
+    ("parameters", "params", lambda v: f"{v:,}"),
+    ("size (bytes)", "bytes", lambda v: f"{v:,}"),
+    ("MACs", "macs", lambda v: f"{v:,}"),
+    ("latency (ms)", "latency_ms", lambda v: f"{v:.4f}"),
+    ("energy (mJ)", "energy_mj", lambda v: f"{v:.4f}"),
+)
+
+
+def summary_table(metrics: dict, device: str) -> Table:
+    base, comp, ratios = metrics["base"], metrics["compressed"], metrics["ratios"]
+    table = Table(title=f"autocomp: base vs compressed ({device})")
+    table.add_column("metric")
+    table.add_column("base", justify="right")
+    table.add_column("compressed", justify="right")
+    table.add_column("ratio", justify="right")
+    for label, key, fmt in ROWS:
+        if key == "test_accuracy":
+            ratio = f"-{ratios['accuracy_drop_points']:.2f} pts"
+        else:
+            ratio = f"{ratios[f'{key}_x']:.2f}x"
+        table.add_row(label, fmt(base[key]), fmt(comp[key]), ratio)
+    return table
+
+
+def plan_table(plan: Plan) -> Table:
+    table = Table(title="chosen plan")
+    for col in ("layer", "technique", "ratio", "kernels", "latency ms", "energy mJ", "params"):
+        table.add_column(col)
+    for c in plan.layers:
+        table.add_row(c.name, c.technique, f"{c.ratio:g}", " + ".join("x".join(map(str, s))
+                      for s in c.shape), f"{c.latency_ms:.4f}", f"{c.energy_mj:.4f}",
+                      f"{c.params:,}")
+    return table
+
+
+def print_report(metrics: dict, plan: Plan, device: str, console: Console | None = None) -> None:
+    console = console or Console()
+    console.print(plan_table(plan))
+    console.print(summary_table(metrics, device))

@@ -1,0 +1,126 @@
+"""The search space of a model: every (layer, technique, ratio, input width) and what it costs.
+
+Latency and energy come from the device table for each layer's *materialized* configuration
+(the ops the technique deploys, at the input width left by the previous layer), so the search
+sees what the phone would run, not what a mask simulates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from autocomp.costs import DeviceProfile, sum_costs, price_op
+from autocomp.layers import LayerInfo
+from autocomp.models import WEIGHTED, Op, walk_shapes
+from autocomp.techniques import Technique, kept
+
+# Cost channels of the table, in order. The first three are the reward's resources.
+CHANNELS = ("latency_ms", "energy_mj", "bytes", "params", "macs")
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """Static facts of a search space, as numpy arrays.
+
+    Attributes:
+        costs: float64[L, T, R, R_in, 5] cost of layer l under (t, r) when the previous layer
+            kept the channels of ratio bin r_in (inf where the technique does not fit).
+        out_bin: int32[L, T, R] ratio bin of this layer's kept outputs (0: all kept).
+        allowed: bool[L, T, R] actions that exist (fitting technique; ``keep`` only at ratio 0,
+            the others only at ratios > 0, where they differ from ``keep``).
+        fixed: float64[5] cost of ops outside every layer's span (before the first layer).
+        base: float64[5] cost of the uncompressed model.
+    """
+
+    layers: tuple[LayerInfo, ...]
+    techniques: tuple[Technique, ...]
+    ratios: tuple[float, ...]
+    costs: np.ndarray
+    out_bin: np.ndarray
+    allowed: np.ndarray
+    fixed: np.ndarray
+    base: np.ndarray
+
+
+def _layer_cost(profile, layer: LayerInfo, ops: Sequence[Op], in_channels: int) -> np.ndarray:
+    """Cost of a layer's deployed ops plus its trailing ops (pool, flatten) at an input width."""
+    if layer.kind == "conv":
+        in_shape = (*layer.in_shape[:-1], in_channels)
+    else:
+        in_shape = (layer.in_positions * in_channels,)
+    run = (*ops, *layer.trailing)
+    shapes = walk_shapes(run, in_shape)
+    total = sum_costs([price_op(profile, op, s) for op, s in zip(run, shapes, strict=False)])
+    return np.array([getattr(total, c) for c in CHANNELS], np.float64)
+
+
+def _out_bin(layer: LayerInfo, out_channels: int, ratios: Sequence[float]) -> int:
+    if out_channels == layer.features:
+        return 0
+    for b, ratio in enumerate(ratios):
+        if kept(layer.features, ratio) == out_channels:
+            return b
+    raise ValueError(f"layer {layer.name}: {out_channels} outputs match no ratio bin")
+
+
+def build_search_space(
+    base_ops: tuple[Op, ...],
+    layers: tuple[LayerInfo, ...],
+    techniques: tuple[Technique, ...],
+    ratios: Sequence[float],
+    profile: DeviceProfile,
+    input_shape: Sequence[int],
+) -> SearchSpace:
+    """Enumerate and price every configuration the search can produce."""
+    n_l, n_t, n_r = len(layers), len(techniques), len(ratios)
+    costs = np.full((n_l, n_t, n_r, n_r, len(CHANNELS)), np.inf)
+    out_bin = np.zeros((n_l, n_t, n_r), np.int32)
+    allowed = np.zeros((n_l, n_t, n_r), bool)
+    for l, layer in enumerate(layers):
+        for t, tech in enumerate(techniques):
+            if tech.fits(layer) is not None:
+                continue
+            for r, ratio in enumerate(ratios):
+                allowed[l, t, r] = (r == 0) == (tech.name == "keep")
+                out_bin[l, t, r] = _out_bin(layer, tech.out_channels(layer, ratio), ratios)
+                for r_in, in_ratio in enumerate(ratios if l > 0 else ratios[:1]):
+                    c_in = kept(layer.in_channels, in_ratio)
+                    costs[l, t, r, r_in] = _layer_cost(profile, layer, tech.ops(layer, ratio, c_in),
+                                                       c_in)
+    first = next(i for i, op in enumerate(base_ops) if op.kind in WEIGHTED)
+    head = base_ops[:first]
+    shapes = walk_shapes(head, input_shape)
+    fixed_total = sum_costs([price_op(profile, op, s) for op, s in zip(head, shapes, strict=False)])
+    fixed = np.array([getattr(fixed_total, c) for c in CHANNELS], np.float64)
+    keep = [t.name for t in techniques].index("keep")
+    base = fixed + costs[:, keep, 0, 0].sum(axis=0)
+    return SearchSpace(layers, techniques, tuple(ratios), costs, out_bin, allowed, fixed, base)
+
+
+def plan_cost(space: SearchSpace, indices: np.ndarray) -> np.ndarray:
+    """Cost channels of a plan given as int[L, 2] (technique, ratio bin) indices."""
+    total = space.fixed.copy()
+    in_bin = 0
+    for l, (t, r) in enumerate(np.asarray(indices)):
+        total += space.costs[l, t, r, in_bin]
+        in_bin = space.out_bin[l, t, r]
+    return total
+
+
+def min_rest(space: SearchSpace) -> np.ndarray:
+    """float64[L+1, R_in, 5]: cheapest cost of layers l.. given input bin, per channel.
+
+    A backward dynamic programme over the layers; per channel it is the exact minimum, so a
+    single budget is enforced exactly by masking (AMC's action wall, without editing actions).
+    """
+    n_l, _, n_r = space.out_bin.shape
+    rest = np.zeros((n_l + 1, n_r, len(CHANNELS)))
+    for l in range(n_l - 1, -1, -1):
+        nxt = rest[l + 1][space.out_bin[l]]  # [T, R, 5]
+        total = space.costs[l] + nxt[:, :, None, :]  # [T, R, R_in, 5]
+        total = np.where(space.allowed[l][:, :, None, None], total, np.inf)
+        rest[l] = total.min(axis=(0, 1))
+    return rest

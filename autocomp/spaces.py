@@ -1,0 +1,67 @@
+"""What an agent sees of an environment: specs, observations and the functional env protocol.
+
+Agents import this module, never ``envs``: any environment with this shape can be searched.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple, Protocol
+
+from jaxtyping import Array, Bool, Float, Int
+
+
+class EnvSpec(NamedTuple):
+    """Static facts about an environment.
+
+    Attributes:
+        num_steps: steps per episode (one per compressible layer).
+        num_techniques: size of the technique choice.
+        num_ratios: size of the ratio choice.
+        obs_dim: length of ``Observation.features``.
+        technique_names: names, in action-index order.
+        ratios: the ratio bins, in action-index order.
+    """
+
+    num_steps: int
+    num_techniques: int
+    num_ratios: int
+    obs_dim: int
+    technique_names: tuple[str, ...]
+    ratios: tuple[float, ...]
+
+
+class Observation(NamedTuple):
+    """``features``: float32[obs_dim]; ``action_mask``: bool[T, R], True where (t, r) is allowed."""
+
+    features: Float[Array, " obs_dim"]
+    action_mask: Bool[Array, "techniques ratios"]
+
+
+class StepInfo(NamedTuple):
+    """Per-step diagnostics. ``applied_action`` is what the env really did (learn from it)."""
+
+    applied_action: Int[Array, "2"]
+    accuracy: Float[Array, ""]
+    latency_ms: Float[Array, ""]
+    energy_mj: Float[Array, ""]
+    bytes: Float[Array, ""]
+    violation: Bool[Array, ""]
+
+
+class Environment(Protocol):
+    """gymnax/jumanji-style functional environment; ``batch_*`` run a lockstep batch of episodes
+    (all starting together) and must equal ``jax.vmap`` of the unbatched functions."""
+
+    spec: EnvSpec
+
+    def reset(self, key: Array, params: Any) -> tuple[Observation, Any]: ...
+
+    def step(
+        self, key: Array, state: Any, action: Array, params: Any
+    ) -> tuple[Observation, Any, Array, Array, StepInfo]: ...
+
+    def batch_reset(self, keys: Array, params: Any) -> tuple[Observation, Any]: ...
+
+    def batch_step(
+        self, keys: Array, state: Any, action: Array, params: Any
+    ) -> tuple[Observation, Any, Array, Array, StepInfo]: ...

@@ -1,0 +1,126 @@
+"""``python -m autocomp.train [experiment=digits] [overrides...]``: search, compress, fine-tune.
+
+The only place (with ``bench``) where the environment, the agent and the library meet.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import hydra
+import jax
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from agents.compressor_critic import CompressorCriticConfig
+from agents.compressor_critic import make_policy as cc_policy
+from agents.compressor_critic import make_train as cc_train
+from autocomp import pipeline
+from autocomp.config import RootConfig, register_configs
+from autocomp.outputs import write_run
+from autocomp.report import print_report
+from autocomp.search import config_fingerprint, run_search
+from autocomp.tracking import make_tracker
+from envs.compression import CompressionEnv
+
+log = logging.getLogger("autocomp.train")
+AGENTS = {"compressor_critic": (CompressorCriticConfig, cc_train, cc_policy)}
+
+
+def register() -> None:
+    register_configs({name: schema for name, (schema, _, _) in AGENTS.items()})
+
+
+def to_config(cfg: DictConfig) -> RootConfig:
+    """Typed config from Hydra's (schema checks raise here, before anything is written)."""
+    return OmegaConf.to_object(cfg)
+
+
+def build_env(p: pipeline.Prepared):
+    env = CompressionEnv(p.ops, p.space)
+    n_val = p.config.env.val_examples or len(p.data.x_val)
+    params = env.make_params(p.base_params, p.aux, p.data.x_val[:n_val], p.data.y_val[:n_val],
+                             p.reward)
+    return env, params
+
+
+def run(config: RootConfig, run_dir: Path, resolved: dict, show_progress: bool = True) -> dict:
+    """The whole run; returns the metrics written to ``run_dir/metrics.json``."""
+    pipeline.validate(config)
+    _, make_train, make_policy = AGENTS[config.agent.name]
+    started = time.perf_counter()
+    p = pipeline.prepare(config)
+    log.info("base model: val %.4f test %.4f (%s)", p.base_val_accuracy, p.base_test_accuracy,
+             "cached" if p.base_from_cache else "trained")
+    tracker = make_tracker(config.logger, run_dir, resolved, f"{config.name}-seed{config.seed}")
+    env, env_params = build_env(p)
+    train = make_train(config.agent, env, env_params)
+    paths = pipeline.run_paths(run_dir)
+    state, history, timings = run_search(
+        train, jax.random.key(config.seed),
+        config.agent.batch_episodes * config.agent.updates_per_chunk, tracker,
+        paths["checkpoint"] if config.resume else None, config_fingerprint(resolved),
+        show_progress)
+    greedy = make_policy(config.agent, env, env_params)(state.params)
+    greedy_hist = jax.device_get(env_eval(env, env_params, greedy[None]))
+    history = pipeline.merge_history(history, {k: v[None] for k, v in greedy_hist.items()})
+    sel = pipeline.select(p, history)
+    indices = sel.plans[sel.chosen]
+    comp = pipeline.compress(
+        p, indices, jax.jit(lambda x: env.logits(indices, env_params, x)))
+    params, test_acc = pipeline.finetune_compressed(p, comp)
+    base = pipeline.model_metrics(p, p.ops, p.base_params, p.base_test_accuracy)
+    compressed = pipeline.model_metrics(p, comp.ops, params, test_acc)
+    metrics = {
+        "base": {**base, "val_accuracy": p.base_val_accuracy},
+        "compressed": {**compressed, "val_accuracy_before_finetune": float(sel.accuracy[sel.chosen]),
+                       "reward": float(sel.reward[sel.chosen])},
+        "ratios": pipeline.ratios_of(base, compressed),
+        "materialize_check": comp.check,
+        "search": {"episodes": int(len(history["reward"])), "unique_plans": int(len(sel.plans)),
+                   "pareto_front": int(len(sel.front)), **timings,
+                   "budgets": dict(zip(("latency_ms", "energy_mj", "bytes"),
+                                       map(float, np.asarray(p.reward.budgets)), strict=True))},
+        "device_table": {"name": p.profile.name, "kind": p.profile.kind},
+        "wall_time_s": time.perf_counter() - started,
+    }
+    paths = write_run(run_dir, p, sel, comp, params, metrics, resolved)
+    tracker.log_table("plan", ["layer", "technique", "ratio", "latency_ms", "energy_mj"],
+                      [[c.name, c.technique, c.ratio, c.latency_ms, c.energy_mj]
+                       for c in comp.plan.layers])
+    tracker.log_table("pareto_front", *pipeline.history_table(p, sel))
+    tracker.log_image("pareto", paths["pareto"])
+    tracker.summary({f"base/{k}": v for k, v in base.items() if k != "cost_sources"}
+                    | {f"compressed/{k}": v for k, v in compressed.items() if k != "cost_sources"})
+    tracker.finish()
+    print_report(metrics, comp.plan, p.profile.name)
+    return metrics
+
+
+def env_eval(env, env_params, plans):
+    """Evaluate given plans as the search would (one lockstep rollout of fixed actions)."""
+    keys = jax.random.split(jax.random.key(0), len(plans))
+    obs, state = env.batch_reset(keys, env_params)
+    for layer in range(env.spec.num_steps):
+        obs, state, reward, _, info = env.batch_step(keys, state, plans[:, layer], env_params)
+    return {"plan": state.plan, "reward": reward, "accuracy": info.accuracy,
+            "latency_ms": info.latency_ms, "energy_mj": info.energy_mj, "bytes": info.bytes,
+            "violation": info.violation}
+
+
+@hydra.main(version_base="1.3", config_path="../experiments", config_name="config")
+def main(cfg: DictConfig) -> float:
+    from hydra.core.hydra_config import HydraConfig
+
+    config = to_config(cfg)
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    metrics = run(config, run_dir, OmegaConf.to_container(cfg, resolve=True))
+    log.info("run directory: %s", run_dir)
+    return metrics["compressed"]["reward"]
+
+
+if __name__ == "__main__":
+    register()
+    main()

@@ -1,0 +1,297 @@
+"""The compression environment: one episode is one sweep over a model's compressible layers."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Float, Int
+
+from autocomp.models import Op, SequentialNet
+from autocomp.reward import RewardParams, compute_reward
+from autocomp.search_space import SearchSpace, min_rest
+from autocomp.spaces import EnvSpec, Observation, StepInfo
+from autocomp.techniques import Technique
+
+N_STATIC = 10
+
+
+class EnvParams(NamedTuple):
+    """Per-search constants, as arrays (vmappable; never baked into the compiled code)."""
+
+    base_params: dict
+    aux: tuple[dict, ...]
+    x_val: Float[Array, "n h w c"]
+    y_val: Int[Array, " n"]
+    ratios: Float[Array, " R"]
+    costs: Float[Array, "L T R R 5"]
+    rest: Float[Array, "L1 R 5"]
+    out_bin: Int[Array, "L T R"]
+    allowed: Array
+    fixed: Float[Array, " 5"]
+    static_features: Float[Array, "L F"]
+    sensitivity: Float[Array, "L T R"]
+    reward: RewardParams
+
+
+class EnvState(NamedTuple):
+    """``layer``: next layer to decide; ``in_bin``: ratio bin of the channels the previous layer
+    kept; ``plan``: int[L, 2] (technique, ratio bin) so far; ``spent``: cost channels so far;
+    ``prev_action``: the last applied action."""
+
+    layer: Int[Array, ""]
+    in_bin: Int[Array, ""]
+    plan: Int[Array, "L 2"]
+    spent: Float[Array, " 5"]
+    prev_action: Int[Array, " 2"]
+
+
+class CompressionEnv:
+    """Per-layer compression of a trained sequential Flax model.
+
+    - Observation (:class:`~autocomp.spaces.Observation`): ``features`` float32[obs_dim] =
+      the layer's static descriptors [10] (index, kind, widths, kernel, stride, weights, MAC
+      share, classifier flag), its weight sensitivity [T*R] (relative reconstruction error of
+      every technique at every ratio: the compressor reads the weights, as DeepIoT's does), the
+      input-width bin one-hot [R], cost spent so far / base [3], cheapest rest / base [3],
+      budget slack / base [3], previous action one-hots [T + R]; ``action_mask`` bool[T, R].
+    - Action: int32[2] (technique index, ratio-bin index).
+    - Reward: 0 until the last layer, then :func:`autocomp.reward.compute_reward` of the plan
+      (validation accuracy of the simulated plan; latency, energy, size from the cost table).
+    - Termination: after ``L`` steps (one per compressible layer).
+    - Budgets: an action is masked when even the cheapest completion of the plan would exceed
+      a budget (exact for one budget). A masked action sent anyway is projected onto the nearest
+      allowed one and ``info.applied_action`` says which: learn from that.
+    - State: :class:`EnvState`, a pytree of arrays.
+    """
+
+    def __init__(self, ops: tuple[Op, ...], space: SearchSpace):
+        self.ops = ops
+        self.space = space
+        self.layers = space.layers
+        self.techniques: tuple[Technique, ...] = space.techniques
+        self.model = SequentialNet(ops)
+        n_t, n_r = len(space.techniques), len(space.ratios)
+        self.spec = EnvSpec(
+            num_steps=len(space.layers),
+            num_techniques=n_t,
+            num_ratios=n_r,
+            obs_dim=N_STATIC + n_t * n_r + n_r + 9 + n_t + n_r,
+            technique_names=tuple(t.name for t in space.techniques),
+            ratios=tuple(space.ratios),
+        )
+
+    # ----------------------------------------------------------------- params
+    def make_params(
+        self,
+        base_params: dict,
+        aux: tuple[dict, ...],
+        x_val: np.ndarray,
+        y_val: np.ndarray,
+        reward: RewardParams,
+    ) -> EnvParams:
+        """Everything a search needs, precomputed on the host."""
+        s = self.space
+        return EnvParams(
+            base_params=jax.tree.map(jnp.asarray, base_params),
+            aux=jax.tree.map(jnp.asarray, aux),
+            x_val=jnp.asarray(x_val),
+            y_val=jnp.asarray(y_val, jnp.int32),
+            ratios=jnp.asarray(s.ratios, jnp.float32),
+            costs=jnp.asarray(np.where(np.isfinite(s.costs), s.costs, 1e30), jnp.float32),
+            rest=jnp.asarray(min_rest(s), jnp.float32),
+            out_bin=jnp.asarray(s.out_bin),
+            allowed=jnp.asarray(s.allowed),
+            fixed=jnp.asarray(s.fixed, jnp.float32),
+            static_features=jnp.asarray(self._static_features(), jnp.float32),
+            sensitivity=jnp.asarray(self._sensitivity(base_params, aux), jnp.float32),
+            reward=reward,
+        )
+
+    def _static_features(self) -> np.ndarray:
+        s = self.space
+        n_l = len(self.layers)
+        keep = self.spec.technique_names.index("keep")
+        macs = s.costs[:, keep, 0, 0, 4]
+        rows = []
+        for layer in self.layers:
+            c_in = layer.in_shape[-1]
+            rows.append([
+                layer.index / max(1, n_l - 1),
+                float(layer.kind == "conv"),
+                np.log2(c_in) / 12,
+                np.log2(layer.features) / 12,
+                layer.kernel / 7,
+                layer.op.stride / 4,
+                np.log10(layer.fan_in * layer.features) / 8,
+                macs[layer.index] / macs.sum(),
+                float(layer.is_classifier),
+                np.log2(max(1, np.prod(layer.in_shape[:-1]))) / 12,
+            ])
+        return np.array(rows)
+
+    def _sensitivity(self, base_params: dict, aux: tuple[dict, ...]) -> np.ndarray:
+        n_t, n_r = self.spec.num_techniques, self.spec.num_ratios
+        out = np.ones((len(self.layers), n_t, n_r))
+        for layer in self.layers:
+            p = jax.tree.map(jnp.asarray, base_params[layer.name])
+            norm = float(jnp.linalg.norm(p["kernel"])) + 1e-12
+            for t, tech in enumerate(self.techniques):
+                if tech.name not in aux[layer.index]:
+                    continue
+                for r, ratio in enumerate(self.space.ratios):
+                    sim = tech.simulate(p, aux[layer.index][tech.name], jnp.float32(ratio))
+                    out[layer.index, t, r] = float(jnp.linalg.norm(sim["kernel"] - p["kernel"]))
+                    out[layer.index, t, r] /= norm
+        return out
+
+    # ------------------------------------------------------------ simulation
+    def simulate_params(self, plan: Int[Array, "L 2"], params: EnvParams) -> dict:
+        """The base params with ``plan`` applied by shape-preserving transforms (jittable)."""
+        new = dict(params.base_params)
+        for layer in self.layers:
+            aux = params.aux[layer.index]
+            branches = [self._branch(tech, aux) for tech in self.techniques]
+            t, r = plan[layer.index, 0], plan[layer.index, 1]
+            new[layer.name] = jax.lax.switch(
+                t, branches, params.base_params[layer.name], aux, params.ratios[r]
+            )
+        return new
+
+    @staticmethod
+    def _branch(tech: Technique, aux: dict):
+        if tech.name not in aux:  # does not fit this layer: never chosen (masked); identity
+            return lambda p, a, ratio: p
+        return lambda p, a, ratio: tech.simulate(p, a[tech.name], ratio)
+
+    def logits(self, plan: Int[Array, "L 2"], params: EnvParams, x: Array) -> Array:
+        return self.model.apply({"params": self.simulate_params(plan, params)}, x)
+
+    def accuracy(self, plan: Int[Array, "L 2"], params: EnvParams) -> Float[Array, ""]:
+        """Validation accuracy of the simulated plan."""
+        pred = jnp.argmax(self.logits(plan, params, params.x_val), axis=-1)
+        return jnp.mean(pred == params.y_val)
+
+    # ------------------------------------------------------------------- API
+    def reset(self, key: Array, params: EnvParams) -> tuple[Observation, EnvState]:
+        n_l = self.spec.num_steps
+        state = EnvState(
+            layer=jnp.int32(0),
+            in_bin=jnp.int32(0),
+            plan=jnp.zeros((n_l, 2), jnp.int32),
+            spent=params.fixed,
+            prev_action=jnp.zeros(2, jnp.int32),
+        )
+        return self._observe(state, params), state
+
+    def action_mask(self, state: EnvState, params: EnvParams) -> Array:
+        """bool[T, R]: allowed actions that keep every budget reachable."""
+        l = jnp.minimum(state.layer, self.spec.num_steps - 1)
+        cost = params.costs[l, :, :, state.in_bin, :3]  # [T, R, 3]
+        rest = params.rest[l + 1][params.out_bin[l]][..., :3]  # [T, R, 3]
+        total = state.spent[:3] + cost + rest
+        budgets = params.reward.budgets * (1.0 + 1e-6)
+        allowed = params.allowed[l]
+        feasible = allowed & jnp.all(total <= budgets, axis=-1)
+        # No feasible action: allow the ones that overshoot least (the reward penalizes it).
+        overshoot = jnp.sum(jnp.maximum(total / params.reward.base - budgets / params.reward.base,
+                                        0.0), axis=-1)
+        overshoot = jnp.where(allowed, overshoot, jnp.inf)
+        least = allowed & (overshoot <= jnp.min(overshoot))
+        return jnp.where(jnp.any(feasible), feasible, least)
+
+    def _transition(self, state: EnvState, action: Array, params: EnvParams):
+        mask = self.action_mask(state, params)
+        t, r = action[0], action[1]
+        n_r = self.spec.num_ratios
+        # Projection of a masked action: the same technique at the nearest ratio if allowed,
+        # else the nearest allowed action in (technique, ratio) order.
+        t_grid, r_grid = jnp.meshgrid(jnp.arange(mask.shape[0]), jnp.arange(n_r), indexing="ij")
+        distance = jnp.abs(r_grid - r) + (t_grid != t) * (2 * n_r)
+        flat = jnp.argmin(jnp.where(mask, distance, jnp.iinfo(jnp.int32).max).ravel())
+        applied = jnp.stack([flat // n_r, flat % n_r]).astype(jnp.int32)
+        l = state.layer
+        new_state = EnvState(
+            layer=l + 1,
+            in_bin=params.out_bin[l, applied[0], applied[1]],
+            plan=state.plan.at[l].set(applied),
+            spent=state.spent + params.costs[l, applied[0], applied[1], state.in_bin],
+            prev_action=applied,
+        )
+        return new_state, applied
+
+    def _finish(self, plan: Array, spent: Array, params: EnvParams):
+        acc = self.accuracy(plan, params)
+        reward, violation = compute_reward(params.reward, acc, spent[:3])
+        return reward, acc, violation
+
+    def _info(self, applied, acc, spent, violation) -> StepInfo:
+        return StepInfo(applied, acc, spent[..., 0], spent[..., 1], spent[..., 2], violation)
+
+    def step(self, key: Array, state: EnvState, action: Array, params: EnvParams):
+        """One layer's decision. Returns (obs, state, reward, done, info)."""
+        del key  # deterministic
+        new_state, applied = self._transition(state, action, params)
+        done = new_state.layer >= self.spec.num_steps
+        reward, acc, violation = jax.lax.cond(
+            done,
+            lambda: self._finish(new_state.plan, new_state.spent, params),
+            lambda: (jnp.float32(0.0), jnp.float32(0.0), jnp.bool_(False)),
+        )
+        info = self._info(applied, acc, new_state.spent, violation)
+        return self._observe(new_state, params), new_state, reward, done, info
+
+    def batch_reset(self, keys: Array, params: EnvParams):
+        return jax.vmap(self.reset, in_axes=(0, None))(keys, params)
+
+    def batch_step(self, keys: Array, state: EnvState, action: Array, params: EnvParams):
+        """``jax.vmap(step)`` for a lockstep batch, with the accuracy of the finished plans
+        evaluated by one ``lax.map`` only on the last step (a vmapped ``cond`` would evaluate
+        every step, and vmapped convolutions over different weights are slow on XLA:CPU)."""
+        del keys
+        new_state, applied = jax.vmap(self._transition, in_axes=(0, 0, None))(
+            state, action, params
+        )
+        done_all = new_state.layer[0] >= self.spec.num_steps  # lockstep: same for all
+        batch = action.shape[0]
+
+        def finish():
+            return jax.lax.map(
+                lambda xs: self._finish(xs[0], xs[1], params), (new_state.plan, new_state.spent)
+            )
+
+        def skip():
+            return (jnp.zeros(batch), jnp.zeros(batch), jnp.zeros(batch, bool))
+
+        reward, acc, violation = jax.lax.cond(done_all, finish, skip)
+        done = jnp.broadcast_to(done_all, (batch,))
+        info = self._info(applied, acc, new_state.spent, violation)
+        obs = jax.vmap(self._observe, in_axes=(0, None))(new_state, params)
+        return obs, new_state, reward, done, info
+
+    def _observe(self, state: EnvState, params: EnvParams) -> Observation:
+        n_t, n_r = self.spec.num_techniques, self.spec.num_ratios
+        l = jnp.minimum(state.layer, self.spec.num_steps - 1)
+        base = params.reward.base
+        rest = params.rest[l, state.in_bin, :3]
+        slack = (params.reward.budgets - state.spent[:3] - rest) / base
+        features = jnp.concatenate([
+            params.static_features[l],
+            params.sensitivity[l].ravel(),
+            jax.nn.one_hot(state.in_bin, n_r),
+            state.spent[:3] / base,
+            rest / base,
+            jnp.clip(slack, -1.0, 1.0),
+            jax.nn.one_hot(state.prev_action[0], n_t),
+            jax.nn.one_hot(state.prev_action[1], n_r),
+        ])
+        return Observation(features.astype(jnp.float32), self.action_mask(state, params))
+
+
+def plan_totals(env: CompressionEnv, plan: np.ndarray, params: EnvParams) -> dict[str, Any]:
+    """Cost channels of a plan from the env's table (host helper for reports)."""
+    from autocomp.search_space import CHANNELS, plan_cost
+
+    return dict(zip(CHANNELS, plan_cost(env.space, plan).tolist(), strict=True))
