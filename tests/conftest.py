@@ -1,0 +1,67 @@
+"""Shared fixtures: a tiny LeNet on digits, trained once per session into a temp cache."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+import dataclasses  # noqa: E402
+
+import pytest  # noqa: E402
+
+from agents.compressor_critic import CompressorCriticConfig  # noqa: E402
+from autocomp.config import (  # noqa: E402
+    DataConfig,
+    DeviceConfig,
+    FinetuneConfig,
+    LayerConfig,
+    LoggerConfig,
+    ModelConfig,
+    RewardConfig,
+    RootConfig,
+    TrainConfig,
+)
+
+TINY_LAYERS = [
+    LayerConfig("conv", "conv1", 8, 3),
+    LayerConfig("conv", "conv2", 16, 3),
+    LayerConfig("maxpool", kernel=2, stride=2),
+    LayerConfig("flatten"),
+    LayerConfig("dense", "fc1", 32),
+    LayerConfig("dense", "fc2", 10, activation="none"),
+]
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("cache"))
+
+
+@pytest.fixture(scope="session")
+def tiny_config(cache_dir):
+    def make(**changes) -> RootConfig:
+        config = RootConfig(
+            name="tiny",
+            seed=0,
+            model=ModelConfig("tiny_lenet", [8, 8, 1], 10, TINY_LAYERS),
+            data=DataConfig(),
+            base=TrainConfig(epochs=8, cache_dir=cache_dir),
+            agent=CompressorCriticConfig(episodes=64, batch_episodes=16, updates_per_chunk=2),
+            reward=RewardConfig(max_latency_frac=0.85),
+            device=DeviceConfig("analytic-cortex-a76", "analytic_cortex_a76"),
+            finetune=FinetuneConfig(epochs=1),
+            logger=LoggerConfig(name="none"),
+        )
+        return dataclasses.replace(config, **changes)
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def prepared(tiny_config):
+    from autocomp.pipeline import prepare
+
+    return prepare(tiny_config())

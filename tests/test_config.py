@@ -1,0 +1,155 @@
+"""Every config file composes; bad input gets a clear error before anything is written."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import pytest
+import yaml
+from hydra import compose, initialize
+from hydra.errors import ConfigCompositionException, MissingConfigException
+
+from autocomp.config import ConfigError
+from autocomp.costs import CostTableError, load_profile
+from autocomp.train import register, to_config
+
+ROOT = Path(__file__).resolve().parents[1]
+EXPERIMENTS = sorted(p.stem for p in (ROOT / "experiments" / "experiment").glob("*.yaml"))
+LAUNCH = sorted((ROOT / "launch").glob("*.yaml"))
+TINY = ["agent.episodes=32", "agent.batch_episodes=16", "agent.updates_per_chunk=2",
+        "base.epochs=1", "finetune.epochs=1", "logger=none"]
+
+
+def _compose(overrides):
+    register()
+    with initialize(version_base="1.3", config_path="../experiments"):
+        return compose("config", overrides=overrides, return_hydra_config=False)
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_experiment_composes_and_runs_a_few_steps(name, tmp_path, cache_dir):
+    from omegaconf import OmegaConf
+
+    from autocomp.train import run
+
+    cfg = _compose([f"experiment={name}", f"base.cache_dir={cache_dir}", *TINY])
+    header = (ROOT / "experiments" / "experiment" / f"{name}.yaml").read_text()
+    assert header.startswith("# @package _global_") and "# Command:" in header
+    metrics = run(to_config(cfg), tmp_path, OmegaConf.to_container(cfg, resolve=True),
+                  show_progress=False)
+    assert (tmp_path / "metrics.json").is_file() and metrics["search"]["episodes"] > 0
+
+
+def _sweep_overrides(path: Path) -> list[list[str]]:
+    spec = yaml.safe_load(path.read_text())
+    params = spec["parameters"]
+    names = list(params)
+    grids = [params[n]["values"] if "values" in params[n] else [params[n]["value"]]
+             for n in names]
+    return [[f"{n}={v}" for n, v in zip(names, combo)] for combo in itertools.product(*grids)]
+
+
+@pytest.mark.parametrize("path", LAUNCH, ids=lambda p: p.name)
+def test_launch_files_compose_and_run(path, tmp_path, cache_dir):
+    from omegaconf import OmegaConf
+
+    from autocomp.train import run
+
+    spec = yaml.safe_load(path.read_text())
+    assert "autocomp.train" in " ".join(map(str, spec["command"]))
+    combos = _sweep_overrides(path)
+    for combo in combos:  # every grid point composes and type-checks
+        to_config(_compose([*combo, f"base.cache_dir={cache_dir}", *TINY]))
+    cfg = _compose([*combos[0], f"base.cache_dir={cache_dir}", *TINY])
+    run(to_config(cfg), tmp_path, OmegaConf.to_container(cfg, resolve=True), show_progress=False)
+
+
+def test_unknown_experiment_lists_the_available_ones():
+    with pytest.raises(MissingConfigException) as err:
+        _compose(["experiment=bogus"])
+    assert "experiment/bogus" in str(err.value) and "digits" in str(err.value)
+
+
+@pytest.mark.parametrize("ratios", ["[0,-0.5]", "[0,0.5,1.0]", "[0,1.5]"])
+def test_out_of_range_ratio_is_a_clear_error(ratios):
+    cfg = _compose([f"env.ratios={ratios}"])
+    with pytest.raises(Exception) as err:
+        to_config(cfg)
+    assert "env.ratios" in str(err.value) and "[0, 1)" in str(err.value)
+
+
+def test_reward_weight_of_wrong_type_fails_at_compose():
+    with pytest.raises(ConfigCompositionException) as err:
+        _compose(["reward.latency_weight=fast"])
+    assert "reward.latency_weight" in str(err.value.__cause__) + str(err.value)
+
+
+def test_unknown_key_fails_at_compose():
+    with pytest.raises(ConfigCompositionException):
+        _compose(["reward.latency_wieght=0.1"])
+
+
+def test_missing_cost_table_fails_before_anything_is_written(tmp_path, tiny_config):
+    import dataclasses
+
+    from autocomp.config import DeviceConfig
+    from autocomp.train import run
+
+    config = tiny_config(device=DeviceConfig("nope", str(tmp_path / "missing.json")))
+    with pytest.raises(CostTableError, match="not found.*analytic_cortex_a76"):
+        run(config, tmp_path / "run", {}, show_progress=False)
+    assert not (tmp_path / "run").exists()
+    del dataclasses
+
+
+@pytest.mark.parametrize("content,match", [
+    ("{not json", "not valid JSON"),
+    ('{"schema_version": 1, "kind": "analytic"}', "missing object 'device'"),
+    ('{"schema_version": 7}', "schema_version"),
+])
+def test_malformed_cost_table_is_a_clear_error(tmp_path, content, match):
+    path = tmp_path / "table.json"
+    path.write_text(content)
+    with pytest.raises(CostTableError, match=match):
+        load_profile(str(path))
+
+
+def test_analytic_table_cannot_claim_to_be_measured(tmp_path):
+    import json
+
+    shipped = json.loads(Path(load_profile("analytic_cortex_a76").path).read_text())
+    shipped["device"]["measured"] = True
+    path = tmp_path / "liar.json"
+    path.write_text(json.dumps(shipped))
+    with pytest.raises(CostTableError, match="cannot claim"):
+        load_profile(str(path))
+
+
+def test_exact_table_rows_win_over_the_analytic_model(tmp_path):
+    import json
+
+    from autocomp.costs import op_key, price_op
+    from autocomp.models import Op
+
+    shipped = json.loads(Path(load_profile("analytic_cortex_a76").path).read_text())
+    op = Op("dense", "fc", 10)
+    shipped["rows"] = [{"key": op_key(op, (32,)), "latency_ms": 0.5, "latency_spread_ms": 0.01,
+                        "energy_mj": 0.25}]
+    path = tmp_path / "rows.json"
+    path.write_text(json.dumps(shipped))
+    profile = load_profile(str(path))
+    cost = price_op(profile, op, (32,))
+    assert (cost.latency_ms, cost.energy_mj, cost.source) == (0.5, 0.25, "table")
+    assert price_op(profile, op, (64,)).source == "analytic"
+
+
+def test_config_errors_name_the_key():
+    from autocomp.config import EnvConfig, RewardConfig
+
+    with pytest.raises(ConfigError, match="reward.max_latency_frac"):
+        RewardConfig(max_latency_frac=2.0)
+    with pytest.raises(ConfigError, match="reward.latency_weight"):
+        RewardConfig(latency_weight="fast")
+    with pytest.raises(ConfigError, match="keep"):
+        EnvConfig(techniques=["svd"])

@@ -1,0 +1,34 @@
+"""`agents` and `envs` are also names of unrelated PyPI packages: ours must be the ones imported."""
+
+from pathlib import Path
+
+import agents
+import envs
+import experiments
+
+import autocomp
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_packages_import_from_this_repo():
+    for module in (autocomp, agents, envs, experiments):
+        assert Path(module.__file__).resolve().is_relative_to(ROOT), module.__file__
+
+
+def test_pyproject_lists_packages_explicitly():
+    text = (ROOT / "pyproject.toml").read_text()
+    for name in ('"agents"', '"envs"', '"autocomp"', '"experiments"'):
+        assert name in text
+
+
+def test_core_never_imports_envs_or_agents():
+    for path in (ROOT / "autocomp").rglob("*.py"):
+        if path.name in ("train.py", "bench.py", "profile.py", "export.py"):
+            continue  # entry points put the pieces together
+        text = path.read_text()
+        assert "from envs" not in text and "import envs" not in text, path
+        assert "from agents" not in text and "import agents" not in text, path
+    for path in (ROOT / "agents").rglob("*.py"):
+        text = path.read_text()
+        assert "from envs" not in text and "import envs" not in text, path

@@ -1,0 +1,111 @@
+"""End to end: the real CLI on the default experiment with a tiny budget, and reproducibility."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from flax import serialization
+
+from autocomp.plan import Plan
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["agent.episodes=64", "agent.batch_episodes=16", "agent.updates_per_chunk=2",
+        "base.epochs=3", "finetune.epochs=1"]
+
+
+def test_default_experiment_cli_end_to_end(tmp_path, cache_dir):
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "WANDB_MODE": "offline", "AUTOCOMP_CACHE": cache_dir}
+    proc = subprocess.run(
+        [sys.executable, "-m", "autocomp.train", f"hydra.run.dir={run_dir}", *TINY],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "base vs compressed" in proc.stdout
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    for side in ("base", "compressed"):
+        for key in ("test_accuracy", "params", "bytes", "macs", "latency_ms", "energy_mj"):
+            assert isinstance(metrics[side][key], int | float), (side, key)
+    assert metrics["compressed"]["latency_ms"] <= metrics["search"]["budgets"]["latency_ms"]
+    assert metrics["materialize_check"]["prediction_agreement"] == 1.0
+    plan = Plan.load(run_dir / "plan.json")
+    assert [c.name for c in plan.layers] == ["conv1", "conv2", "fc1", "fc2"]
+    assert all(c.latency_ms is not None and c.shape for c in plan.layers)
+    run = json.loads((run_dir / "run.json").read_text())
+    assert run["seed"] == 0 and run["git_sha"] and run["config"]["name"] == "digits"
+    blob = serialization.msgpack_restore((run_dir / "compressed_params.msgpack").read_bytes())
+    n = sum(np.size(v) for layer in blob["params"].values() for v in layer.values())
+    assert n == metrics["compressed"]["stored_scalars"]
+    assert (run_dir / "pareto.png").read_bytes()[:4] == b"\x89PNG"
+    assert not list(run_dir.glob("**/.*.tmp"))  # atomic writes leave no temp files
+    # wandb ran offline and wrote its binary log, the plan table and the Pareto image.
+    offline = list((run_dir / "wandb").glob("offline-run-*"))
+    assert len(offline) == 1 and list(offline[0].glob("run-*.wandb"))
+    assert list(offline[0].glob("files/media/images/*.png"))
+    assert list(offline[0].glob("files/media/table/*.table.json"))
+
+
+def test_same_config_and_seed_give_the_same_plan(tiny_config, tmp_path):
+    from autocomp.train import run
+
+    plans, rewards = [], []
+    for name in ("a", "b"):
+        metrics = run(tiny_config(), tmp_path / name, {"seed": 0}, show_progress=False)
+        plans.append(json.loads((tmp_path / name / "plan.json").read_text())["layers"])
+        rewards.append(metrics["compressed"]["reward"])
+    assert plans[0] == plans[1] and rewards[0] == rewards[1]
+
+
+def test_resume_continues_a_killed_search(tiny_config, tmp_path):
+    """Killed in its second chunk, a search resumes from the first chunk's checkpoint and ends
+    exactly where an uninterrupted search ends."""
+    import jax
+
+    from autocomp.pipeline import prepare
+    from autocomp.search import load_checkpoint, run_search
+    from autocomp.tracking import NullTracker
+    from autocomp.train import AGENTS, build_env
+
+    config = tiny_config()
+    p = prepare(config)
+    env, params = build_env(p)
+    train = AGENTS["compressor_critic"][1](config.agent, env, params)
+    ckpt = tmp_path / "search.msgpack"
+    per_chunk = config.agent.batch_episodes * config.agent.updates_per_chunk
+    assert train.num_chunks >= 2
+
+    class Killed(Exception):
+        pass
+
+    class KillInSecondChunk(NullTracker):
+        def log(self, metrics, step=None):
+            if step == 2 * per_chunk - 1:
+                raise Killed
+
+    try:
+        run_search(train, jax.random.key(0), per_chunk, KillInSecondChunk(), ckpt, "fp", False)
+    except Killed:
+        pass
+    saved, saved_history = load_checkpoint(ckpt, train.init(jax.random.key(0)), "fp")
+    assert int(saved.update) == config.agent.updates_per_chunk
+    assert len(saved_history["reward"]) == per_chunk
+    state, history, _ = run_search(train, jax.random.key(0), per_chunk, NullTracker(), ckpt,
+                                   "fp", False)
+    _, full, _ = run_search(train, jax.random.key(0), per_chunk, NullTracker(), None, "fp", False)
+    np.testing.assert_array_equal(history["plan"], full["plan"])
+    np.testing.assert_allclose(history["reward"], full["reward"])
+    # A checkpoint of another config is refused with a clear error.
+    import pytest
+
+    from autocomp.training import CheckpointError
+
+    with pytest.raises(CheckpointError, match="another config"):
+        run_search(train, jax.random.key(0), per_chunk, NullTracker(), ckpt, "other", False)
+    ckpt.write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="corrupt"):
+        run_search(train, jax.random.key(0), per_chunk, NullTracker(), ckpt, "fp", False)
