@@ -150,9 +150,7 @@ class EnvConfig:
         val_examples: cap on validation examples scored per plan (None: all).
     """
 
-    techniques: list[str] = field(
-        default_factory=lambda: ["keep", "magnitude", "filter", "svd"]
-    )
+    techniques: list[str] = field(default_factory=lambda: ["keep", "magnitude", "filter", "svd"])
     ratios: list[float] = field(
         default_factory=lambda: [0.0, 0.25, 0.5, 0.625, 0.75, 0.875, 0.9375]
     )

@@ -86,8 +86,9 @@ def load_profile(profile: str) -> DeviceProfile:
         CostTableError: if the file is missing, not JSON, or does not follow the schema.
     """
     path = resolve_profile_path(profile)
-    shipped = sorted(p.stem for p in resources.files("autocomp.devices").iterdir()
-                     if p.name.endswith(".json"))
+    shipped = sorted(
+        p.stem for p in resources.files("autocomp.devices").iterdir() if p.name.endswith(".json")
+    )
     if not path.is_file():
         raise CostTableError(
             f"device cost table {str(path)!r} not found. Use device.profile=<path.json> or one "

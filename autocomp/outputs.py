@@ -28,9 +28,11 @@ def write_run(
     """Write plan, params, Pareto plot, run record and metrics into ``run_dir``."""
     paths = run_paths(run_dir)
     atomic_write_text(paths["plan"], comp.plan.to_json())
-    blob = {"ops": [op.__dict__ for op in comp.ops],
-            "params": jax.tree.map(np.asarray, params),
-            "masks": {k: np.asarray(v) for k, v in comp.masks.items()}}
+    blob = {
+        "ops": [op.__dict__ for op in comp.ops],
+        "params": jax.tree.map(np.asarray, params),
+        "masks": {k: np.asarray(v) for k, v in comp.masks.items()},
+    }
     atomic_write_bytes(paths["params"], serialization.msgpack_serialize(blob))
     budget = float(np.asarray(p.reward.budgets)[0])
     chosen = sel.chosen
@@ -45,14 +47,24 @@ def write_run(
         budget_ms=budget if np.isfinite(budget) else None,
         title=f"{p.config.name}: {len(sel.plans)} unique plans on {p.profile.name}",
     )
-    atomic_write_json(paths["run"], {
-        "git_sha": git_sha(),
-        "seed": p.config.seed,
-        "config": resolved,
-        "device_table": {"name": p.profile.name, "path": p.profile.path, "kind": p.profile.kind},
-        "host": {"python": platform.python_version(), "jax": jax.__version__,
-                 "machine": platform.machine()},
-        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    })
+    atomic_write_json(
+        paths["run"],
+        {
+            "git_sha": git_sha(),
+            "seed": p.config.seed,
+            "config": resolved,
+            "device_table": {
+                "name": p.profile.name,
+                "path": p.profile.path,
+                "kind": p.profile.kind,
+            },
+            "host": {
+                "python": platform.python_version(),
+                "jax": jax.__version__,
+                "machine": platform.machine(),
+            },
+            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        },
+    )
     atomic_write_json(paths["metrics"], metrics)
     return paths

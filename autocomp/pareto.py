@@ -53,15 +53,36 @@ def plot_pareto(
     sc = ax.scatter(latency, 100 * accuracy, c=np.log10(size), s=8, cmap="viridis", alpha=0.6)
     fig.colorbar(sc, ax=ax, label="log10 size (bytes)")
     front = np.asarray(front, int)
-    ax.scatter(latency[front], 100 * accuracy[front], s=14, facecolors="none", edgecolors="r",
-               lw=0.8, label="Pareto front (acc, latency, energy, size)")
+    ax.scatter(
+        latency[front],
+        100 * accuracy[front],
+        s=14,
+        facecolors="none",
+        edgecolors="r",
+        lw=0.8,
+        label="Pareto front (acc, latency, energy, size)",
+    )
     front2d = pareto_front(accuracy, np.asarray(latency)[:, None])
     order = front2d[np.argsort(latency[front2d])]
-    ax.step(latency[order], 100 * accuracy[order], "r-", where="post", lw=1.2,
-            label="front (acc, latency)")
+    ax.step(
+        latency[order],
+        100 * accuracy[order],
+        "r-",
+        where="post",
+        lw=1.2,
+        label="front (acc, latency)",
+    )
     ax.scatter([base[0]], [100 * base[1]], marker="s", c="k", s=50, label="base model")
-    ax.scatter([chosen[0]], [100 * chosen[1]], marker="*", c="orange", s=160, ec="k",
-               label="chosen plan", zorder=5)
+    ax.scatter(
+        [chosen[0]],
+        [100 * chosen[1]],
+        marker="*",
+        c="orange",
+        s=160,
+        ec="k",
+        label="chosen plan",
+        zorder=5,
+    )
     if budget_ms is not None and np.isfinite(budget_ms):
         ax.axvline(budget_ms, color="grey", ls="--", lw=1, label="latency budget")
     ax.set_xlabel("latency (ms, device cost table)")

@@ -157,10 +157,23 @@ def _annotate(p: Prepared, plan: Plan, indices: np.ndarray, params: dict) -> Pla
     for layer, choice, (t, r) in zip(p.layers, plan.layers, indices, strict=True):
         row = p.space.costs[layer.index, t, r, in_bin]
         in_bin = int(p.space.out_bin[layer.index, t, r])
-        shapes = [list(np.shape(v["kernel"])) for k, v in params.items()
-                  if k == layer.name or k.startswith(f"{layer.name}_")]
-        layers.append(LayerChoice(choice.name, choice.technique, choice.ratio, shapes,
-                                  float(row[0]), float(row[1]), int(row[3]), int(row[2])))
+        shapes = [
+            list(np.shape(v["kernel"]))
+            for k, v in params.items()
+            if k == layer.name or k.startswith(f"{layer.name}_")
+        ]
+        layers.append(
+            LayerChoice(
+                choice.name,
+                choice.technique,
+                choice.ratio,
+                shapes,
+                float(row[0]),
+                float(row[1]),
+                int(row[3]),
+                int(row[2]),
+            )
+        )
     return Plan(plan.model, tuple(layers))
 
 
@@ -187,15 +200,18 @@ def finetune_compressed(p: Prepared, c: Compressed, on_epoch=None) -> tuple[dict
     def teacher(x):
         return predict(p.ops, p.base_params, x)
 
-    params = finetune(c.ops, c.params, c.masks, p.data, p.config.finetune, teacher,
-                      p.config.seed, on_epoch)
+    params = finetune(
+        c.ops, c.params, c.masks, p.data, p.config.finetune, teacher, p.config.seed, on_epoch
+    )
     return params, accuracy(c.ops, params, p.data.x_test, p.data.y_test)
 
 
 def ratios_of(base: dict, compressed: dict) -> dict[str, float]:
     """How many times smaller/faster the compressed model is, and the accuracy drop."""
-    out = {f"{k}_x": base[k] / max(compressed[k], 1e-12)
-           for k in ("params", "bytes", "macs", "latency_ms", "energy_mj")}
+    out = {
+        f"{k}_x": base[k] / max(compressed[k], 1e-12)
+        for k in ("params", "bytes", "macs", "latency_ms", "energy_mj")
+    }
     out["accuracy_drop_points"] = 100 * (base["test_accuracy"] - compressed["test_accuracy"])
     return out
 
@@ -206,8 +222,9 @@ def history_table(p: Prepared, sel: Selection) -> tuple[list[str], list[list[Any
     rows = []
     for i in sel.front:
         plan = " ".join(f"{names[t]}@{p.config.env.ratios[r]:g}" for t, r in sel.plans[i])
-        rows.append([plan, float(sel.accuracy[i]), *map(float, sel.costs[i][:3]),
-                     float(sel.reward[i])])
+        rows.append(
+            [plan, float(sel.accuracy[i]), *map(float, sel.costs[i][:3]), float(sel.reward[i])]
+        )
     return ["plan", "val_accuracy", *CHANNELS[:3], "reward"], rows
 
 

@@ -47,8 +47,11 @@ class Plan:
     version: int = PLAN_VERSION
 
     def to_json(self) -> str:
-        doc = {"version": self.version, "model": self.model,
-               "layers": [asdict(layer) for layer in self.layers]}
+        doc = {
+            "version": self.version,
+            "model": self.model,
+            "layers": [asdict(layer) for layer in self.layers],
+        }
         return json.dumps(doc, indent=2) + "\n"
 
     @staticmethod
@@ -158,8 +161,9 @@ def materialize(
         else:
             in_rows = layer.input_rows(kept_channels)
         tech = by_name[choice.technique]
-        out = tech.materialize(layer, params[layer.name], aux[layer.index][tech.name],
-                               choice.ratio, in_rows)
+        out = tech.materialize(
+            layer, params[layer.name], aux[layer.index][tech.name], choice.ratio, in_rows
+        )
         replaced[layer.name] = out.ops
         new_params.update(out.params)
         masks.update(out.masks)

@@ -38,9 +38,15 @@ def plan_table(plan: Plan) -> Table:
     for col in ("layer", "technique", "ratio", "kernels", "latency ms", "energy mJ", "params"):
         table.add_column(col)
     for c in plan.layers:
-        table.add_row(c.name, c.technique, f"{c.ratio:g}", " + ".join("x".join(map(str, s))
-                      for s in c.shape), f"{c.latency_ms:.4f}", f"{c.energy_mj:.4f}",
-                      f"{c.params:,}")
+        table.add_row(
+            c.name,
+            c.technique,
+            f"{c.ratio:g}",
+            " + ".join("x".join(map(str, s)) for s in c.shape),
+            f"{c.latency_ms:.4f}",
+            f"{c.energy_mj:.4f}",
+            f"{c.params:,}",
+        )
     return table
 
 

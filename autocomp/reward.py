@@ -30,10 +30,10 @@ class RewardParams(NamedTuple):
     """
 
     accuracy_weight: Float[Array, ""]
-    weights: Float[Array, "3"]
-    base: Float[Array, "3"]
+    weights: Float[Array, 3]
+    base: Float[Array, 3]
     base_accuracy: Float[Array, ""]
-    budgets: Float[Array, "3"]
+    budgets: Float[Array, 3]
     violation_penalty: Float[Array, ""]
 
 
@@ -63,7 +63,7 @@ def make_reward_params(
 
 
 def compute_reward(
-    params: RewardParams, accuracy: Float[Array, ""], resources: Float[Array, "3"]
+    params: RewardParams, accuracy: Float[Array, ""], resources: Float[Array, 3]
 ) -> tuple[Float[Array, ""], Array]:
     """Reward of a finished plan and whether it violates a budget."""
     savings = 1.0 - resources / params.base

@@ -25,14 +25,19 @@ log = logging.getLogger(__name__)
 
 def _to_saveable(state) -> dict:
     params, opt_state, key, update = state
-    return {"params": params, "opt_state": opt_state,
-            "key": np.asarray(jax.random.key_data(key)), "update": np.asarray(update)}
+    return {
+        "params": params,
+        "opt_state": opt_state,
+        "key": np.asarray(jax.random.key_data(key)),
+        "update": np.asarray(update),
+    }
 
 
 def save_checkpoint(path: Path, state, history: dict, fingerprint: str) -> None:
     blob = {"fingerprint": fingerprint, "state": _to_saveable(state), "history": history}
-    atomic_write_bytes(path, serialization.msgpack_serialize(
-        serialization.to_state_dict(jax.device_get(blob))))
+    atomic_write_bytes(
+        path, serialization.msgpack_serialize(serialization.to_state_dict(jax.device_get(blob)))
+    )
 
 
 def load_checkpoint(path: Path, template_state, fingerprint: str):
@@ -80,9 +85,16 @@ def run_search(
     done = 0 if history is None else len(history["reward"])
     best = {"reward": -np.inf, "accuracy": np.nan, "latency_ms": np.nan}
     timings = {"first_chunk_s": 0.0, "steady_s": 0.0, "steady_episodes": 0}
-    columns = (TextColumn("[bold]search"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("episodes | best reward {task.fields[r]} | acc {task.fields[a]} | "
-                          "latency {task.fields[l]} ms"), TimeElapsedColumn())
+    columns = (
+        TextColumn("[bold]search"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn(
+            "episodes | best reward {task.fields[r]} | acc {task.fields[a]} | "
+            "latency {task.fields[l]} ms"
+        ),
+        TimeElapsedColumn(),
+    )
     with Progress(*columns, disable=not show_progress, transient=False) as bar:
         task = bar.add_task("search", total=total, completed=done, r="-", a="-", l="-")
         while done < total:
@@ -102,8 +114,13 @@ def run_search(
             done = len(history["reward"])
             if checkpoint is not None:
                 save_checkpoint(checkpoint, state, history, fingerprint)
-            bar.update(task, completed=done, r=f"{best['reward']:.4f}",
-                       a=f"{best['accuracy']:.4f}", l=f"{best['latency_ms']:.4f}")
+            bar.update(
+                task,
+                completed=done,
+                r=f"{best['reward']:.4f}",
+                a=f"{best['accuracy']:.4f}",
+                l=f"{best['latency_ms']:.4f}",
+            )
     return state, history, timings
 
 
@@ -112,15 +129,20 @@ def _log_chunk(tracker, history: dict, start: int, best: dict) -> None:
     for i in range(start, len(history["reward"])):
         ok = not bool(history["violation"][i])
         if ok and history["reward"][i] > best["reward"]:
-            best.update(reward=float(history["reward"][i]),
-                        accuracy=float(history["accuracy"][i]),
-                        latency_ms=float(history["latency_ms"][i]))
-        tracker.log({
-            "episode/reward": float(history["reward"][i]),
-            "episode/accuracy": float(history["accuracy"][i]),
-            "episode/latency_ms": float(history["latency_ms"][i]),
-            "episode/energy_mj": float(history["energy_mj"][i]),
-            "episode/bytes": float(history["bytes"][i]),
-            "episode/violation": int(history["violation"][i]),
-            "best/reward": best["reward"],
-        }, step=i)
+            best.update(
+                reward=float(history["reward"][i]),
+                accuracy=float(history["accuracy"][i]),
+                latency_ms=float(history["latency_ms"][i]),
+            )
+        tracker.log(
+            {
+                "episode/reward": float(history["reward"][i]),
+                "episode/accuracy": float(history["accuracy"][i]),
+                "episode/latency_ms": float(history["latency_ms"][i]),
+                "episode/energy_mj": float(history["energy_mj"][i]),
+                "episode/bytes": float(history["bytes"][i]),
+                "episode/violation": int(history["violation"][i]),
+                "best/reward": best["reward"],
+            },
+            step=i,
+        )

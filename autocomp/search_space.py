@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from autocomp.costs import DeviceProfile, sum_costs, price_op
+from autocomp.costs import DeviceProfile, price_ops
 from autocomp.layers import LayerInfo
-from autocomp.models import WEIGHTED, Op, walk_shapes
+from autocomp.models import WEIGHTED, Op
 from autocomp.techniques import Technique, kept
 
 # Cost channels of the table, in order. The first three are the reward's resources.
@@ -51,9 +51,7 @@ def _layer_cost(profile, layer: LayerInfo, ops: Sequence[Op], in_channels: int) 
         in_shape = (*layer.in_shape[:-1], in_channels)
     else:
         in_shape = (layer.in_positions * in_channels,)
-    run = (*ops, *layer.trailing)
-    shapes = walk_shapes(run, in_shape)
-    total = sum_costs([price_op(profile, op, s) for op, s in zip(run, shapes, strict=False)])
+    total = price_ops(profile, (*ops, *layer.trailing), in_shape)
     return np.array([getattr(total, c) for c in CHANNELS], np.float64)
 
 
@@ -88,12 +86,11 @@ def build_search_space(
                 out_bin[l, t, r] = _out_bin(layer, tech.out_channels(layer, ratio), ratios)
                 for r_in, in_ratio in enumerate(ratios if l > 0 else ratios[:1]):
                     c_in = kept(layer.in_channels, in_ratio)
-                    costs[l, t, r, r_in] = _layer_cost(profile, layer, tech.ops(layer, ratio, c_in),
-                                                       c_in)
+                    costs[l, t, r, r_in] = _layer_cost(
+                        profile, layer, tech.ops(layer, ratio, c_in), c_in
+                    )
     first = next(i for i, op in enumerate(base_ops) if op.kind in WEIGHTED)
-    head = base_ops[:first]
-    shapes = walk_shapes(head, input_shape)
-    fixed_total = sum_costs([price_op(profile, op, s) for op, s in zip(head, shapes, strict=False)])
+    fixed_total = price_ops(profile, base_ops[:first], input_shape)
     fixed = np.array([getattr(fixed_total, c) for c in CHANNELS], np.float64)
     keep = [t.name for t in techniques].index("keep")
     base = fixed + costs[:, keep, 0, 0].sum(axis=0)

@@ -40,7 +40,7 @@ class Observation(NamedTuple):
 class StepInfo(NamedTuple):
     """Per-step diagnostics. ``applied_action`` is what the env really did (learn from it)."""
 
-    applied_action: Int[Array, "2"]
+    applied_action: Int[Array, 2]
     accuracy: Float[Array, ""]
     latency_ms: Float[Array, ""]
     energy_mj: Float[Array, ""]

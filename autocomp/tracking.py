@@ -36,6 +36,9 @@ class WandbTracker(NullTracker):
     run later with ``wandb sync <run_dir>/wandb/offline-run-*``."""
 
     def __init__(self, cfg: LoggerConfig, run_dir: Path, config: dict, name: str):
+        # Our top-level package is named `agents`, which wandb mistakes for the OpenAI Agents SDK
+        # and then advertises Weave for; nothing here uses Weave.
+        os.environ.setdefault("WANDB_DISABLE_WEAVE", "true")
         import wandb
 
         self._wandb = wandb

@@ -41,8 +41,9 @@ def to_config(cfg: DictConfig) -> RootConfig:
 def build_env(p: pipeline.Prepared):
     env = CompressionEnv(p.ops, p.space)
     n_val = p.config.env.val_examples or len(p.data.x_val)
-    params = env.make_params(p.base_params, p.aux, p.data.x_val[:n_val], p.data.y_val[:n_val],
-                             p.reward)
+    params = env.make_params(
+        p.base_params, p.aux, p.data.x_val[:n_val], p.data.y_val[:n_val], p.reward
+    )
     return env, params
 
 
@@ -52,48 +53,71 @@ def run(config: RootConfig, run_dir: Path, resolved: dict, show_progress: bool =
     _, make_train, make_policy = AGENTS[config.agent.name]
     started = time.perf_counter()
     p = pipeline.prepare(config)
-    log.info("base model: val %.4f test %.4f (%s)", p.base_val_accuracy, p.base_test_accuracy,
-             "cached" if p.base_from_cache else "trained")
+    log.info(
+        "base model: val %.4f test %.4f (%s)",
+        p.base_val_accuracy,
+        p.base_test_accuracy,
+        "cached" if p.base_from_cache else "trained",
+    )
     tracker = make_tracker(config.logger, run_dir, resolved, f"{config.name}-seed{config.seed}")
     env, env_params = build_env(p)
     train = make_train(config.agent, env, env_params)
     paths = pipeline.run_paths(run_dir)
     state, history, timings = run_search(
-        train, jax.random.key(config.seed),
-        config.agent.batch_episodes * config.agent.updates_per_chunk, tracker,
-        paths["checkpoint"] if config.resume else None, config_fingerprint(resolved),
-        show_progress)
+        train,
+        jax.random.key(config.seed),
+        config.agent.batch_episodes * config.agent.updates_per_chunk,
+        tracker,
+        paths["checkpoint"] if config.resume else None,
+        config_fingerprint(resolved),
+        show_progress,
+    )
     greedy = make_policy(config.agent, env, env_params)(state.params)
     greedy_hist = jax.device_get(env_eval(env, env_params, greedy[None]))
     history = pipeline.merge_history(history, {k: v[None] for k, v in greedy_hist.items()})
     sel = pipeline.select(p, history)
     indices = sel.plans[sel.chosen]
-    comp = pipeline.compress(
-        p, indices, jax.jit(lambda x: env.logits(indices, env_params, x)))
+    comp = pipeline.compress(p, indices, jax.jit(lambda x: env.logits(indices, env_params, x)))
     params, test_acc = pipeline.finetune_compressed(p, comp)
     base = pipeline.model_metrics(p, p.ops, p.base_params, p.base_test_accuracy)
     compressed = pipeline.model_metrics(p, comp.ops, params, test_acc)
     metrics = {
         "base": {**base, "val_accuracy": p.base_val_accuracy},
-        "compressed": {**compressed, "val_accuracy_before_finetune": float(sel.accuracy[sel.chosen]),
-                       "reward": float(sel.reward[sel.chosen])},
+        "compressed": {
+            **compressed,
+            "val_accuracy_before_finetune": float(sel.accuracy[sel.chosen]),
+            "reward": float(sel.reward[sel.chosen]),
+        },
         "ratios": pipeline.ratios_of(base, compressed),
         "materialize_check": comp.check,
-        "search": {"episodes": int(len(history["reward"])), "unique_plans": int(len(sel.plans)),
-                   "pareto_front": int(len(sel.front)), **timings,
-                   "budgets": dict(zip(("latency_ms", "energy_mj", "bytes"),
-                                       map(float, np.asarray(p.reward.budgets)), strict=True))},
+        "search": {
+            "episodes": int(len(history["reward"])),
+            "unique_plans": int(len(sel.plans)),
+            "pareto_front": int(len(sel.front)),
+            **timings,
+            "budgets": dict(
+                zip(
+                    ("latency_ms", "energy_mj", "bytes"),
+                    map(float, np.asarray(p.reward.budgets)),
+                    strict=True,
+                )
+            ),
+        },
         "device_table": {"name": p.profile.name, "kind": p.profile.kind},
         "wall_time_s": time.perf_counter() - started,
     }
     paths = write_run(run_dir, p, sel, comp, params, metrics, resolved)
-    tracker.log_table("plan", ["layer", "technique", "ratio", "latency_ms", "energy_mj"],
-                      [[c.name, c.technique, c.ratio, c.latency_ms, c.energy_mj]
-                       for c in comp.plan.layers])
+    tracker.log_table(
+        "plan",
+        ["layer", "technique", "ratio", "latency_ms", "energy_mj"],
+        [[c.name, c.technique, c.ratio, c.latency_ms, c.energy_mj] for c in comp.plan.layers],
+    )
     tracker.log_table("pareto_front", *pipeline.history_table(p, sel))
     tracker.log_image("pareto", paths["pareto"])
-    tracker.summary({f"base/{k}": v for k, v in base.items() if k != "cost_sources"}
-                    | {f"compressed/{k}": v for k, v in compressed.items() if k != "cost_sources"})
+    tracker.summary(
+        {f"base/{k}": v for k, v in base.items() if k != "cost_sources"}
+        | {f"compressed/{k}": v for k, v in compressed.items() if k != "cost_sources"}
+    )
     tracker.finish()
     print_report(metrics, comp.plan, p.profile.name)
     return metrics
@@ -105,15 +129,22 @@ def env_eval(env, env_params, plans):
     obs, state = env.batch_reset(keys, env_params)
     for layer in range(env.spec.num_steps):
         obs, state, reward, _, info = env.batch_step(keys, state, plans[:, layer], env_params)
-    return {"plan": state.plan, "reward": reward, "accuracy": info.accuracy,
-            "latency_ms": info.latency_ms, "energy_mj": info.energy_mj, "bytes": info.bytes,
-            "violation": info.violation}
+    return {
+        "plan": state.plan,
+        "reward": reward,
+        "accuracy": info.accuracy,
+        "latency_ms": info.latency_ms,
+        "energy_mj": info.energy_mj,
+        "bytes": info.bytes,
+        "violation": info.violation,
+    }
 
 
 @hydra.main(version_base="1.3", config_path="../experiments", config_name="config")
 def main(cfg: DictConfig) -> float:
     from hydra.core.hydra_config import HydraConfig
 
+    logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # "no TPU" chatter
     config = to_config(cfg)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     metrics = run(config, run_dir, OmegaConf.to_container(cfg, resolve=True))

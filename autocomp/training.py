@@ -1,4 +1,4 @@
-"""Training of the base model (cached) and knowledge-distillation fine-tuning of a compressed one."""
+"""Training of the base model (cached) and distillation fine-tuning of a compressed one."""
 
 from __future__ import annotations
 
@@ -84,8 +84,10 @@ def fit(
     mask_tree = {name: {"kernel": jnp.asarray(m)} for name, m in (masks or {}).items()}
 
     def apply_masks(p):
-        return {k: ({**v, **{"kernel": v["kernel"] * mask_tree[k]["kernel"]}}
-                    if k in mask_tree else v) for k, v in p.items()}
+        return {
+            k: ({**v, **{"kernel": v["kernel"] * mask_tree[k]["kernel"]}} if k in mask_tree else v)
+            for k, v in p.items()
+        }
 
     @jax.jit
     def step(p, s, x, y, t_logits):
@@ -119,8 +121,12 @@ def base_cache_key(model: ModelConfig, data: Dataset, seed: int, train: TrainCon
     """Cache key of a trained base model: model, data, seed and training settings."""
     train_fields = {k: v for k, v in dataclasses.asdict(train).items() if k != "cache_dir"}
     blob = json.dumps(
-        {"model": dataclasses.asdict(model), "data": data.fingerprint(), "seed": seed,
-         "train": train_fields},
+        {
+            "model": dataclasses.asdict(model),
+            "data": data.fingerprint(),
+            "seed": seed,
+            "train": train_fields,
+        },
         sort_keys=True,
     )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]

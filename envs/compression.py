@@ -118,18 +118,20 @@ class CompressionEnv:
         rows = []
         for layer in self.layers:
             c_in = layer.in_shape[-1]
-            rows.append([
-                layer.index / max(1, n_l - 1),
-                float(layer.kind == "conv"),
-                np.log2(c_in) / 12,
-                np.log2(layer.features) / 12,
-                layer.kernel / 7,
-                layer.op.stride / 4,
-                np.log10(layer.fan_in * layer.features) / 8,
-                macs[layer.index] / macs.sum(),
-                float(layer.is_classifier),
-                np.log2(max(1, np.prod(layer.in_shape[:-1]))) / 12,
-            ])
+            rows.append(
+                [
+                    layer.index / max(1, n_l - 1),
+                    float(layer.kind == "conv"),
+                    np.log2(c_in) / 12,
+                    np.log2(layer.features) / 12,
+                    layer.kernel / 7,
+                    layer.op.stride / 4,
+                    np.log10(layer.fan_in * layer.features) / 8,
+                    macs[layer.index] / macs.sum(),
+                    float(layer.is_classifier),
+                    np.log2(max(1, np.prod(layer.in_shape[:-1]))) / 12,
+                ]
+            )
         return np.array(rows)
 
     def _sensitivity(self, base_params: dict, aux: tuple[dict, ...]) -> np.ndarray:
@@ -196,8 +198,9 @@ class CompressionEnv:
         allowed = params.allowed[l]
         feasible = allowed & jnp.all(total <= budgets, axis=-1)
         # No feasible action: allow the ones that overshoot least (the reward penalizes it).
-        overshoot = jnp.sum(jnp.maximum(total / params.reward.base - budgets / params.reward.base,
-                                        0.0), axis=-1)
+        overshoot = jnp.sum(
+            jnp.maximum(total / params.reward.base - budgets / params.reward.base, 0.0), axis=-1
+        )
         overshoot = jnp.where(allowed, overshoot, jnp.inf)
         least = allowed & (overshoot <= jnp.min(overshoot))
         return jnp.where(jnp.any(feasible), feasible, least)
@@ -251,9 +254,7 @@ class CompressionEnv:
         evaluated by one ``lax.map`` only on the last step (a vmapped ``cond`` would evaluate
         every step, and vmapped convolutions over different weights are slow on XLA:CPU)."""
         del keys
-        new_state, applied = jax.vmap(self._transition, in_axes=(0, 0, None))(
-            state, action, params
-        )
+        new_state, applied = jax.vmap(self._transition, in_axes=(0, 0, None))(state, action, params)
         done_all = new_state.layer[0] >= self.spec.num_steps  # lockstep: same for all
         batch = action.shape[0]
 
@@ -277,16 +278,18 @@ class CompressionEnv:
         base = params.reward.base
         rest = params.rest[l, state.in_bin, :3]
         slack = (params.reward.budgets - state.spent[:3] - rest) / base
-        features = jnp.concatenate([
-            params.static_features[l],
-            params.sensitivity[l].ravel(),
-            jax.nn.one_hot(state.in_bin, n_r),
-            state.spent[:3] / base,
-            rest / base,
-            jnp.clip(slack, -1.0, 1.0),
-            jax.nn.one_hot(state.prev_action[0], n_t),
-            jax.nn.one_hot(state.prev_action[1], n_r),
-        ])
+        features = jnp.concatenate(
+            [
+                params.static_features[l],
+                params.sensitivity[l].ravel(),
+                jax.nn.one_hot(state.in_bin, n_r),
+                state.spent[:3] / base,
+                rest / base,
+                jnp.clip(slack, -1.0, 1.0),
+                jax.nn.one_hot(state.prev_action[0], n_t),
+                jax.nn.one_hot(state.prev_action[1], n_r),
+            ]
+        )
         return Observation(features.astype(jnp.float32), self.action_mask(state, params))
 
 

@@ -28,12 +28,18 @@ class ToyState(NamedTuple):
 
 
 class ToyEnv:
-    def __init__(self, num_layers: int = 4, num_techniques: int = 3, num_ratios: int = 4,
-                 margin: float = 0.5):
+    def __init__(
+        self, num_layers: int = 4, num_techniques: int = 3, num_ratios: int = 4, margin: float = 0.5
+    ):
         self.margin = margin
-        self.spec = EnvSpec(num_layers, num_techniques, num_ratios, num_layers + 1,
-                            tuple(f"t{i}" for i in range(num_techniques)),
-                            tuple(np.linspace(0, 0.9, num_ratios).tolist()))
+        self.spec = EnvSpec(
+            num_layers,
+            num_techniques,
+            num_ratios,
+            num_layers + 1,
+            tuple(f"t{i}" for i in range(num_techniques)),
+            tuple(np.linspace(0, 0.9, num_ratios).tolist()),
+        )
 
     def make_params(self, seed: int = 0) -> ToyParams:
         rng = np.random.default_rng(seed)

@@ -6,8 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from agents.compressor_critic import CompressorCriticConfig, make_policy, make_train
-from agents.compressor_critic import losses
+from agents.compressor_critic import CompressorCriticConfig, losses, make_policy, make_train
 from envs.toy import ToyEnv
 
 
@@ -34,8 +33,13 @@ def test_pg_value_entropy_losses_by_hand():
 def test_learns_toy_optimum():
     env = ToyEnv(num_layers=4, num_techniques=3, num_ratios=4)
     params = env.make_params(seed=0)
-    config = CompressorCriticConfig(episodes=3072, batch_episodes=32, updates_per_chunk=16,
-                                    learning_rate=1e-2, entropy_coef=0.01)
+    config = CompressorCriticConfig(
+        episodes=3072,
+        batch_episodes=32,
+        updates_per_chunk=16,
+        learning_rate=1e-2,
+        entropy_coef=0.01,
+    )
     train = make_train(config, env, params)
     state, chunks = train(jax.random.key(0))
     plan = make_policy(config, env, params)(state.params)

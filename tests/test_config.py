@@ -17,8 +17,14 @@ from autocomp.train import register, to_config
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = sorted(p.stem for p in (ROOT / "experiments" / "experiment").glob("*.yaml"))
 LAUNCH = sorted((ROOT / "launch").glob("*.yaml"))
-TINY = ["agent.episodes=32", "agent.batch_episodes=16", "agent.updates_per_chunk=2",
-        "base.epochs=1", "finetune.epochs=1", "logger=none"]
+TINY = [
+    "agent.episodes=32",
+    "agent.batch_episodes=16",
+    "agent.updates_per_chunk=2",
+    "base.epochs=1",
+    "finetune.epochs=1",
+    "logger=none",
+]
 
 
 def _compose(overrides):
@@ -36,8 +42,9 @@ def test_experiment_composes_and_runs_a_few_steps(name, tmp_path, cache_dir):
     cfg = _compose([f"experiment={name}", f"base.cache_dir={cache_dir}", *TINY])
     header = (ROOT / "experiments" / "experiment" / f"{name}.yaml").read_text()
     assert header.startswith("# @package _global_") and "# Command:" in header
-    metrics = run(to_config(cfg), tmp_path, OmegaConf.to_container(cfg, resolve=True),
-                  show_progress=False)
+    metrics = run(
+        to_config(cfg), tmp_path, OmegaConf.to_container(cfg, resolve=True), show_progress=False
+    )
     assert (tmp_path / "metrics.json").is_file() and metrics["search"]["episodes"] > 0
 
 
@@ -45,9 +52,11 @@ def _sweep_overrides(path: Path) -> list[list[str]]:
     spec = yaml.safe_load(path.read_text())
     params = spec["parameters"]
     names = list(params)
-    grids = [params[n]["values"] if "values" in params[n] else [params[n]["value"]]
-             for n in names]
-    return [[f"{n}={v}" for n, v in zip(names, combo)] for combo in itertools.product(*grids)]
+    grids = [params[n]["values"] if "values" in params[n] else [params[n]["value"]] for n in names]
+    return [
+        [f"{n}={v}" for n, v in zip(names, combo, strict=False)]
+        for combo in itertools.product(*grids)
+    ]
 
 
 @pytest.mark.parametrize("path", LAUNCH, ids=lambda p: p.name)
@@ -91,8 +100,6 @@ def test_unknown_key_fails_at_compose():
 
 
 def test_missing_cost_table_fails_before_anything_is_written(tmp_path, tiny_config):
-    import dataclasses
-
     from autocomp.config import DeviceConfig
     from autocomp.train import run
 
@@ -100,14 +107,16 @@ def test_missing_cost_table_fails_before_anything_is_written(tmp_path, tiny_conf
     with pytest.raises(CostTableError, match="not found.*analytic_cortex_a76"):
         run(config, tmp_path / "run", {}, show_progress=False)
     assert not (tmp_path / "run").exists()
-    del dataclasses
 
 
-@pytest.mark.parametrize("content,match", [
-    ("{not json", "not valid JSON"),
-    ('{"schema_version": 1, "kind": "analytic"}', "missing object 'device'"),
-    ('{"schema_version": 7}', "schema_version"),
-])
+@pytest.mark.parametrize(
+    "content,match",
+    [
+        ("{not json", "not valid JSON"),
+        ('{"schema_version": 1, "kind": "analytic"}', "missing object 'device'"),
+        ('{"schema_version": 7}', "schema_version"),
+    ],
+)
 def test_malformed_cost_table_is_a_clear_error(tmp_path, content, match):
     path = tmp_path / "table.json"
     path.write_text(content)
@@ -134,8 +143,9 @@ def test_exact_table_rows_win_over_the_analytic_model(tmp_path):
 
     shipped = json.loads(Path(load_profile("analytic_cortex_a76").path).read_text())
     op = Op("dense", "fc", 10)
-    shipped["rows"] = [{"key": op_key(op, (32,)), "latency_ms": 0.5, "latency_spread_ms": 0.01,
-                        "energy_mj": 0.25}]
+    shipped["rows"] = [
+        {"key": op_key(op, (32,)), "latency_ms": 0.5, "latency_spread_ms": 0.01, "energy_mj": 0.25}
+    ]
     path = tmp_path / "rows.json"
     path.write_text(json.dumps(shipped))
     profile = load_profile(str(path))

@@ -10,13 +10,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from autocomp.config import EnvConfig, LayerConfig, ModelConfig, RewardConfig
+from autocomp.config import LayerConfig, ModelConfig, RewardConfig
 from autocomp.costs import load_profile
 from autocomp.layers import compressible_layers
 from autocomp.models import base_ops, init_params
 from autocomp.plan import prepare_aux
 from autocomp.reward import make_reward_params
-from autocomp.search_space import CHANNELS, SearchSpace, build_search_space, plan_cost
+from autocomp.search_space import CHANNELS, build_search_space, plan_cost
 from autocomp.techniques import make_techniques
 from envs.compression import CompressionEnv, EnvState
 
@@ -86,29 +86,39 @@ def test_batch_step_equals_vmapped_step(env_and_params):
         actions = _random_actions(jax.random.key(10 + layer), obs_b.action_mask.shape[1:], n)
         obs_b, state_b, r_b, d_b, i_b = bstep(keys, state_b, actions, params)
         obs_v, state_v, r_v, d_v, i_v = vstep(keys, state_v, actions, params)
-        chex.assert_trees_all_close((obs_b, state_b, r_b, d_b, i_b),
-                                    (obs_v, state_v, r_v, d_v, i_v), atol=1e-5)
+        chex.assert_trees_all_close(
+            (obs_b, state_b, r_b, d_b, i_b), (obs_v, state_v, r_v, d_v, i_v), atol=1e-5
+        )
 
 
 def _two_layer_env():
     """A 2-layer MLP on 2 examples with a hand-written cost table."""
-    cfg = ModelConfig("mlp", [1, 1, 4], 2, [
-        LayerConfig("flatten"), LayerConfig("dense", "h", 3), LayerConfig("dense", "out", 2,
-                                                                         activation="none")])
+    cfg = ModelConfig(
+        "mlp",
+        [1, 1, 4],
+        2,
+        [
+            LayerConfig("flatten"),
+            LayerConfig("dense", "h", 3),
+            LayerConfig("dense", "out", 2, activation="none"),
+        ],
+    )
     ops = base_ops(cfg)
     layers = compressible_layers(ops, (1, 1, 4))
     techs = make_techniques(["keep", "filter"])
     ratios = [0.0, 0.5]
-    space = build_search_space(ops, layers, techs, ratios, load_profile("analytic_cortex_a76"),
-                               (1, 1, 4))
+    space = build_search_space(
+        ops, layers, techs, ratios, load_profile("analytic_cortex_a76"), (1, 1, 4)
+    )
     # Overwrite with a hand table: channels (latency, energy, bytes, params, macs).
     costs = np.full_like(space.costs, np.inf)
-    costs[0, 0, 0, 0] = [2.0, 4.0, 100, 25, 12]   # h keep
-    costs[0, 1, 1, 0] = [1.0, 1.0, 60, 15, 8]     # h filter 0.5
-    costs[1, 0, 0, 0] = [1.0, 2.0, 40, 10, 6]     # out keep, full inputs
-    costs[1, 0, 0, 1] = [0.5, 1.0, 20, 5, 4]      # out keep, half inputs
-    space = dataclasses.replace(space, costs=costs, fixed=np.zeros(5),
-                                base=np.array([3.0, 6.0, 140, 35, 18]))
+    costs[0, 0, 0, 0] = [2.0, 4.0, 100, 25, 12]  # h keep
+    costs[0, 1, 1, 0] = [1.0, 1.0, 60, 15, 8]  # h filter 0.5
+    costs[1, 0, 0, 0] = [1.0, 2.0, 40, 10, 6]  # out keep, full inputs
+    costs[1, 0, 0, 1] = [0.5, 1.0, 20, 5, 4]  # out keep, half inputs
+    space = dataclasses.replace(
+        space, costs=costs, fixed=np.zeros(5), base=np.array([3.0, 6.0, 140, 35, 18])
+    )
     params = init_params(ops, (1, 1, 4), jax.random.key(0))
     return ops, layers, techs, space, params
 
@@ -118,8 +128,14 @@ def test_reward_equals_hand_computation():
     env = CompressionEnv(ops, space)
     x = np.random.default_rng(0).random((2, 1, 1, 4), dtype=np.float32)
     y = np.array([0, 1], np.int32)
-    rcfg = RewardConfig(accuracy_weight=2.0, latency_weight=0.5, energy_weight=0.25,
-                        size_weight=0.125, violation_penalty=10.0, max_energy_mj=2.5)
+    rcfg = RewardConfig(
+        accuracy_weight=2.0,
+        latency_weight=0.5,
+        energy_weight=0.25,
+        size_weight=0.125,
+        violation_penalty=10.0,
+        max_energy_mj=2.5,
+    )
     base_acc = 0.5
     rp = make_reward_params(rcfg, (3.0, 6.0, 140.0), base_acc)
     ep = env.make_params(params, prepare_aux(layers, params, techs), x, y, rp)
@@ -130,11 +146,17 @@ def test_reward_equals_hand_computation():
         obs, state, reward, done, info = env.step(jax.random.key(0), state, plan[layer], ep)
     acc = float(env.accuracy(plan, ep))
     latency, energy, size = 1.0 + 0.5, 1.0 + 1.0, 60 + 20
-    expected = (2.0 * (acc - base_acc) + 0.5 * (1 - latency / 3.0) + 0.25 * (1 - energy / 6.0)
-                + 0.125 * (1 - size / 140))
+    expected = (
+        2.0 * (acc - base_acc)
+        + 0.5 * (1 - latency / 3.0)
+        + 0.25 * (1 - energy / 6.0)
+        + 0.125 * (1 - size / 140)
+    )
     assert bool(done)
     np.testing.assert_allclose(float(reward), expected, rtol=1e-5)
-    np.testing.assert_allclose([info.latency_ms, info.energy_mj, info.bytes], [latency, energy, size])
+    np.testing.assert_allclose(
+        [info.latency_ms, info.energy_mj, info.bytes], [latency, energy, size]
+    )
     np.testing.assert_allclose(plan_cost(space, np.asarray(plan))[:3], [latency, energy, size])
     # The keep/keep plan breaks the energy budget (6 > 2.5): a masked action is projected.
     obs, state = env.reset(jax.random.key(0), ep)
@@ -148,13 +170,20 @@ def test_costs_of_plan_match_materialized_model(prepared, env_and_params):
 
     env, params = env_and_params
     names = [t.name for t in prepared.techniques]
-    plan = np.array([[names.index("filter"), 2], [names.index("svd"), 3],
-                     [names.index("filter"), 4], [names.index("svd"), 1]], np.int32)
+    plan = np.array(
+        [
+            [names.index("filter"), 2],
+            [names.index("svd"), 3],
+            [names.index("filter"), 4],
+            [names.index("svd"), 1],
+        ],
+        np.int32,
+    )
     comp = compress(prepared, plan, lambda x: env.logits(jnp.asarray(plan), params, x))
     from autocomp.pipeline import model_metrics
 
     metrics = model_metrics(prepared, comp.ops, comp.params, 0.0)
-    table = dict(zip(CHANNELS, plan_cost(prepared.space, plan)))
+    table = dict(zip(CHANNELS, plan_cost(prepared.space, plan), strict=False))
     for key in ("latency_ms", "energy_mj"):
         np.testing.assert_allclose(metrics[key], table[key], rtol=1e-9)
     for key in ("params", "bytes", "macs"):
@@ -172,8 +201,9 @@ def test_obs_dim_matches_spec(env_and_params):
 
 def test_infeasible_budget_allows_the_cheapest_and_flags_violation(env_and_params):
     env, params = env_and_params
-    tight = params._replace(reward=params.reward._replace(
-        budgets=params.reward.budgets.at[0].set(1e-6)))
+    tight = params._replace(
+        reward=params.reward._replace(budgets=params.reward.budgets.at[0].set(1e-6))
+    )
     keys = jax.random.split(jax.random.key(3), 4)
     obs, state = env.batch_reset(keys, tight)
     for layer in range(env.spec.num_steps):

@@ -3,10 +3,9 @@
 from pathlib import Path
 
 import agents
+import autocomp
 import envs
 import experiments
-
-import autocomp
 
 ROOT = Path(__file__).resolve().parents[1]
 

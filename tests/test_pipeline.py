@@ -14,8 +14,13 @@ from flax import serialization
 from autocomp.plan import Plan
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["agent.episodes=64", "agent.batch_episodes=16", "agent.updates_per_chunk=2",
-        "base.epochs=3", "finetune.epochs=1"]
+TINY = [
+    "agent.episodes=64",
+    "agent.batch_episodes=16",
+    "agent.updates_per_chunk=2",
+    "base.epochs=3",
+    "finetune.epochs=1",
+]
 
 
 def test_default_experiment_cli_end_to_end(tmp_path, cache_dir):
@@ -23,7 +28,11 @@ def test_default_experiment_cli_end_to_end(tmp_path, cache_dir):
     env = {**os.environ, "WANDB_MODE": "offline", "AUTOCOMP_CACHE": cache_dir}
     proc = subprocess.run(
         [sys.executable, "-m", "autocomp.train", f"hydra.run.dir={run_dir}", *TINY],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "base vs compressed" in proc.stdout
@@ -94,8 +103,9 @@ def test_resume_continues_a_killed_search(tiny_config, tmp_path):
     saved, saved_history = load_checkpoint(ckpt, train.init(jax.random.key(0)), "fp")
     assert int(saved.update) == config.agent.updates_per_chunk
     assert len(saved_history["reward"]) == per_chunk
-    state, history, _ = run_search(train, jax.random.key(0), per_chunk, NullTracker(), ckpt,
-                                   "fp", False)
+    state, history, _ = run_search(
+        train, jax.random.key(0), per_chunk, NullTracker(), ckpt, "fp", False
+    )
     _, full, _ = run_search(train, jax.random.key(0), per_chunk, NullTracker(), None, "fp", False)
     np.testing.assert_array_equal(history["plan"], full["plan"])
     np.testing.assert_allclose(history["reward"], full["reward"])

@@ -8,17 +8,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import TINY_LAYERS
 
+from autocomp.config import ModelConfig
 from autocomp.costs import load_profile, price_ops
 from autocomp.layers import compressible_layers
-from autocomp.models import base_ops, init_params
+from autocomp.models import SequentialNet, base_ops, init_params
 from autocomp.plan import LayerChoice, Plan, check_plan, materialize, prepare_aux
 from autocomp.techniques import REGISTRY, TechniqueError, make_techniques
 from autocomp.training import predict
-from autocomp.models import SequentialNet
-
-from conftest import TINY_LAYERS
-from autocomp.config import ModelConfig
 
 MODEL = ModelConfig("tiny_lenet", [8, 8, 1], 10, TINY_LAYERS)
 OPS = base_ops(MODEL)
@@ -67,7 +65,7 @@ def test_error_non_decreasing_in_ratio(tech, layer, params, aux):
     for ratio in np.linspace(0, 0.95, 12):
         out = tech.simulate(p, a, jnp.float32(ratio))
         errors.append(float(jnp.linalg.norm(out["kernel"] - p["kernel"])))
-    assert all(b >= a - 1e-5 for a, b in zip(errors, errors[1:])), errors
+    assert all(b >= a - 1e-5 for a, b in zip(errors, errors[1:], strict=False)), errors
     if tech.name != "keep":
         assert errors[-1] > 0
 
@@ -75,7 +73,7 @@ def test_error_non_decreasing_in_ratio(tech, layer, params, aux):
 def _simulated_params(params, aux, plan):
     by_name = {t.name: t for t in TECHS}
     out = dict(params)
-    for layer, choice in zip(LAYERS, plan.layers):
+    for layer, choice in zip(LAYERS, plan.layers, strict=False):
         tech = by_name[choice.technique]
         p = jax.tree.map(jnp.asarray, params[layer.name])
         out[layer.name] = tech.simulate(p, aux[layer.index][tech.name], jnp.float32(choice.ratio))
@@ -83,8 +81,10 @@ def _simulated_params(params, aux, plan):
 
 
 def _plan(choices):
-    return Plan("tiny_lenet", tuple(LayerChoice(l.name, *choices.get(l.name, ("keep", 0.0)))
-                                    for l in LAYERS))
+    return Plan(
+        "tiny_lenet",
+        tuple(LayerChoice(l.name, *choices.get(l.name, ("keep", 0.0))) for l in LAYERS),
+    )
 
 
 @pytest.mark.parametrize("tech,layer", list(cases()))
@@ -101,7 +101,8 @@ def test_simulate_equals_materialize(tech, layer, params, aux):
     np.testing.assert_allclose(real, np.asarray(sim), atol=2e-4, rtol=1e-4)
     # Materialized shapes are really smaller (or equal for keep/magnitude).
     assert sum(np.size(v) for v in jax.tree.leaves(new_params)) <= 2 * sum(
-        np.size(v) for v in jax.tree.leaves(params))
+        np.size(v) for v in jax.tree.leaves(params)
+    )
 
 
 def _formula(tech, layer, ratio):
@@ -122,8 +123,9 @@ def _formula(tech, layer, ratio):
 @pytest.mark.parametrize("tech,layer", list(cases()))
 def test_counted_params_and_macs_equal_formula(tech, layer, params, aux):
     ratio = 0.75
-    ops, new_params, _ = materialize(OPS, LAYERS, params, aux, TECHS,
-                                     _plan({layer.name: (tech.name, ratio)}))
+    ops, new_params, _ = materialize(
+        OPS, LAYERS, params, aux, TECHS, _plan({layer.name: (tech.name, ratio)})
+    )
     profile = load_profile("analytic_cortex_a76")
     base = price_ops(profile, OPS, (8, 8, 1))
     cost = price_ops(profile, ops, (8, 8, 1))
@@ -132,14 +134,18 @@ def test_counted_params_and_macs_equal_formula(tech, layer, params, aux):
     if tech.name != "filter":  # filter also shrinks the next layer: checked separately below
         assert cost.params - base.params == f_params - b_params
         assert cost.macs - base.macs == f_macs - b_macs
-    nonzero = sum(int(np.count_nonzero(v)) if k == "kernel" else int(np.size(v))
-                  for d in new_params.values() for k, v in d.items())
+    nonzero = sum(
+        int(np.count_nonzero(v)) if k == "kernel" else int(np.size(v))
+        for d in new_params.values()
+        for k, v in d.items()
+    )
     assert cost.params == nonzero
 
 
 def test_filter_removes_next_layer_inputs(params, aux):
-    ops, new_params, _ = materialize(OPS, LAYERS, params, aux, TECHS,
-                                     _plan({"conv2": ("filter", 0.75)}))
+    ops, new_params, _ = materialize(
+        OPS, LAYERS, params, aux, TECHS, _plan({"conv2": ("filter", 0.75)})
+    )
     assert new_params["conv2"]["kernel"].shape == (3, 3, 8, 4)
     assert new_params["fc1"]["kernel"].shape == (16 * 4, 32)  # 4x4 positions x 4 channels
 

@@ -111,12 +111,14 @@ def make_train(
 
     def update(state: TrainState, _):
         key, k_roll = jax.random.split(state.key)
-        traj = _rollout(net, state.params, env, env_params, k_roll, config.batch_episodes,
-                        sample_action)
+        traj = _rollout(
+            net, state.params, env, env_params, k_roll, config.batch_episodes, sample_action
+        )
         progress = state.update / jnp.maximum(n_updates - 1, 1)
         entropy_coef = config.entropy_coef * (1.0 - (1.0 - config.entropy_final_frac) * progress)
-        grads, aux = jax.grad(lambda p: _loss(net, p, traj, entropy_coef, config.value_coef),
-                              has_aux=True)(state.params)
+        grads, aux = jax.grad(
+            lambda p: _loss(net, p, traj, entropy_coef, config.value_coef), has_aux=True
+        )(state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         last = jax.tree.map(lambda x: x[-1], traj.info)
@@ -160,8 +162,15 @@ def make_policy(config: CompressorCriticConfig, env: Environment, env_params: An
 
     @jax.jit
     def policy(params):
-        traj = _rollout(net, params, env, env_params, jax.random.key(0), 1,
-                        lambda k, t, r, m: greedy_action(t, r, m))
+        traj = _rollout(
+            net,
+            params,
+            env,
+            env_params,
+            jax.random.key(0),
+            1,
+            lambda k, t, r, m: greedy_action(t, r, m),
+        )
         return traj.action[:, 0]
 
     return lambda params: np.asarray(policy(params))

@@ -46,7 +46,9 @@ def make_magnitude() -> Technique:
         density = float(keep_mask.mean())
         new = {"kernel": kernel.astype(np.float32), "bias": np.asarray(params["bias"])}
         ops = same_layer_ops(layer, len(in_rows), layer.features, density)
-        return Materialized(ops, {layer.name: new}, {layer.name: keep_mask}, np.arange(layer.features))
+        return Materialized(
+            ops, {layer.name: new}, {layer.name: keep_mask}, np.arange(layer.features)
+        )
 
     def ops(layer, ratio, in_channels):
         return same_layer_ops(layer, in_channels, layer.features, 1.0 - float(ratio))
