@@ -54,3 +54,29 @@ def print_report(metrics: dict, plan: Plan, device: str, console: Console | None
     console = console or Console()
     console.print(plan_table(plan))
     console.print(summary_table(metrics, device))
+
+
+class EpochBar:
+    """A rich progress bar for epochs; ``bar.callback`` is an ``on_epoch(epoch, loss)``."""
+
+    def __init__(self, label: str, total: int, enabled: bool = True):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+        self._progress = Progress(
+            TextColumn(f"[bold]{label}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("epochs | loss {task.fields[loss]}"),
+            disable=not enabled,
+        )
+        self._task = self._progress.add_task(label, total=total, loss="-")
+
+    def __enter__(self) -> EpochBar:
+        self._progress.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._progress.stop()
+
+    def callback(self, epoch: int, loss: float) -> None:
+        self._progress.update(self._task, completed=epoch + 1, loss=f"{loss:.4f}")

@@ -20,7 +20,7 @@ from agents.compressor_critic import make_train as cc_train
 from autocomp import pipeline
 from autocomp.config import RootConfig, register_configs
 from autocomp.outputs import write_run
-from autocomp.report import print_report
+from autocomp.report import EpochBar, print_report
 from autocomp.search import config_fingerprint, run_search
 from autocomp.tracking import make_tracker
 from envs.compression import CompressionEnv
@@ -49,10 +49,10 @@ def build_env(p: pipeline.Prepared):
 
 def run(config: RootConfig, run_dir: Path, resolved: dict, show_progress: bool = True) -> dict:
     """The whole run; returns the metrics written to ``run_dir/metrics.json``."""
-    pipeline.validate(config)
     _, make_train, make_policy = AGENTS[config.agent.name]
     started = time.perf_counter()
-    p = pipeline.prepare(config)
+    with EpochBar("base model", config.base.epochs, show_progress) as bar:
+        p = pipeline.prepare(config, on_epoch=bar.callback)
     log.info(
         "base model: val %.4f test %.4f (%s)",
         p.base_val_accuracy,
@@ -78,7 +78,8 @@ def run(config: RootConfig, run_dir: Path, resolved: dict, show_progress: bool =
     sel = pipeline.select(p, history)
     indices = sel.plans[sel.chosen]
     comp = pipeline.compress(p, indices, jax.jit(lambda x: env.logits(indices, env_params, x)))
-    params, test_acc = pipeline.finetune_compressed(p, comp)
+    with EpochBar("fine-tune (KD)", config.finetune.epochs, show_progress) as bar:
+        params, test_acc = pipeline.finetune_compressed(p, comp, on_epoch=bar.callback)
     base = pipeline.model_metrics(p, p.ops, p.base_params, p.base_test_accuracy)
     compressed = pipeline.model_metrics(p, comp.ops, params, test_acc)
     metrics = {
