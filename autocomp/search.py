@@ -87,12 +87,9 @@ def run_search(
     timings = {"first_chunk_s": 0.0, "steady_s": 0.0, "steady_episodes": 0}
     columns = (
         TextColumn("[bold]search"),
-        BarColumn(),
+        BarColumn(bar_width=16),
         MofNCompleteColumn(),
-        TextColumn(
-            "episodes | best reward {task.fields[r]} | acc {task.fields[a]} | "
-            "latency {task.fields[l]} ms"
-        ),
+        TextColumn("best r={task.fields[r]} acc={task.fields[a]} lat={task.fields[l]}ms"),
         TimeElapsedColumn(),
     )
     with Progress(*columns, disable=not show_progress, transient=False) as bar:
