@@ -119,3 +119,22 @@ def test_resume_continues_a_killed_search(tiny_config, tmp_path):
     ckpt.write_bytes(b"garbage")
     with pytest.raises(CheckpointError, match="corrupt"):
         run_search(train, jax.random.key(0), per_chunk, NullTracker(), ckpt, "fp", False)
+
+
+def test_default_experiment_meets_its_bars(tmp_path, cache_dir):
+    """The full default run: >= 3x lower latency and >= 3x fewer parameters than the base model
+    with a test-accuracy drop of at most 1.5 points (about a minute on 2 CPU cores)."""
+    from hydra import compose, initialize
+    from omegaconf import OmegaConf
+
+    from autocomp.train import register, run, to_config
+
+    register()
+    with initialize(version_base="1.3", config_path="../experiments"):
+        cfg = compose("config", overrides=["logger=none", f"base.cache_dir={cache_dir}"])
+    metrics = run(to_config(cfg), tmp_path, OmegaConf.to_container(cfg, resolve=True),
+                  show_progress=False)
+    ratios = metrics["ratios"]
+    assert ratios["latency_ms_x"] >= 3.0, ratios
+    assert ratios["params_x"] >= 3.0, ratios
+    assert ratios["accuracy_drop_points"] <= 1.5, ratios
