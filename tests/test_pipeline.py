@@ -132,8 +132,9 @@ def test_default_experiment_meets_its_bars(tmp_path, cache_dir):
     register()
     with initialize(version_base="1.3", config_path="../experiments"):
         cfg = compose("config", overrides=["logger=none", f"base.cache_dir={cache_dir}"])
-    metrics = run(to_config(cfg), tmp_path, OmegaConf.to_container(cfg, resolve=True),
-                  show_progress=False)
+    metrics = run(
+        to_config(cfg), tmp_path, OmegaConf.to_container(cfg, resolve=True), show_progress=False
+    )
     ratios = metrics["ratios"]
     assert ratios["latency_ms_x"] >= 3.0, ratios
     assert ratios["params_x"] >= 3.0, ratios
