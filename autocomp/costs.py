@@ -92,14 +92,14 @@ def load_profile(profile: str) -> DeviceProfile:
     if not path.is_file():
         raise CostTableError(
             f"device cost table {str(path)!r} not found. Use device.profile=<path.json> or one "
-            f"of the shipped profiles: {shipped} (or build one with python -m autocomp.profile)"
+            f"of the shipped profiles: {shipped}"
         )
     try:
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise CostTableError(
-            f"device cost table {str(path)!r} is not valid JSON ({err}); re-create it with "
-            "python -m autocomp.profile or point device.profile at a valid file"
+            f"device cost table {str(path)!r} is not valid JSON ({err}); point "
+            "device.profile at a valid file or one of the shipped profiles"
         ) from err
     _validate(data, path)
     rows = {row["key"]: row for row in data.get("rows", [])}
@@ -118,7 +118,7 @@ def _validate(data: object, path: Path) -> None:
     def fail(what: str) -> None:
         raise CostTableError(
             f"device cost table {str(path)!r} is malformed: {what}. See the schema in "
-            "autocomp/costs.py or re-create it with python -m autocomp.profile"
+            "autocomp/costs.py"
         )
 
     if not isinstance(data, dict):

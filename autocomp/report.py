@@ -57,7 +57,11 @@ def print_report(metrics: dict, plan: Plan, device: str, console: Console | None
 
 
 class EpochBar:
-    """A rich progress bar for epochs; ``bar.callback`` is an ``on_epoch(epoch, loss)``."""
+    """A rich progress bar for epochs; ``bar.callback`` is an ``on_epoch(epoch, loss)``.
+
+    The bar appears at the first epoch, so nothing shows when there is nothing to train (a
+    cached model, or input rejected before training).
+    """
 
     def __init__(self, label: str, total: int, enabled: bool = True):
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
@@ -70,13 +74,17 @@ class EpochBar:
             disable=not enabled,
         )
         self._task = self._progress.add_task(label, total=total, loss="-")
+        self._started = False
 
     def __enter__(self) -> EpochBar:
-        self._progress.start()
         return self
 
     def __exit__(self, *exc) -> None:
-        self._progress.stop()
+        if self._started:
+            self._progress.stop()
 
     def callback(self, epoch: int, loss: float) -> None:
+        if not self._started:
+            self._progress.start()
+            self._started = True
         self._progress.update(self._task, completed=epoch + 1, loss=f"{loss:.4f}")

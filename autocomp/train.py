@@ -18,14 +18,20 @@ from agents.compressor_critic import CompressorCriticConfig
 from agents.compressor_critic import make_policy as cc_policy
 from agents.compressor_critic import make_train as cc_train
 from autocomp import pipeline
-from autocomp.config import RootConfig, register_configs
+from autocomp.config import ConfigError, RootConfig, register_configs
+from autocomp.costs import CostTableError
+from autocomp.data import DataError
 from autocomp.outputs import write_run
+from autocomp.plan import PlanError
 from autocomp.report import EpochBar, print_report
 from autocomp.search import config_fingerprint, run_search
+from autocomp.techniques import TechniqueError
 from autocomp.tracking import make_tracker
+from autocomp.training import CheckpointError
 from envs.compression import CompressionEnv
 
 log = logging.getLogger("autocomp.train")
+USER_ERRORS = (ConfigError, CostTableError, DataError, TechniqueError, PlanError, CheckpointError)
 AGENTS = {"compressor_critic": (CompressorCriticConfig, cc_train, cc_policy)}
 
 
@@ -146,9 +152,12 @@ def main(cfg: DictConfig) -> float:
     from hydra.core.hydra_config import HydraConfig
 
     logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # "no TPU" chatter
-    config = to_config(cfg)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    metrics = run(config, run_dir, OmegaConf.to_container(cfg, resolve=True))
+    try:
+        metrics = run(to_config(cfg), run_dir, OmegaConf.to_container(cfg, resolve=True))
+    except USER_ERRORS as err:  # bad input: one clear line, no traceback
+        log.error("%s: %s", type(err).__name__, err)
+        raise SystemExit(2) from err
     log.info("run directory: %s", run_dir)
     return metrics["compressed"]["reward"]
 

@@ -163,3 +163,34 @@ def test_config_errors_name_the_key():
         RewardConfig(latency_weight="fast")
     with pytest.raises(ConfigError, match="keep"):
         EnvConfig(techniques=["svd"])
+
+
+@pytest.mark.parametrize(
+    "override,expected",
+    [
+        ("env.ratios=[0,1.5]", "env.ratios[1]=1.5 is out of range"),
+        ("device.profile=/nonexistent/table.json", "device cost table"),
+    ],
+)
+def test_cli_bad_input_is_one_clear_line(tmp_path, override, expected):
+    import subprocess
+    import sys
+
+    run_dir = tmp_path / "run"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "autocomp.train",
+            override,
+            "logger=none",
+            f"hydra.run.dir={run_dir}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2 and expected in out and "Traceback" not in out
+    assert not (run_dir / "metrics.json").exists() and not (run_dir / "plan.json").exists()
