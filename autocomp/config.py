@@ -85,7 +85,9 @@ class DataConfig:
     """Where the data comes from and how it is split.
 
     Attributes:
-        source: ``digits`` (scikit-learn's bundled 8x8 digits, no network needed).
+        source: ``digits`` (scikit-learn's bundled 8x8 digits, no network needed) or ``local``
+            (``.npz`` files on disk, see ``autocomp/data_local.py``).
+        name: the data set's name (for a folder of split files, their prefix).
         path: file or folder for file-based sources.
         val_fraction: share of the non-test data held out for validation (the search's metric).
         test_fraction: share of all data held out for the final test (digits only).
@@ -93,6 +95,7 @@ class DataConfig:
     """
 
     source: str = "digits"
+    name: str = "digits"
     path: str | None = None
     val_fraction: float = 0.15
     test_fraction: float = 0.2

@@ -35,25 +35,41 @@ class Dataset(NamedTuple):
         return h.hexdigest()[:16]
 
 
-def _split(x: np.ndarray, y: np.ndarray, cfg: DataConfig, name: str, classes: int) -> Dataset:
-    """A fixed, seeded, stratification-free split into train/val/test."""
+def _with_val(x, y, x_test, y_test, cfg: DataConfig, name: str) -> Dataset:
+    """Carve a fixed, seeded validation split out of the training data."""
     order = np.random.default_rng(cfg.split_seed).permutation(len(x))
-    n_test = int(round(cfg.test_fraction * len(x)))
-    n_val = int(round(cfg.val_fraction * (len(x) - n_test)))
-    test, val, train = np.split(order, [n_test, n_test + n_val])
-    return Dataset(name, x[train], y[train], x[val], y[val], x[test], y[test], classes)
+    n_val = int(round(cfg.val_fraction * len(x)))
+    val, train = order[:n_val], order[n_val:]
+    classes = int(max(y.max(), y_test.max())) + 1
+    return Dataset(name, x[train], y[train], x[val], y[val], x_test, y_test, classes)
 
 
 def load_digits(cfg: DataConfig) -> Dataset:
+    """scikit-learn's bundled digits with a fixed, seeded train/val/test split."""
     from sklearn.datasets import load_digits as sk_load_digits
 
     bunch = sk_load_digits()
     x = (bunch.images.astype(np.float32) / 16.0)[..., None]
     y = bunch.target.astype(np.int32)
-    return _split(x, y, cfg, "digits", 10)
+    order = np.random.default_rng(cfg.split_seed).permutation(len(x))
+    n_test = int(round(cfg.test_fraction * len(x)))
+    n_val = int(round(cfg.val_fraction * (len(x) - n_test)))
+    test, val, train = np.split(order, [n_test, n_test + n_val])
+    return Dataset("digits", x[train], y[train], x[val], y[val], x[test], y[test], 10)
 
 
-SOURCES: dict[str, Callable[[DataConfig], Dataset]] = {"digits": load_digits}
+def load_local(cfg: DataConfig) -> Dataset:
+    """Files on disk (see :mod:`autocomp.data_local`); works offline."""
+    from autocomp.data_local import LocalDataError, load_arrays
+
+    try:
+        x_train, y_train, x_test, y_test = load_arrays(cfg)
+    except LocalDataError as err:
+        raise DataError(str(err)) from err
+    return _with_val(x_train, y_train, x_test, y_test, cfg, cfg.name)
+
+
+SOURCES: dict[str, Callable[[DataConfig], Dataset]] = {"digits": load_digits, "local": load_local}
 
 
 def load_dataset(cfg: DataConfig) -> Dataset:
