@@ -24,6 +24,7 @@ from autocomp.data import DataError
 from autocomp.outputs import write_run
 from autocomp.plan import PlanError
 from autocomp.report import EpochBar, print_report
+from autocomp.reward import RESOURCES
 from autocomp.search import config_fingerprint, run_search
 from autocomp.techniques import TechniqueError
 from autocomp.tracking import make_tracker
@@ -79,7 +80,7 @@ def run(config: RootConfig, run_dir: Path, resolved: dict, show_progress: bool =
         show_progress,
     )
     greedy = make_policy(config.agent, env, env_params)(state.params)
-    greedy_hist = jax.device_get(env_eval(env, env_params, greedy[None]))
+    greedy_hist = jax.device_get(env.evaluate_plans(greedy[None], env_params))
     history = pipeline.merge_history(history, {k: v[None] for k, v in greedy_hist.items()})
     sel = pipeline.select(p, history)
     indices = sel.plans[sel.chosen]
@@ -102,13 +103,10 @@ def run(config: RootConfig, run_dir: Path, resolved: dict, show_progress: bool =
             "unique_plans": int(len(sel.plans)),
             "pareto_front": int(len(sel.front)),
             **timings,
-            "budgets": dict(
-                zip(
-                    ("latency_ms", "energy_mj", "bytes"),
-                    map(float, np.asarray(p.reward.budgets)),
-                    strict=True,
-                )
-            ),
+            "budgets": {  # null: no budget (JSON has no infinity)
+                name: float(b) if np.isfinite(b) else None
+                for name, b in zip(RESOURCES, np.asarray(p.reward.budgets), strict=True)
+            },
         },
         "device_table": {"name": p.profile.name, "kind": p.profile.kind},
         "wall_time_s": time.perf_counter() - started,
@@ -128,23 +126,6 @@ def run(config: RootConfig, run_dir: Path, resolved: dict, show_progress: bool =
     tracker.finish()
     print_report(metrics, comp.plan, p.profile.name)
     return metrics
-
-
-def env_eval(env, env_params, plans):
-    """Evaluate given plans as the search would (one lockstep rollout of fixed actions)."""
-    keys = jax.random.split(jax.random.key(0), len(plans))
-    obs, state = env.batch_reset(keys, env_params)
-    for layer in range(env.spec.num_steps):
-        obs, state, reward, _, info = env.batch_step(keys, state, plans[:, layer], env_params)
-    return {
-        "plan": state.plan,
-        "reward": reward,
-        "accuracy": info.accuracy,
-        "latency_ms": info.latency_ms,
-        "energy_mj": info.energy_mj,
-        "bytes": info.bytes,
-        "violation": info.violation,
-    }
 
 
 @hydra.main(version_base="1.3", config_path="../experiments", config_name="config")

@@ -272,6 +272,22 @@ class CompressionEnv:
         obs = jax.vmap(self._observe, in_axes=(0, None))(new_state, params)
         return obs, new_state, reward, done, info
 
+    def evaluate_plans(self, plans: Int[Array, "B L 2"], params: EnvParams) -> dict[str, Array]:
+        """Score given plans exactly as the search does (a lockstep rollout of fixed actions)."""
+        keys = jax.random.split(jax.random.key(0), len(plans))
+        obs, state = self.batch_reset(keys, params)
+        for layer in range(self.spec.num_steps):
+            obs, state, reward, _, info = self.batch_step(keys, state, plans[:, layer], params)
+        return {
+            "plan": state.plan,
+            "reward": reward,
+            "accuracy": info.accuracy,
+            "latency_ms": info.latency_ms,
+            "energy_mj": info.energy_mj,
+            "bytes": info.bytes,
+            "violation": info.violation,
+        }
+
     def _observe(self, state: EnvState, params: EnvParams) -> Observation:
         n_t, n_r = self.spec.num_techniques, self.spec.num_ratios
         l = jnp.minimum(state.layer, self.spec.num_steps - 1)
