@@ -7,6 +7,13 @@ import os
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("MPLBACKEND", "Agg")
+# Real data sets live in ../shared/data beside the checkout (CI has it there too); an absolute
+# path makes the experiments' default data paths independent of the working directory.
+_SHARED = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "data"
+)
+if os.path.isdir(_SHARED):
+    os.environ.setdefault("AUTOCOMP_DATA", os.path.abspath(_SHARED))
 
 import dataclasses  # noqa: E402
 
