@@ -22,7 +22,7 @@ TINY = [
     "agent.batch_episodes=16",
     "agent.updates_per_chunk=2",
     "base.epochs=1",
-    "finetune.epochs=1",
+    "finetune.epochs=0",
     "logger=none",
 ]
 
