@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from autocomp.models import Op, Shape, walk_shapes
+from autocomp.models import Op, Shape, out_shape, walk_shapes
 
 SCHEMA_VERSION = 1
 BYTES_PER_FLOAT = 4
@@ -160,8 +160,6 @@ def op_counts(op: Op, in_shape: Shape) -> tuple[int, int, int, int, int]:
 
     Storage of a sparse op (``density`` < 1) is a bitmask plus the non-zero float32 values.
     """
-    from autocomp.models import out_shape
-
     out = out_shape(op, in_shape)
     act_bytes = BYTES_PER_FLOAT * (math.prod(in_shape) + math.prod(out))
     if op.kind not in ("conv", "dense"):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import NamedTuple
 
 import numpy as np
@@ -77,15 +77,3 @@ def load_dataset(cfg: DataConfig) -> Dataset:
     if cfg.source not in SOURCES:
         raise DataError(f"data.source={cfg.source!r} is unknown; available: {sorted(SOURCES)}")
     return SOURCES[cfg.source](cfg)
-
-
-def batches(
-    x: np.ndarray, y: np.ndarray, batch_size: int, rng: np.random.Generator | None = None
-) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Minibatches; shuffled when ``rng`` is given. The last partial batch is dropped when
-    shuffling (fixed shapes mean one compiled step)."""
-    idx = rng.permutation(len(x)) if rng is not None else np.arange(len(x))
-    stop = len(x) - (len(x) % batch_size) if rng is not None else len(x)
-    for start in range(0, stop, batch_size):
-        sel = idx[start : start + batch_size]
-        yield x[sel], y[sel]

@@ -8,7 +8,6 @@ which the cost tables and the layer inventory use.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -138,13 +137,3 @@ def init_params(ops: tuple[Op, ...], input_shape: Sequence[int], key: jax.Array)
     model = SequentialNet(ops)
     x = jnp.zeros((1, *input_shape), jnp.float32)
     return jax.jit(model.init)(key, x)["params"]
-
-
-def param_count(params: dict) -> int:
-    """Number of scalars in a params pytree."""
-    return sum(int(leaf.size) for leaf in jax.tree.leaves(params))
-
-
-def replace(op: Op, **changes) -> Op:
-    """A copy of ``op`` with fields changed."""
-    return dataclasses.replace(op, **changes)

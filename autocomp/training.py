@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -17,7 +18,7 @@ import optax
 from flax import serialization
 
 from autocomp.config import FinetuneConfig, ModelConfig, TrainConfig
-from autocomp.data import Dataset, batches
+from autocomp.data import Dataset
 from autocomp.io import atomic_write_bytes
 from autocomp.models import Op, SequentialNet, init_params
 
@@ -31,23 +32,20 @@ class CheckpointError(ValueError):
 def predict(ops: tuple[Op, ...], params: dict, x: np.ndarray, batch_size: int = 1024) -> np.ndarray:
     """Logits of ``x`` under the model ``ops`` (batched, one compiled function per shape)."""
     apply = _apply_fn(ops)
-    outs = [np.asarray(apply(params, xb)) for xb, _ in batches(x, x[:, 0, 0, 0], batch_size)]
-    return np.concatenate(outs)
+    return np.concatenate(
+        [np.asarray(apply(params, x[i : i + batch_size])) for i in range(0, len(x), batch_size)]
+    )
 
 
 def accuracy(ops: tuple[Op, ...], params: dict, x: np.ndarray, y: np.ndarray) -> float:
     return float(np.mean(predict(ops, params, x).argmax(-1) == y))
 
 
-_APPLY_CACHE: dict[tuple[Op, ...], Callable] = {}
-
-
+@functools.lru_cache(maxsize=64)
 def _apply_fn(ops: tuple[Op, ...]) -> Callable:
-    # One jitted apply per architecture, shared by every caller in the process.
-    if ops not in _APPLY_CACHE:
-        model = SequentialNet(ops)
-        _APPLY_CACHE[ops] = jax.jit(lambda p, x: model.apply({"params": p}, x))
-    return _APPLY_CACHE[ops]
+    """One jitted apply per architecture, so repeated predictions do not recompile."""
+    model = SequentialNet(ops)
+    return jax.jit(lambda p, x: model.apply({"params": p}, x))
 
 
 def _kd_loss(logits, labels, teacher_logits, temperature, alpha):

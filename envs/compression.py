@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -307,10 +307,3 @@ class CompressionEnv:
             ]
         )
         return Observation(features.astype(jnp.float32), self.action_mask(state, params))
-
-
-def plan_totals(env: CompressionEnv, plan: np.ndarray, params: EnvParams) -> dict[str, Any]:
-    """Cost channels of a plan from the env's table (host helper for reports)."""
-    from autocomp.search_space import CHANNELS, plan_cost
-
-    return dict(zip(CHANNELS, plan_cost(env.space, plan).tolist(), strict=True))

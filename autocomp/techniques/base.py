@@ -77,11 +77,6 @@ def kept(n: int, ratio) -> int:
     return max(1, int(n) - int(removed(n, float(ratio))))
 
 
-def kernel_matrix(layer: LayerInfo, kernel):
-    """The (fan_in, out) matrix view of a conv or dense kernel."""
-    return kernel.reshape(layer.fan_in, layer.features)
-
-
 def slice_rows(layer: LayerInfo, kernel: np.ndarray, in_rows: np.ndarray) -> np.ndarray:
     """Keep only the surviving input rows (dense) or input channels (conv) of a kernel."""
     if layer.kind == "conv":
