@@ -11,7 +11,8 @@ class CompressorCriticConfig:
 
     Attributes:
         name: agent name (selects the agent in ``autocomp.train``).
-        episodes: total episodes, i.e. plans evaluated.
+        episodes: total episodes, i.e. plans evaluated (rounded up to whole chunks of
+            ``updates_per_chunk * batch_episodes``, since a chunk is one compiled program).
         batch_episodes: episodes rolled out (in lockstep) per policy-gradient update.
         updates_per_chunk: updates run in one jitted ``lax.scan`` between host-side logging.
         hidden: width of the LSTM compressor (DeepIoT uses 64).
