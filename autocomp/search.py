@@ -99,7 +99,7 @@ def run_search(
             state, metrics = train.run_chunk(state)
             metrics = jax.device_get(metrics)
             elapsed = time.perf_counter() - start
-            first = history is None or timings["first_chunk_s"] == 0.0
+            first = timings["first_chunk_s"] == 0.0  # first chunk of this process (compiles)
             history = merge_history(history, metrics)
             n_new = len(history["reward"]) - done
             if first:
