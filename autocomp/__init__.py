@@ -1,7 +1,15 @@
 """autocomp: automatic per-layer compression of Flax models for phones.
 
-Entry points: ``python -m autocomp.train`` (search, compress, fine-tune) and
+Entry points: ``python -m autocomp.train`` (search, compress, fine-tune),
+``python -m autocomp.export`` (TFLite files, verification, model card) and
 ``python -m autocomp.bench search``. The library never imports ``envs`` or ``agents``.
 """
 
 __version__ = "0.1.0"
+
+
+def apply_plan(model, params, plan):
+    """Re-apply a saved plan without searching; see :func:`autocomp.plan.apply_plan`."""
+    from autocomp.plan import apply_plan as _apply_plan
+
+    return _apply_plan(model, params, plan)

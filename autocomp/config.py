@@ -13,8 +13,12 @@ from typing import Any
 
 from omegaconf import MISSING
 
-LAYER_KINDS = ("conv", "dense", "maxpool", "avgpool", "flatten")
+LAYER_KINDS = (
+    "conv", "dense", "dwconv", "maxpool", "avgpool", "gap", "flatten", "relu", "save", "add"
+)  # fmt: skip
 ACTIVATIONS = ("relu", "none")
+NORMS = ("none", "batch")
+OPTIMIZERS = ("adamw", "sgd")
 
 
 class ConfigError(ValueError):
@@ -26,12 +30,17 @@ class LayerConfig:
     """One layer of a sequential model.
 
     Attributes:
-        kind: one of ``conv``, ``dense``, ``maxpool``, ``avgpool``, ``flatten``.
-        name: unique layer name (becomes the params pytree key); required for conv/dense.
+        kind: one of ``conv``, ``dense``, ``dwconv`` (depthwise conv, as many outputs as
+            inputs), ``maxpool``, ``avgpool``, ``gap`` (global average pool), ``flatten``,
+            ``relu``, ``save`` and ``add`` (a residual shortcut: ``add`` adds the tensor of the
+            matching ``save``, subsampled and zero-padded where the shapes differ).
+        name: unique layer name (becomes the params pytree key); required for conv/dense/dwconv.
         features: output channels (conv) or units (dense).
         kernel: square kernel size (conv) or pooling window (pools).
         stride: stride of conv or pool (pools default to their window).
-        activation: ``relu`` or ``none`` applied after a conv/dense.
+        activation: ``relu`` or ``none`` applied after a conv/dense/dwconv.
+        norm: ``batch`` adds batch norm after the layer while the base model trains; it is
+            folded into the layer's kernel and bias afterwards (what TFLite runs).
     """
 
     kind: str = MISSING
@@ -40,6 +49,7 @@ class LayerConfig:
     kernel: int = 1
     stride: int = 1
     activation: str = "relu"
+    norm: str = "none"
 
     def __post_init__(self) -> None:
         if self.kind not in LAYER_KINDS:
@@ -48,10 +58,12 @@ class LayerConfig:
             raise ConfigError(
                 f"model.layers[{self.name}]: activation {self.activation!r} not in {ACTIVATIONS}"
             )
-        if self.kind in ("conv", "dense"):
+        if self.norm not in NORMS:
+            raise ConfigError(f"model.layers[{self.name}]: norm {self.norm!r} not in {NORMS}")
+        if self.kind in ("conv", "dense", "dwconv"):
             if not self.name:
                 raise ConfigError(f"model.layers: every {self.kind} layer needs a name")
-            if self.features <= 0:
+            if self.kind != "dwconv" and self.features <= 0:
                 raise ConfigError(f"model.layers[{self.name}]: features must be > 0")
         if self.kernel <= 0 or self.stride <= 0:
             raise ConfigError(f"model.layers[{self.name or self.kind}]: kernel/stride must be > 0")
@@ -85,13 +97,21 @@ class DataConfig:
     """Where the data comes from and how it is split.
 
     Attributes:
-        source: ``digits`` (scikit-learn's bundled 8x8 digits, no network needed) or ``local``
-            (``.npz`` files on disk, see ``autocomp/data_local.py``).
-        name: the data set's name (for a folder of split files, their prefix).
+        source: ``digits`` (scikit-learn's bundled 8x8 digits, no network needed), ``local``
+            (``.npz`` files on disk, see ``autocomp/data_local.py``) or ``tfds``
+            (tensorflow-datasets, see ``autocomp/data_tfds.py``).
+        name: the data set's name (for a folder of split files, their prefix; for tfds, the
+            TFDS name such as ``mnist``, ``cifar10``, ``imagenet2012``).
         path: file or folder for file-based sources.
         val_fraction: share of the non-test data held out for validation (the search's metric).
         test_fraction: share of all data held out for the final test (digits only).
         split_seed: seed of the fixed train/val/test split (independent of the run seed).
+        data_dir: tfds: where prepared data sets live (None: TFDS's default).
+        download: tfds: allow TFDS to download and prepare a missing data set (needs network).
+        train_split: tfds: the split to train (and carve validation) from.
+        test_split: tfds: the split to test on (``validation`` for imagenet2012).
+        image_size: tfds: resize images to (H, W) (needed where sizes vary, as in ImageNet).
+        max_examples: cap on examples per split, for quick trials (None: all).
     """
 
     source: str = "digits"
@@ -100,8 +120,20 @@ class DataConfig:
     val_fraction: float = 0.15
     test_fraction: float = 0.2
     split_seed: int = 0
+    data_dir: str | None = None
+    download: bool = False
+    train_split: str = "train"
+    test_split: str = "test"
+    image_size: list[int] | None = None
+    max_examples: int | None = None
 
     def __post_init__(self) -> None:
+        if self.source not in ("digits", "local", "tfds"):
+            raise ConfigError(f"data.source={self.source!r}: use digits, local or tfds")
+        if self.max_examples is not None and self.max_examples <= 0:
+            raise ConfigError(f"data.max_examples={self.max_examples} must be > 0 (or null)")
+        if self.image_size is not None and len(self.image_size) != 2:
+            raise ConfigError(f"data.image_size={self.image_size} must be [height, width]")
         for key in ("val_fraction", "test_fraction"):
             value = getattr(self, key)
             if not 0.0 < value < 0.5:
@@ -112,18 +144,26 @@ class DataConfig:
 class TrainConfig:
     """Training of the base model, cached under ``cache_dir`` by (model, data, seed, this).
 
-    ``cache_dir`` None means ``$AUTOCOMP_CACHE`` or ``~/.cache/autocomp``.
+    ``optimizer``: ``adamw``, or ``sgd`` (Nesterov momentum 0.9, decoupled weight decay); both
+    with a linear warm-up and cosine decay. ``augment``: random flips and 4-pixel shifted crops
+    (the standard CIFAR augmentation), done inside the compiled step. ``cache_dir`` None means
+    ``$AUTOCOMP_CACHE`` or ``~/.cache/autocomp``. Training checkpoints every epoch next to the
+    cache entry and resumes from there when interrupted.
     """
 
     epochs: int = 40
     batch_size: int = 64
     learning_rate: float = 2e-3
     weight_decay: float = 1e-4
+    optimizer: str = "adamw"
+    augment: bool = False
     cache_dir: str | None = None
 
     def __post_init__(self) -> None:
         if self.epochs < 0 or self.batch_size <= 0 or self.learning_rate <= 0:
             raise ConfigError("base: epochs >= 0, batch_size > 0 and learning_rate > 0 required")
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"base.optimizer={self.optimizer!r}: use one of {OPTIMIZERS}")
 
 
 @dataclass
@@ -135,6 +175,7 @@ class FinetuneConfig:
     learning_rate: float = 1e-3
     temperature: float = 4.0
     alpha: float = 0.5  # weight of the hard-label loss; 1 - alpha goes to the teacher
+    augment: bool = False
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.alpha <= 1.0:
@@ -251,6 +292,7 @@ class RootConfig:
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     resume: bool = True
+    export: bool = False
 
 
 def register_configs(agent_schemas: dict[str, type]) -> None:

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from autocomp.models import Op, Shape, out_shape, walk_shapes
+from autocomp.models import PARAMETRIC, Op, Shape, out_shape, walk_shapes
 
 SCHEMA_VERSION = 1
 BYTES_PER_FLOAT = 4
@@ -152,7 +152,9 @@ def _validate(data: object, path: Path) -> None:
 def op_key(op: Op, in_shape: Shape, dtype: str = "float32") -> str:
     """The table key of a deployed op: kind, input shape, outputs, kernel, stride, dtype."""
     shape = "x".join(str(d) for d in in_shape)
-    return f"{op.kind}|in={shape}|out={op.features}|k={op.kernel}|s={op.stride}|g=1|{dtype}"
+    groups = in_shape[-1] if op.kind == "dwconv" else 1
+    out = in_shape[-1] if op.kind == "dwconv" else op.features
+    return f"{op.kind}|in={shape}|out={out}|k={op.kernel}|s={op.stride}|g={groups}|{dtype}"
 
 
 def op_counts(op: Op, in_shape: Shape) -> tuple[int, int, int, int, int]:
@@ -162,13 +164,20 @@ def op_counts(op: Op, in_shape: Shape) -> tuple[int, int, int, int, int]:
     """
     out = out_shape(op, in_shape)
     act_bytes = BYTES_PER_FLOAT * (math.prod(in_shape) + math.prod(out))
-    if op.kind not in ("conv", "dense"):
+    if op.kind == "add":  # reads both operands
+        act_bytes += BYTES_PER_FLOAT * math.prod(in_shape)
+    if op.kind not in PARAMETRIC:
         return 0, 0, 0, 0, act_bytes
-    fan_in = op.kernel * op.kernel * in_shape[-1] if op.kind == "conv" else in_shape[0]
-    positions = math.prod(out[:-1]) if op.kind == "conv" else 1
-    weights = fan_in * op.features
-    macs = positions * weights
-    bias = op.features if op.use_bias else 0
+    if op.kind == "dwconv":  # one k x k filter per channel
+        weights = op.kernel * op.kernel * in_shape[-1]
+        macs = math.prod(out[:-1]) * weights
+        bias = in_shape[-1] if op.use_bias else 0
+    else:
+        fan_in = op.kernel * op.kernel * in_shape[-1] if op.kind == "conv" else in_shape[0]
+        positions = math.prod(out[:-1]) if op.kind == "conv" else 1
+        weights = fan_in * op.features
+        macs = positions * weights
+        bias = op.features if op.use_bias else 0
     nnz = weights if op.density >= 1.0 else int(round(op.density * weights))
     storage = BYTES_PER_FLOAT * (nnz + bias)
     if op.density < 1.0:
@@ -180,8 +189,9 @@ def op_counts(op: Op, in_shape: Shape) -> tuple[int, int, int, int, int]:
 def price_op(profile: DeviceProfile, op: Op, in_shape: Shape) -> OpCost:
     """Latency and energy of one op: the table's exact row if any, else the analytic model."""
     macs, params, storage, weight_read, act_bytes = op_counts(op, in_shape)
-    if op.kind in ("flatten", "relu"):
-        # Fused or free in TFLite (RESHAPE is a no-op view; ReLU fuses into CONV/FC).
+    if op.kind in ("flatten", "relu", "save"):
+        # Fused or free in TFLite (RESHAPE is a no-op view; ReLU fuses into CONV/FC/ADD; a
+        # saved tensor is only kept alive).
         return OpCost(0.0, 0.0, 0, 0, 0, "analytic")
     a = profile.analytic
     energy_pj = macs * a["pj_per_mac"] + weight_read * a["pj_per_dram_byte"]
@@ -227,7 +237,9 @@ def sum_costs(costs: Sequence[OpCost]) -> ModelCost:
     )
 
 
-def price_ops(profile: DeviceProfile, ops: Sequence[Op], input_shape: Sequence[int]) -> ModelCost:
-    """Cost of a whole sequential model (or a run of ops) from its input shape."""
-    shapes = walk_shapes(ops, input_shape)
+def price_ops(
+    profile: DeviceProfile, ops: Sequence[Op], input_shape: Sequence[int], strict: bool = True
+) -> ModelCost:
+    """Cost of a whole sequential model (or, ``strict=False``, a run of its ops)."""
+    shapes = walk_shapes(ops, input_shape, strict)
     return sum_costs([price_op(profile, op, shape) for op, shape in zip(ops, shapes, strict=False)])

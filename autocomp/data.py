@@ -69,11 +69,45 @@ def load_local(cfg: DataConfig) -> Dataset:
     return _with_val(x_train, y_train, x_test, y_test, cfg, cfg.name)
 
 
-SOURCES: dict[str, Callable[[DataConfig], Dataset]] = {"digits": load_digits, "local": load_local}
+def load_tfds(cfg: DataConfig) -> Dataset:
+    """tensorflow-datasets (see :mod:`autocomp.data_tfds`); never downloads unless asked."""
+    from autocomp.data_local import images
+    from autocomp.data_tfds import TfdsDataError, load_arrays
+
+    try:
+        x_train, y_train, x_test, y_test = load_arrays(cfg)
+    except TfdsDataError as err:
+        raise DataError(str(err)) from err
+    return _with_val(
+        images(x_train),
+        y_train.astype(np.int32),
+        images(x_test),
+        y_test.astype(np.int32),
+        cfg,
+        cfg.name,
+    )
+
+
+SOURCES: dict[str, Callable[[DataConfig], Dataset]] = {
+    "digits": load_digits,
+    "local": load_local,
+    "tfds": load_tfds,
+}
 
 
 def load_dataset(cfg: DataConfig) -> Dataset:
     """Load the data set named by ``cfg.source``."""
     if cfg.source not in SOURCES:
         raise DataError(f"data.source={cfg.source!r} is unknown; available: {sorted(SOURCES)}")
-    return SOURCES[cfg.source](cfg)
+    data = SOURCES[cfg.source](cfg)
+    if cfg.max_examples is not None:
+        n = cfg.max_examples
+        data = data._replace(
+            x_train=data.x_train[:n],
+            y_train=data.y_train[:n],
+            x_val=data.x_val[:n],
+            y_val=data.y_val[:n],
+            x_test=data.x_test[:n],
+            y_test=data.y_test[:n],
+        )
+    return data

@@ -46,7 +46,7 @@ def _need(arrays: dict, keys: tuple[str, ...], path: Path) -> None:
         )
 
 
-def _images(x: np.ndarray) -> np.ndarray:
+def images(x: np.ndarray) -> np.ndarray:
     if x.ndim == 3:
         x = x[..., None]
     scale = 255.0 if x.dtype == np.uint8 else 1.0
@@ -119,4 +119,4 @@ def load_arrays(cfg: DataConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray, np
         _need(arrays, ("x_train", "y_train", "x_test", "y_test"), path)
         x_train, y_train = arrays["x_train"], arrays["y_train"]
         x_test, y_test = arrays["x_test"], arrays["y_test"]
-    return _images(x_train), y_train.astype(np.int32), _images(x_test), y_test.astype(np.int32)
+    return images(x_train), y_train.astype(np.int32), images(x_test), y_test.astype(np.int32)

@@ -9,6 +9,8 @@ import numpy as np
 
 from autocomp.models import WEIGHTED, Op, Shape, walk_shapes
 
+COUPLING = ("save", "add", "dwconv")  # ops that tie the channels of the layer before them
+
 
 @dataclass(frozen=True)
 class LayerInfo:
@@ -24,6 +26,9 @@ class LayerInfo:
         in_positions: spatial positions per input channel in this layer's input rows
             (H*W for a dense layer after a flatten, else 1); row = position * C + channel.
         is_classifier: the last weighted layer, whose outputs are the classes.
+        coupled_out: the layer's output channels are tied to another tensor's (a residual
+            shortcut saves or adds them, or a depthwise conv follows channel for channel), so
+            techniques that remove output channels do not fit.
     """
 
     index: int
@@ -34,6 +39,7 @@ class LayerInfo:
     in_channels: int
     in_positions: int
     is_classifier: bool
+    coupled_out: bool = False
 
     @property
     def kind(self) -> str:
@@ -95,6 +101,7 @@ def compressible_layers(ops: Sequence[Op], input_shape: Sequence[int]) -> tuple[
                 in_channels=in_channels,
                 in_positions=in_positions,
                 is_classifier=n == len(weighted) - 1,
+                coupled_out=any(op.kind in COUPLING for op in ops[i + 1 : end]),
             )
         )
     return tuple(layers)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import platform
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import jax
@@ -24,6 +25,7 @@ def write_run(
     params: dict,
     metrics: dict,
     resolved: dict,
+    overrides: Sequence[str] = (),
 ) -> dict[str, Path]:
     """Write plan, params, Pareto plot, run record and metrics into ``run_dir``."""
     paths = run_paths(run_dir)
@@ -52,6 +54,7 @@ def write_run(
         {
             "git_sha": git_sha(),
             "seed": p.config.seed,
+            "overrides": list(overrides),
             "config": resolved,
             "device_table": {
                 "name": p.profile.name,

@@ -7,17 +7,20 @@ filters removed (with the next layer's inputs), factorized layers split in two.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from importlib import resources
 from pathlib import Path
 
 import jax
 import numpy as np
 
-from autocomp.layers import LayerInfo
-from autocomp.models import Op
-from autocomp.techniques import Technique, TechniqueError, check_ratio
+from autocomp.config import ModelConfig
+from autocomp.layers import LayerInfo, compressible_layers
+from autocomp.models import Op, base_ops
+from autocomp.techniques import REGISTRY, Technique, TechniqueError, check_ratio, make_techniques
 
 PLAN_VERSION = 1
 
@@ -59,6 +62,15 @@ class Plan:
         """Parse a plan (JSON only: nothing in it is ever executed)."""
         try:
             doc = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise PlanError(f"malformed plan: not JSON ({err})") from err
+        errors = sorted(_validator().iter_errors(doc), key=lambda e: list(e.absolute_path))
+        if errors:
+            where = "/".join(str(p) for p in errors[0].absolute_path) or "(top level)"
+            raise PlanError(
+                f"plan does not follow autocomp/plan.schema.json at {where}: {errors[0].message}"
+            )
+        try:
             if doc.get("version") != PLAN_VERSION:
                 raise PlanError(f"plan version {doc.get('version')!r}, expected {PLAN_VERSION}")
             layers = tuple(
@@ -82,7 +94,19 @@ class Plan:
 
     @staticmethod
     def load(path: str | Path) -> Plan:
-        return Plan.from_json(Path(path).read_text())
+        try:
+            text = Path(path).read_text()
+        except (OSError, UnicodeDecodeError) as err:
+            raise PlanError(f"cannot read plan {str(path)!r}: {err}") from err
+        return Plan.from_json(text)
+
+
+@functools.cache
+def _validator():
+    import jsonschema
+
+    schema = json.loads(resources.files("autocomp").joinpath("plan.schema.json").read_text())
+    return jsonschema.Draft202012Validator(schema)
 
 
 def plan_from_indices(
@@ -171,4 +195,36 @@ def materialize(
     ops: list[Op] = []
     for op in base_ops:
         ops.extend(replaced.get(op.name, (op,)) if op.name else (op,))
+        if op.name and op.name not in replaced:  # layers no technique touches (depthwise)
+            new_params[op.name] = params[op.name]
     return tuple(ops), new_params, masks
+
+
+def apply_plan(
+    model: ModelConfig, params: dict, plan: Plan | str | Path
+) -> tuple[tuple[Op, ...], dict, dict[str, np.ndarray]]:
+    """Re-apply a plan to the trained params of the architecture it was made for, without
+    searching. Returns (ops, params, sparsity masks) of the really smaller model, the same as
+    the run that wrote the plan had before fine-tuning.
+
+    ``plan`` is a :class:`Plan` or the path of a ``plan.json``; files are validated against
+    ``autocomp/plan.schema.json`` and never executed.
+
+    Raises:
+        PlanError: a malformed plan, or one made for another architecture.
+        TechniqueError: an unknown technique, or one that does not fit its layer.
+    """
+    if not isinstance(plan, Plan):
+        plan = Plan.load(plan)
+    if plan.model != model.name:
+        raise PlanError(
+            f"the plan was made for model {plan.model!r}, not {model.name!r}; use the plan with "
+            "the architecture it was searched for"
+        )
+    ops = base_ops(model)
+    layers = compressible_layers(ops, model.input_shape)
+    used = {choice.technique for choice in plan.layers}
+    techniques = make_techniques([n for n in REGISTRY if n in used or n == "keep"])
+    check_plan(plan, layers, techniques)
+    aux = prepare_aux(layers, params, techniques)
+    return materialize(ops, layers, params, aux, techniques, plan)

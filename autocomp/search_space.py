@@ -51,7 +51,7 @@ def _layer_cost(profile, layer: LayerInfo, ops: Sequence[Op], in_channels: int) 
         in_shape = (*layer.in_shape[:-1], in_channels)
     else:
         in_shape = (layer.in_positions * in_channels,)
-    total = price_ops(profile, (*ops, *layer.trailing), in_shape)
+    total = price_ops(profile, (*ops, *layer.trailing), in_shape, strict=False)
     return np.array([getattr(total, c) for c in CHANNELS], np.float64)
 
 
@@ -90,7 +90,7 @@ def build_search_space(
                         profile, layer, tech.ops(layer, ratio, c_in), c_in
                     )
     first = next(i for i, op in enumerate(base_ops) if op.kind in WEIGHTED)
-    fixed_total = price_ops(profile, base_ops[:first], input_shape)
+    fixed_total = price_ops(profile, base_ops[:first], input_shape, strict=False)
     fixed = np.array([getattr(fixed_total, c) for c in CHANNELS], np.float64)
     keep = [t.name for t in techniques].index("keep")
     base = fixed + costs[:, keep, 0, 0].sum(axis=0)

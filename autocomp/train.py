@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import hydra
@@ -21,6 +22,7 @@ from autocomp import pipeline
 from autocomp.config import ConfigError, RootConfig, register_configs
 from autocomp.costs import CostTableError
 from autocomp.data import DataError
+from autocomp.export import ExportError
 from autocomp.outputs import write_run
 from autocomp.plan import PlanError
 from autocomp.report import EpochBar, print_report
@@ -32,7 +34,9 @@ from autocomp.training import CheckpointError
 from envs.compression import CompressionEnv
 
 log = logging.getLogger("autocomp.train")
-USER_ERRORS = (ConfigError, CostTableError, DataError, TechniqueError, PlanError, CheckpointError)
+USER_ERRORS = (
+    ConfigError, CostTableError, DataError, TechniqueError, PlanError, CheckpointError, ExportError
+)  # fmt: skip
 AGENTS = {"compressor_critic": (CompressorCriticConfig, cc_train, cc_policy)}
 
 
@@ -54,8 +58,17 @@ def build_env(p: pipeline.Prepared):
     return env, params
 
 
-def run(config: RootConfig, run_dir: Path, resolved: dict, show_progress: bool = True) -> dict:
-    """The whole run; returns the metrics written to ``run_dir/metrics.json``."""
+def run(
+    config: RootConfig,
+    run_dir: Path,
+    resolved: dict,
+    show_progress: bool = True,
+    overrides: Sequence[str] = (),
+) -> dict:
+    """The whole run; returns the metrics written to ``run_dir/metrics.json``.
+
+    With ``config.export``, the run ends with :func:`autocomp.export.export_run`.
+    """
     _, make_train, make_policy = AGENTS[config.agent.name]
     started = time.perf_counter()
     with EpochBar("base model", config.base.epochs, show_progress) as bar:
@@ -111,7 +124,7 @@ def run(config: RootConfig, run_dir: Path, resolved: dict, show_progress: bool =
         "device_table": {"name": p.profile.name, "kind": p.profile.kind},
         "wall_time_s": time.perf_counter() - started,
     }
-    paths = write_run(run_dir, p, sel, comp, params, metrics, resolved)
+    paths = write_run(run_dir, p, sel, comp, params, metrics, resolved, overrides)
     tracker.log_table(
         "plan",
         ["layer", "technique", "ratio", "latency_ms", "energy_mj"],
@@ -125,6 +138,17 @@ def run(config: RootConfig, run_dir: Path, resolved: dict, show_progress: bool =
     )
     tracker.finish()
     print_report(metrics, comp.plan, p.profile.name)
+    if config.export:
+        from autocomp.export import export_run
+
+        report = export_run(run_dir, progress=log.info)
+        log.info(
+            "exported %s/export: float32 agreement %.4f, int8 test accuracy %.4f, checks %s",
+            run_dir,
+            report["tflite_top1_agreement"],
+            report["int8_test_accuracy"],
+            report["checks"],
+        )
     return metrics
 
 
@@ -135,7 +159,9 @@ def main(cfg: DictConfig) -> float:
     logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # "no TPU" chatter
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
-        metrics = run(to_config(cfg), run_dir, OmegaConf.to_container(cfg, resolve=True))
+        overrides = list(HydraConfig.get().overrides.task)
+        resolved = OmegaConf.to_container(cfg, resolve=True)
+        metrics = run(to_config(cfg), run_dir, resolved, overrides=overrides)
     except USER_ERRORS as err:  # bad input: one clear line, no traceback
         log.error("%s: %s", type(err).__name__, err)
         raise SystemExit(2) from err

@@ -20,7 +20,14 @@ from flax import serialization
 from autocomp.config import FinetuneConfig, ModelConfig, TrainConfig
 from autocomp.data import Dataset
 from autocomp.io import atomic_write_bytes
-from autocomp.models import Op, SequentialNet, init_params
+from autocomp.models import (
+    Op,
+    SequentialNet,
+    base_ops,
+    fold_batchnorm,
+    init_params,
+    init_variables,
+)
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +64,34 @@ def _kd_loss(logits, labels, teacher_logits, temperature, alpha):
     return alpha * hard + (1.0 - alpha) * (t * t) * soft
 
 
+def augment_batch(key: jax.Array, x: jax.Array, pad: int = 4) -> jax.Array:
+    """Random horizontal flips and crops of a zero-padded batch (inside jit, no Python loop)."""
+    n, h, w, c = x.shape
+    k_flip, k_y, k_x = jax.random.split(key, 3)
+    flip = jax.random.bernoulli(k_flip, 0.5, (n,))
+    x = jnp.where(flip[:, None, None, None], x[:, :, ::-1, :], x)
+    padded = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    dy = jax.random.randint(k_y, (n,), 0, 2 * pad + 1)
+    dx = jax.random.randint(k_x, (n,), 0, 2 * pad + 1)
+    crop = jax.vmap(lambda img, i, j: jax.lax.dynamic_slice(img, (i, j, 0), (h, w, c)))
+    return crop(padded, dy, dx)
+
+
+def make_optimizer(name: str, learning_rate: float, weight_decay: float, steps: int):
+    """AdamW or Nesterov SGD with a linear warm-up (5% of steps, at most 500) and cosine decay."""
+    warmup = min(500, steps // 20)
+    if warmup:
+        schedule = optax.warmup_cosine_decay_schedule(0.0, learning_rate, warmup, steps)
+    else:
+        schedule = optax.cosine_decay_schedule(learning_rate, steps)
+    if name == "sgd":
+        return optax.chain(
+            optax.add_decayed_weights(weight_decay),
+            optax.sgd(schedule, momentum=0.9, nesterov=True),
+        )
+    return optax.adamw(schedule, weight_decay=weight_decay)
+
+
 def fit(
     ops: tuple[Op, ...],
     params: dict,
@@ -67,19 +102,32 @@ def fit(
     learning_rate: float,
     weight_decay: float,
     seed: int,
+    optimizer: str = "adamw",
+    augment: bool = False,
+    batch_stats: dict | None = None,
     teacher: Callable[[np.ndarray], np.ndarray] | None = None,
     temperature: float = 1.0,
     alpha: float = 1.0,
     masks: dict[str, np.ndarray] | None = None,
+    checkpoint: Path | None = None,
     on_epoch: Callable[[int, float], None] | None = None,
-) -> dict:
-    """Adam(W) training with a cosine schedule; optional distillation from ``teacher`` logits and
-    fixed sparsity ``masks`` (op name -> kernel mask) that every update keeps."""
+) -> tuple[dict, dict]:
+    """Train ``ops`` from ``params``; returns (params, batch_stats).
+
+    Optional distillation from ``teacher`` logits, fixed sparsity ``masks`` (op name -> kernel
+    mask) that every update keeps, batch norm (``batch_stats``) and augmentation. With
+    ``checkpoint``, the state is saved atomically after every epoch and a run that finds one
+    continues from it (the epoch order is a function of (seed, epoch), so a resumed run sees
+    the same batches as an uninterrupted one).
+    """
     model = SequentialNet(ops)
-    steps = max(1, epochs * (len(data.x_train) // batch_size))
-    tx = optax.adamw(optax.cosine_decay_schedule(learning_rate, steps), weight_decay=weight_decay)
-    opt_state = tx.init(params)
+    batch_size = min(batch_size, len(data.x_train))
+    steps_per_epoch = len(data.x_train) // batch_size
+    steps = max(1, epochs * steps_per_epoch)
+    tx = make_optimizer(optimizer, learning_rate, weight_decay, steps)
     mask_tree = {name: {"kernel": jnp.asarray(m)} for name, m in (masks or {}).items()}
+    batch_stats = batch_stats or {}
+    aug_key = jax.random.key(seed + 1)
 
     def apply_masks(p):
         return {
@@ -88,31 +136,67 @@ def fit(
         }
 
     @jax.jit
-    def step(p, s, x, y, t_logits):
+    def step(p, stats, s, x, y, t_logits, i):
+        if augment:
+            x = augment_batch(jax.random.fold_in(aug_key, i), x)
+
         def loss_fn(p):
-            logits = model.apply({"params": p}, x)
-            return _kd_loss(logits, y, t_logits, temperature, alpha)
+            variables = {"params": p, **({"batch_stats": stats} if stats else {})}
+            if stats:
+                logits, updated = model.apply(variables, x, train=True, mutable=["batch_stats"])
+                new_stats = updated["batch_stats"]
+            else:
+                logits, new_stats = model.apply(variables, x), stats
+            return _kd_loss(logits, y, t_logits, temperature, alpha), new_stats
 
-        loss, grads = jax.value_and_grad(loss_fn)(p)
+        (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(p)
         updates, s = tx.update(grads, s, p)
-        return apply_masks(optax.apply_updates(p, updates)), s, loss
+        return apply_masks(optax.apply_updates(p, updates)), stats, s, loss
 
-    teacher_train = teacher(data.x_train) if teacher is not None else None
-    rng = np.random.default_rng(seed)
     params = apply_masks(jax.tree.map(jnp.asarray, params))
-    for epoch in range(epochs):
+    batch_stats = jax.tree.map(jnp.asarray, batch_stats)
+    opt_state = tx.init(params)
+    first_epoch = 0
+    if checkpoint is not None and checkpoint.is_file():
+        template = {"epoch": 0, "params": params, "stats": batch_stats, "opt": opt_state}
+        state = _load_state(checkpoint, template)
+        first_epoch, params, batch_stats, opt_state = (
+            int(state["epoch"]), state["params"], state["stats"], state["opt"]
+        )  # fmt: skip
+        log.info("resuming training from %s at epoch %d", checkpoint, first_epoch)
+    teacher_train = teacher(data.x_train) if teacher is not None else None
+    for epoch in range(first_epoch, epochs):
         losses = []
-        idx = rng.permutation(len(data.x_train))
-        for start in range(0, len(idx) - batch_size + 1, batch_size):
-            sel = idx[start : start + batch_size]
+        idx = np.random.default_rng([seed, epoch]).permutation(len(data.x_train))
+        for b in range(steps_per_epoch):
+            sel = idx[b * batch_size : (b + 1) * batch_size]
             t_logits = teacher_train[sel] if teacher_train is not None else None
-            params, opt_state, loss = step(
-                params, opt_state, data.x_train[sel], data.y_train[sel], t_logits
+            params, batch_stats, opt_state, loss = step(
+                params,
+                batch_stats,
+                opt_state,
+                data.x_train[sel],
+                data.y_train[sel],
+                t_logits,
+                epoch * steps_per_epoch + b,
             )
             losses.append(loss)
+        if checkpoint is not None and epoch + 1 < epochs:
+            state = {"epoch": epoch + 1, "params": params, "stats": batch_stats, "opt": opt_state}
+            atomic_write_bytes(checkpoint, serialization.to_bytes(state))
         if on_epoch is not None:
             on_epoch(epoch, float(np.mean(jax.device_get(losses))))
-    return jax.tree.map(np.asarray, params)
+    return jax.tree.map(np.asarray, params), jax.tree.map(np.asarray, batch_stats)
+
+
+def _load_state(path: Path, template: dict) -> dict:
+    try:
+        return serialization.from_bytes(template, path.read_bytes())
+    except Exception as err:  # msgpack raises several unrelated types on corrupt input
+        raise CheckpointError(
+            f"training checkpoint {str(path)!r} is corrupt or from other settings ({err}); "
+            "delete it to start the training over"
+        ) from err
 
 
 def base_cache_key(model: ModelConfig, data: Dataset, seed: int, train: TrainConfig) -> str:
@@ -159,25 +243,39 @@ def train_base(
     seed: int,
     on_epoch: Callable[[int, float], None] | None = None,
 ) -> tuple[dict, bool]:
-    """Train the base model or load it from the cache. Returns (params, loaded_from_cache)."""
+    """Train the base model or load it from the cache. Returns (params, loaded_from_cache).
+
+    ``ops`` is the inference model; when the config asks for batch norm, the model trains with
+    it (:func:`~autocomp.models.base_ops` with ``train=True``) and the cached params are the
+    folded ones. An interrupted training resumes from ``<entry>.partial`` at the last epoch.
+    """
     cache = cache_root(train) / "base"
     path = cache / f"{model.name}-{base_cache_key(model, data, seed, train)}.msgpack"
     template = init_params(ops, data.x_train.shape[1:], jax.random.key(seed))
     if path.is_file():
         log.info("loading cached base model %s", path)
         return load_params(path, template), True
-    params = fit(
-        ops,
-        template,
+    train_ops = base_ops(model, train=True)
+    variables = init_variables(train_ops, data.x_train.shape[1:], jax.random.key(seed))
+    params, stats = fit(
+        train_ops,
+        variables["params"],
         data,
         epochs=train.epochs,
         batch_size=train.batch_size,
         learning_rate=train.learning_rate,
         weight_decay=train.weight_decay,
         seed=seed,
+        optimizer=train.optimizer,
+        augment=train.augment,
+        batch_stats=variables.get("batch_stats"),
+        checkpoint=path.with_suffix(".partial"),
         on_epoch=on_epoch,
     )
+    if stats:
+        params = jax.tree.map(np.asarray, fold_batchnorm(train_ops, params, stats))
     atomic_write_bytes(path, serialization.to_bytes(params))
+    path.with_suffix(".partial").unlink(missing_ok=True)
     log.info("cached base model at %s", path)
     return params, False
 
@@ -202,9 +300,10 @@ def finetune(
         learning_rate=cfg.learning_rate,
         weight_decay=0.0,
         seed=seed,
+        augment=cfg.augment,
         teacher=teacher,
         temperature=cfg.temperature,
         alpha=cfg.alpha,
         masks=masks,
         on_epoch=on_epoch,
-    )
+    )[0]

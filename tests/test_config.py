@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from pathlib import Path
 
@@ -24,6 +25,7 @@ TINY = [
     "base.epochs=1",
     "finetune.epochs=0",
     "logger=none",
+    "data.max_examples=600",
 ]
 
 
@@ -44,9 +46,16 @@ def test_experiment_composes_and_runs_a_few_steps(name, tmp_path, cache_dir):
         pytest.skip(f"data for experiment={name} not found at {cfg.data.path}")
     header = (ROOT / "experiments" / "experiment" / f"{name}.yaml").read_text()
     assert header.startswith("# @package _global_") and "# Command:" in header
-    metrics = run(
-        to_config(cfg), tmp_path, OmegaConf.to_container(cfg, resolve=True), show_progress=False
-    )
+    with contextlib.ExitStack() as stack:
+        if cfg.data.source == "tfds":  # users' data sets are not here: TFDS's mock data
+            import tensorflow_datasets as tfds
+
+            stack.enter_context(tfds.testing.mock_data(num_examples=64))
+            cfg = _compose([f"experiment={name}", f"base.cache_dir={cache_dir}", *TINY,
+                            "data.image_size=[32,32]"])  # fmt: skip
+        metrics = run(
+            to_config(cfg), tmp_path, OmegaConf.to_container(cfg, resolve=True), show_progress=False
+        )
     assert (tmp_path / "metrics.json").is_file() and metrics["search"]["episodes"] > 0
 
 

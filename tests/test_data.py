@@ -72,5 +72,45 @@ def test_corrupt_or_incomplete_npz_is_a_clear_error(tmp_path):
 
 
 def test_unknown_source():
-    with pytest.raises(DataError, match="unknown"):
-        load_dataset(DataConfig(source="ftp"))
+    from autocomp.config import ConfigError
+
+    with pytest.raises(ConfigError, match="data.source='ftp': use digits, local or tfds"):
+        DataConfig(source="ftp")
+
+
+def test_tfds_source_reads_mock_data(tmp_path):
+    """The tensorflow-datasets code path, on TFDS's own mock data (nothing is downloaded)."""
+    import tensorflow_datasets as tfds
+
+    with tfds.testing.mock_data(num_examples=40):
+        mnist = load_dataset(DataConfig(source="tfds", name="mnist", data_dir=str(tmp_path)))
+        cifar = load_dataset(
+            DataConfig(source="tfds", name="cifar10", data_dir=str(tmp_path), max_examples=30)
+        )
+        imagenet = load_dataset(
+            DataConfig(
+                source="tfds",
+                name="imagenet2012",
+                data_dir=str(tmp_path),
+                test_split="validation",
+                image_size=[24, 24],
+            )  # fmt: skip
+        )
+    assert mnist.x_train.shape[1:] == (28, 28, 1) and mnist.x_train.dtype == np.float32
+    assert len(mnist.x_train) + len(mnist.x_val) == 40 and len(mnist.x_test) == 40
+    assert 0.0 <= mnist.x_train.min() and mnist.x_train.max() <= 1.0
+    assert mnist.y_train.dtype == np.int32
+    assert cifar.x_train.shape[1:] == (32, 32, 3) and len(cifar.x_test) == 30
+    assert imagenet.x_test.shape == (40, 24, 24, 3)  # varying sizes resized
+
+
+def test_tfds_missing_offline_fails_fast_with_the_fix(tmp_path):
+    start = time.perf_counter()
+    with pytest.raises(DataError) as err:
+        load_dataset(DataConfig(source="tfds", name="mnist", data_dir=str(tmp_path)))
+    assert time.perf_counter() - start < 10.0  # TFDS's own download would retry for minutes
+    message = str(err.value)
+    assert "data.download=true" in message and "data.source=local data.path=" in message
+    assert str(tmp_path) in message
+    with pytest.raises(DataError, match="not a tensorflow-datasets data set"):
+        load_dataset(DataConfig(source="tfds", name="no_such_set", data_dir=str(tmp_path)))

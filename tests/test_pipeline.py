@@ -27,7 +27,7 @@ def test_default_experiment_cli_end_to_end(tmp_path, cache_dir):
     run_dir = tmp_path / "run"
     env = {**os.environ, "WANDB_MODE": "offline", "AUTOCOMP_CACHE": cache_dir}
     proc = subprocess.run(
-        [sys.executable, "-m", "autocomp.train", f"hydra.run.dir={run_dir}", *TINY],
+        [sys.executable, "-m", "autocomp.train", f"hydra.run.dir={run_dir}", *TINY, "export=true"],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -57,6 +57,20 @@ def test_default_experiment_cli_end_to_end(tmp_path, cache_dir):
     assert len(offline) == 1 and list(offline[0].glob("run-*.wandb"))
     assert list(offline[0].glob("files/media/images/*.png"))
     assert list(offline[0].glob("files/media/table/*.table.json"))
+    # export=true: TFLite files run in the LiteRT interpreter and verified against JAX.
+    verify = json.loads((run_dir / "export" / "verify.json").read_text())
+    assert verify["examples"] == 359 and verify["passed"], verify["checks"]
+    assert verify["tflite_top1_agreement"] >= 0.999 and verify["tflite_max_abs_logit_diff"] < 1e-3
+    assert verify["int8_test_accuracy"] >= verify["float_test_accuracy"] - 0.01
+    assert verify["float_test_accuracy"] == metrics["compressed"]["test_accuracy"]
+    assert verify["int8"]["bytes"] < verify["float32"]["bytes"]
+    assert verify["float32"]["latency_ms"]["median"] > 0
+    assert set(verify["float32"]["ops"]) <= {"CONV_2D", "DEPTHWISE_CONV_2D", "MAX_POOL_2D",
+                                             "RESHAPE", "FULLY_CONNECTED"}  # fmt: skip
+    for name in ("model.tflite", "model_int8.tflite"):
+        assert (run_dir / "export" / name).read_bytes()[4:8] == b"TFL3"
+    card = (run_dir / "export" / "MODEL_CARD.md").read_text()
+    assert "| conv1 |" in card and "python -m autocomp.export" in card and "export=true" in card
 
 
 def test_same_config_and_seed_give_the_same_plan(tiny_config, tmp_path):

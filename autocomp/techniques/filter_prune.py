@@ -26,6 +26,11 @@ from autocomp.techniques.base import (
 def _fits(layer):
     if layer.is_classifier:
         return "the classifier's outputs are the classes and cannot be pruned"
+    if layer.coupled_out:
+        return (
+            "its output channels feed a residual shortcut or a depthwise conv, which would "
+            "have to lose the same channels"
+        )
     return fits_weighted(layer)
 
 

@@ -1,0 +1,115 @@
+"""Export and plans: TFLite conversion of every op kind, apply_plan, and untrusted plan files."""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from autocomp.config import LayerConfig, ModelConfig
+from autocomp.export import ExportError, TfliteModel, main, tflite_op_names, to_tflite
+from autocomp.models import base_ops, init_params
+from autocomp.plan import PlanError, apply_plan
+from autocomp.techniques import TechniqueError
+
+
+def test_residual_depthwise_and_gap_models_convert_and_agree():
+    """Every op kind the models use converts to builtin TFLite ops with float parity."""
+    layers = [
+        LayerConfig("conv", "stem", 8, 3),
+        LayerConfig("save"),
+        LayerConfig("conv", "a", 16, 3, stride=2),
+        LayerConfig("conv", "b", 16, 3, activation="none"),
+        LayerConfig("add"),
+        LayerConfig("relu"),
+        LayerConfig("dwconv", "dw", kernel=3),
+        LayerConfig("conv", "pw", 24, 1),
+        LayerConfig("maxpool", kernel=2, stride=2),
+        LayerConfig("gap"),
+        LayerConfig("dense", "fc", 5, activation="none"),
+    ]
+    ops = base_ops(ModelConfig("mix", [16, 16, 3], 5, layers))
+    params = init_params(ops, (16, 16, 3), jax.random.key(0))
+    x = np.random.default_rng(0).random((8, 16, 16, 3), np.float32)
+    from autocomp.training import predict
+
+    reference = predict(ops, params, x)
+    content = to_tflite(ops, params, (16, 16, 3))
+    np.testing.assert_allclose(TfliteModel(content)(x), reference, atol=1e-4)
+    names = tflite_op_names(content)
+    assert "ADD" in names and "DEPTHWISE_CONV_2D" in names and "CUSTOM" not in names
+    int8 = TfliteModel(to_tflite(ops, params, (16, 16, 3), calibration=x))
+    assert int8.input["dtype"] == np.int8
+    assert np.abs(int8(x) - reference).max() < 0.1 * np.abs(reference).max() + 0.05
+
+
+def test_apply_plan_reproduces_the_materialized_model(prepared, tmp_path):
+    from autocomp.plan import materialize, plan_from_indices
+
+    p = prepared
+    names = [t.name for t in p.techniques]
+    indices = np.array(
+        [[names.index(t), r] for t, r in (("filter", 1), ("svd", 3), ("magnitude", 5), ("keep", 0))]
+    )
+    plan = plan_from_indices(p.config.model.name, p.layers, p.techniques, p.config.env.ratios,
+                             indices)  # fmt: skip
+    ops, params, masks = materialize(p.ops, p.layers, p.base_params, p.aux, p.techniques, plan)
+    path = tmp_path / "plan.json"
+    path.write_text(plan.to_json())
+    ops2, params2, masks2 = apply_plan(p.config.model, p.base_params, path)
+    assert ops2 == ops and masks2.keys() == masks.keys() and ops != p.ops
+    jax.tree.map(np.testing.assert_array_equal, params2, params)
+    import autocomp
+
+    assert autocomp.apply_plan(p.config.model, p.base_params, plan)[0] == ops
+
+
+def _plan_doc(prepared, **layer0):
+    layers = [{"name": la.name, "technique": "keep", "ratio": 0.0} for la in prepared.layers]
+    layers[0].update(layer0)
+    return {"version": 1, "model": prepared.config.model.name, "layers": layers}
+
+
+def test_untrusted_plans_fail_with_clear_errors(prepared, tmp_path):
+    model, params = prepared.config.model, prepared.base_params
+
+    def apply(doc):
+        path = tmp_path / "plan.json"
+        path.write_text(doc if isinstance(doc, str) else json.dumps(doc))
+        return apply_plan(model, params, path)
+
+    ops, _, _ = apply(_plan_doc(prepared))
+    assert ops == prepared.ops  # all keep: the base model
+    with pytest.raises(PlanError, match="not JSON"):
+        apply("{'version': 1")
+    with pytest.raises(PlanError, match="plan.schema.json at layers/0/ratio"):
+        apply(_plan_doc(prepared, ratio=1.5))
+    with pytest.raises(PlanError, match="plan.schema.json at layers/0"):
+        apply(_plan_doc(prepared, code="__import__('os').system('true')"))
+    with pytest.raises(TechniqueError, match="unknown technique 'exec'.*conv1|conv1.*'exec'"):
+        apply(_plan_doc(prepared, technique="exec"))
+    with pytest.raises(TechniqueError, match="'filter' does not fit layer 'fc2'"):
+        doc = _plan_doc(prepared)
+        doc["layers"][-1].update(technique="filter", ratio=0.5)
+        apply(doc)
+    other = _plan_doc(prepared)
+    other["model"] = "resnet20"
+    with pytest.raises(PlanError, match="made for model 'resnet20'"):
+        apply(other)
+    shifted = _plan_doc(prepared)
+    shifted["layers"] = shifted["layers"][1:]
+    with pytest.raises(PlanError, match="lists layers"):
+        apply(shifted)
+
+
+def test_export_cli_bad_input_exits_2(tmp_path, capsys):
+    assert main(["run=" + str(tmp_path)]) == 2
+    assert "not a finished autocomp run" in capsys.readouterr().err
+    assert main(["runn=x"]) == 2 and "unknown argument" in capsys.readouterr().err
+    assert main(["run=x", "threads=two"]) == 2 and "threads" in capsys.readouterr().err
+    with pytest.raises(ExportError, match="required"):
+        from autocomp.export import parse_args
+
+        parse_args([])
