@@ -17,14 +17,17 @@ $(STAMP): requirements.lock pyproject.toml
 train: $(STAMP)
 	$(PY) -m autocomp.train $(ARGS)
 
+# Two pytest workers: XLA:CPU runs a convolution on about one core, so two processes use both.
+JOBS ?= 2
+
 test: $(STAMP)
-	$(PY) -m pytest -q -m "not slow" $(ARGS)
+	$(PY) -m pytest -q -n $(JOBS) -m "not slow" $(ARGS)
 
 test-slow: $(STAMP)
-	$(PY) -m pytest -q -m slow $(ARGS) || [ $$? -eq 5 ]  # 5: no test is marked slow
+	$(PY) -m pytest -q -n $(JOBS) -m slow $(ARGS) || [ $$? -eq 5 ]  # 5: no test is marked slow
 
 test-all: $(STAMP)
-	$(PY) -m pytest -q $(ARGS)
+	$(PY) -m pytest -q -n $(JOBS) $(ARGS)
 
 bench: $(STAMP)
 	$(PY) -m autocomp.bench search $(ARGS)

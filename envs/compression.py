@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import jax
@@ -272,12 +273,19 @@ class CompressionEnv:
         obs = jax.vmap(self._observe, in_axes=(0, None))(new_state, params)
         return obs, new_state, reward, done, info
 
+    @functools.partial(jax.jit, static_argnums=0)
     def evaluate_plans(self, plans: Int[Array, "B L 2"], params: EnvParams) -> dict[str, Array]:
-        """Score given plans exactly as the search does (a lockstep rollout of fixed actions)."""
-        keys = jax.random.split(jax.random.key(0), len(plans))
-        obs, state = self.batch_reset(keys, params)
-        for layer in range(self.spec.num_steps):
-            obs, state, reward, _, info = self.batch_step(keys, state, plans[:, layer], params)
+        """Score given plans exactly as the search does (a lockstep rollout of fixed actions,
+        compiled once as a scan over the layers)."""
+        keys = jax.random.split(jax.random.key(0), plans.shape[0])
+        _, state = self.batch_reset(keys, params)
+
+        def body(state, actions):
+            _, state, reward, _, info = self.batch_step(keys, state, actions, params)
+            return state, (reward, info)
+
+        state, (rewards, infos) = jax.lax.scan(body, state, jnp.swapaxes(plans, 0, 1))
+        reward, info = jax.tree.map(lambda a: a[-1], (rewards, infos))
         return {
             "plan": state.plan,
             "reward": reward,
