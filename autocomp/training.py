@@ -215,7 +215,7 @@ def base_cache_key(model: ModelConfig, data: Dataset, seed: int, train: TrainCon
 
 
 def load_params(path: Path, template: dict) -> dict:
-    """Read msgpack params into the structure of ``template``."""
+    """Read params saved as flax msgpack into the structure of ``template``."""
     try:
         restored = serialization.from_bytes(template, path.read_bytes())
     except Exception as err:  # msgpack raises several unrelated types on corrupt input
@@ -223,9 +223,40 @@ def load_params(path: Path, template: dict) -> dict:
             f"checkpoint {str(path)!r} is corrupt or belongs to another architecture ({err}); "
             "delete it to retrain, or point the run at another cache dir"
         ) from err
+    _check_shapes(path, restored, template)
+    return jax.tree.map(np.asarray, restored)
+
+
+def _check_shapes(path: Path, restored: dict, template: dict) -> None:
     shapes_ok = jax.tree.map(lambda a, b: np.shape(a) == np.shape(b), restored, template)
     if not all(jax.tree.leaves(shapes_ok)):
         raise CheckpointError(f"checkpoint {str(path)!r} has params of other shapes; delete it")
+
+
+def save_base(path: Path, params: dict) -> None:
+    """Write base params as an orbax checkpoint (orbax commits it atomically by renaming)."""
+    import orbax.checkpoint as ocp
+
+    with ocp.StandardCheckpointer() as checkpointer:
+        checkpointer.save(path.absolute(), jax.tree.map(np.asarray, params))
+        checkpointer.wait_until_finished()
+
+
+def load_base(path: Path, template: dict) -> dict:
+    """Read base params written by :func:`save_base` into the structure of ``template``."""
+    import orbax.checkpoint as ocp
+
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, jax.tree.map(np.asarray, template))
+    try:
+        with ocp.StandardCheckpointer() as checkpointer:
+            restored = checkpointer.restore(path.absolute(), abstract)
+    except Exception as err:  # orbax raises several unrelated types on bad input
+        raise CheckpointError(
+            f"base-model checkpoint {str(path)!r} is corrupt or belongs to another "
+            f"architecture ({type(err).__name__}: {str(err)[:200]}); delete the folder to "
+            "retrain, or point the run at another cache dir (base.cache_dir=...)"
+        ) from err
+    _check_shapes(path, restored, template)
     return jax.tree.map(np.asarray, restored)
 
 
@@ -247,14 +278,23 @@ def train_base(
 
     ``ops`` is the inference model; when the config asks for batch norm, the model trains with
     it (:func:`~autocomp.models.base_ops` with ``train=True``) and the cached params are the
-    folded ones. An interrupted training resumes from ``<entry>.partial`` at the last epoch.
+    folded ones, saved as an orbax checkpoint ``<cache>/base/<model>-<key>/``. An interrupted
+    training resumes from ``<model>-<key>.partial`` (written after every epoch) at the last
+    epoch.
     """
     cache = cache_root(train) / "base"
-    path = cache / f"{model.name}-{base_cache_key(model, data, seed, train)}.msgpack"
+    path = cache / f"{model.name}-{base_cache_key(model, data, seed, train)}"
     template = init_params(ops, data.x_train.shape[1:], jax.random.key(seed))
-    if path.is_file():
+    if path.is_dir():
         log.info("loading cached base model %s", path)
-        return load_params(path, template), True
+        return load_base(path, template), True
+    legacy = path.with_name(path.name + ".msgpack")  # caches written before orbax
+    if legacy.is_file():
+        log.info("converting cached base model %s to an orbax checkpoint", legacy)
+        params = load_params(legacy, template)
+        save_base(path, params)
+        return params, True
+    partial = path.with_name(path.name + ".partial")
     train_ops = base_ops(model, train=True)
     variables = init_variables(train_ops, data.x_train.shape[1:], jax.random.key(seed))
     params, stats = fit(
@@ -269,13 +309,13 @@ def train_base(
         optimizer=train.optimizer,
         augment=train.augment,
         batch_stats=variables.get("batch_stats"),
-        checkpoint=path.with_suffix(".partial"),
+        checkpoint=partial,
         on_epoch=on_epoch,
     )
     if stats:
         params = jax.tree.map(np.asarray, fold_batchnorm(train_ops, params, stats))
-    atomic_write_bytes(path, serialization.to_bytes(params))
-    path.with_suffix(".partial").unlink(missing_ok=True)
+    save_base(path, params)
+    partial.unlink(missing_ok=True)
     log.info("cached base model at %s", path)
     return params, False
 

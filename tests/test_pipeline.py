@@ -153,3 +153,40 @@ def test_default_experiment_meets_its_bars(tmp_path, cache_dir):
     assert ratios["latency_ms_x"] >= 3.0, ratios
     assert ratios["params_x"] >= 3.0, ratios
     assert ratios["accuracy_drop_points"] <= 1.5, ratios
+
+
+def test_base_cache_is_an_orbax_checkpoint_and_bad_entries_are_refused(tiny_config, tmp_path):
+    import dataclasses
+
+    import jax
+    import pytest
+    from flax import serialization
+
+    from autocomp.pipeline import prepare
+    from autocomp.training import CheckpointError
+
+    config = tiny_config()
+    config = dataclasses.replace(
+        config, base=dataclasses.replace(config.base, epochs=1, cache_dir=str(tmp_path))
+    )
+    first = prepare(config)
+    (entry,) = (tmp_path / "base").iterdir()
+    assert entry.is_dir() and (entry / "_CHECKPOINT_METADATA").is_file()  # orbax's layout
+    again = prepare(config)
+    assert again.base_from_cache and not first.base_from_cache
+    jax.tree.map(np.testing.assert_array_equal, again.base_params, first.base_params)
+    # A cache entry from before orbax (flax msgpack) is read and converted.
+    import shutil
+
+    shutil.rmtree(entry)
+    legacy = entry.with_name(entry.name + ".msgpack")
+    legacy.write_bytes(serialization.to_bytes(first.base_params))
+    converted = prepare(config)
+    assert converted.base_from_cache and entry.is_dir()
+    jax.tree.map(np.testing.assert_array_equal, converted.base_params, first.base_params)
+    legacy.unlink()
+    for f in entry.rglob("*"):
+        if f.is_file():
+            f.write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="corrupt.*delete the folder"):
+        prepare(config)
