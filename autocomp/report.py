@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from rich.console import Console
 from rich.table import Table
 
@@ -15,6 +17,8 @@ ROWS = (
     ("latency (ms)", "latency_ms", lambda v: f"{v:.4f}"),
     ("energy (mJ)", "energy_mj", lambda v: f"{v:.4f}"),
 )
+
+log = logging.getLogger(__name__)
 
 
 def summary_table(metrics: dict, device: str) -> Table:
@@ -59,20 +63,36 @@ def print_report(metrics: dict, plan: Plan, device: str, console: Console | None
 class EpochBar:
     """A rich progress bar for epochs; ``bar.callback`` is an ``on_epoch(epoch, loss)``.
 
+    When the output is not a terminal, each epoch is also logged (so ``train.log`` of a
+    background run shows progress).
+
     The bar appears at the first epoch, so nothing shows when there is nothing to train (a
     cached model, or input rejected before training).
     """
 
     def __init__(self, label: str, total: int, enabled: bool = True):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
         self._progress = Progress(
             TextColumn(f"[bold]{label}"),
             BarColumn(),
             MofNCompleteColumn(),
             TextColumn("epochs | loss {task.fields[loss]}"),
+            TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
             disable=not enabled,
         )
+        self._label, self._total = label, total
+        # Without a terminal (nohup, a cluster job) a live bar is not seen: log epochs instead.
+        self._log_epochs = enabled and not self._progress.console.is_terminal
         self._task = self._progress.add_task(label, total=total, loss="-")
         self._started = False
 
@@ -88,3 +108,5 @@ class EpochBar:
             self._progress.start()
             self._started = True
         self._progress.update(self._task, completed=epoch + 1, loss=f"{loss:.4f}")
+        if self._log_epochs:
+            log.info("%s: epoch %d/%d, loss %.4f", self._label, epoch + 1, self._total, loss)

@@ -190,3 +190,12 @@ def test_base_cache_is_an_orbax_checkpoint_and_bad_entries_are_refused(tiny_conf
             f.write_bytes(b"garbage")
     with pytest.raises(CheckpointError, match="corrupt.*delete the folder"):
         prepare(config)
+
+
+def test_epoch_bar_logs_epochs_when_output_is_not_a_terminal(caplog):
+    from autocomp.report import EpochBar
+
+    with caplog.at_level("INFO"), EpochBar("base model", 2) as bar:
+        bar.callback(0, 1.5)
+        bar.callback(1, 0.5)
+    assert "base model: epoch 2/2, loss 0.5000" in caplog.text
