@@ -1,9 +1,9 @@
 """The tensorflow-datasets source (``data.source=tfds data.name=mnist``): for users with data
 prepared by TFDS, or with a network and ``data.download=true``.
 
-A run never starts a download by itself: TFDS retries a failed download for minutes before it
-gives up (about 205 s offline), so the source first asks TFDS for the prepared data with
-``download=False`` (a fraction of a second) and, when it is not there, fails with the ways out.
+A run never starts a download by itself: offline, TFDS retries a failed download for minutes
+before it gives up, so the source first asks TFDS for the prepared data with ``download=False``
+(a fraction of a second) and, when it is not there, fails with the ways out.
 TensorFlow is imported only here, when this source is used.
 """
 
