@@ -314,6 +314,10 @@ def export_run(
     metrics = json.loads(run_paths(run_dir)["metrics"].read_text())
     cfg = record["config"]
     data_cfg = DataConfig(**cfg["data"])
+    if data_cfg.path and not Path(data_cfg.path).is_absolute() and "cwd" in record:
+        recorded = Path(record["cwd"]) / data_cfg.path  # relative to where the run was started
+        if not Path(data_cfg.path).exists() and recorded.exists():
+            data_cfg.path = str(recorded)
     data = load_dataset(data_cfg)
     input_shape = tuple(data.x_train.shape[1:])
     rng = np.random.default_rng(0)

@@ -3,6 +3,7 @@ its presence means the run finished."""
 
 from __future__ import annotations
 
+import os
 import platform
 import time
 from collections.abc import Sequence
@@ -55,6 +56,7 @@ def write_run(
             "git_sha": git_sha(),
             "seed": p.config.seed,
             "overrides": list(overrides),
+            "cwd": os.getcwd(),  # relative data paths in the config are relative to it
             "config": resolved,
             "device_table": {
                 "name": p.profile.name,

@@ -113,3 +113,43 @@ def test_export_cli_bad_input_exits_2(tmp_path, capsys):
         from autocomp.export import parse_args
 
         parse_args([])
+
+
+def test_export_finds_relative_data_paths_from_another_directory(tmp_path, monkeypatch):
+    """A run started in one folder with a relative ``data.path`` exports from anywhere."""
+    from flax import serialization
+
+    from autocomp.export import export_run
+
+    start = tmp_path / "project"
+    (start / "data").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 255, (60, 8, 8, 1), dtype=np.uint8)
+    y = rng.integers(0, 3, 60)
+    np.savez(start / "data" / "toy.npz", x_train=x[:40], y_train=y[:40], x_test=x[40:],
+             y_test=y[40:])  # fmt: skip
+    layers = [LayerConfig("conv", "c1", 4, 3), LayerConfig("flatten"),
+              LayerConfig("dense", "fc", 3, activation="none")]  # fmt: skip
+    ops = base_ops(ModelConfig("toy", [8, 8, 1], 3, layers))
+    params = jax.tree.map(np.asarray, init_params(ops, (8, 8, 1), jax.random.key(0)))
+    run = tmp_path / "run"
+    run.mkdir()
+    blob = {"ops": [op.__dict__ for op in ops], "params": params, "masks": {}}
+    (run / "compressed_params.msgpack").write_bytes(serialization.msgpack_serialize(blob))
+    plan = {"version": 1, "model": "toy", "layers": [
+        {"name": "c1", "technique": "keep", "ratio": 0.0, "shape": [[3, 3, 1, 4]]},
+        {"name": "fc", "technique": "keep", "ratio": 0.0, "shape": [[256, 3]]}]}  # fmt: skip
+    (run / "plan.json").write_text(json.dumps(plan))
+    side = {"test_accuracy": 0.5, "params": 1, "macs": 1, "latency_ms": 1.0, "energy_mj": 1.0}
+    metrics = {"base": side, "compressed": side, "device_table": {"name": "t", "kind": "analytic"}}
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    data = {"source": "local", "name": "toy", "path": "data/toy.npz", "val_fraction": 0.1}
+    record = {"seed": 0, "git_sha": "x", "cwd": str(start), "overrides": [],
+              "config": {"name": "toy", "data": data,
+                         "model": {"input_shape": [8, 8, 1], "num_classes": 3}}}  # fmt: skip
+    (run / "run.json").write_text(json.dumps(record))
+    monkeypatch.chdir(tmp_path)  # not where the run started: data/toy.npz is not here
+    report = export_run(run, calibration_examples=10)
+    assert report["examples"] == 20 and report["tflite_top1_agreement"] == 1.0
+    assert (run / "export" / "model_int8.tflite").is_file()
+    assert "| c1 | keep | 0 | 3x3x1x4 |" in (run / "export" / "MODEL_CARD.md").read_text()
