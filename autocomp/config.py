@@ -19,6 +19,7 @@ LAYER_KINDS = (
 ACTIVATIONS = ("relu", "none")
 NORMS = ("none", "batch")
 OPTIMIZERS = ("adamw", "sgd")
+DATA_SOURCES = ("digits", "local", "tfds")  # the keys of autocomp.data.SOURCES
 
 
 class ConfigError(ValueError):
@@ -128,8 +129,9 @@ class DataConfig:
     max_examples: int | None = None
 
     def __post_init__(self) -> None:
-        if self.source not in ("digits", "local", "tfds"):
-            raise ConfigError(f"data.source={self.source!r}: use digits, local or tfds")
+        if self.source not in DATA_SOURCES:
+            choices = f"{', '.join(DATA_SOURCES[:-1])} or {DATA_SOURCES[-1]}"
+            raise ConfigError(f"data.source={self.source!r}: use {choices}")
         if self.max_examples is not None and self.max_examples <= 0:
             raise ConfigError(f"data.max_examples={self.max_examples} must be > 0 (or null)")
         if self.image_size is not None and len(self.image_size) != 2:

@@ -35,8 +35,19 @@ class Dataset(NamedTuple):
         return h.hexdigest()[:16]
 
 
+def images(x: np.ndarray) -> np.ndarray:
+    """NHWC float32 in [0, 1] from uint8 images (float features pass through)."""
+    if x.ndim == 3:
+        x = x[..., None]
+    scale = 255.0 if x.dtype == np.uint8 else 1.0
+    return x.astype(np.float32) / np.float32(scale)
+
+
 def _with_val(x, y, x_test, y_test, cfg: DataConfig, name: str) -> Dataset:
-    """Carve a fixed, seeded validation split out of the training data."""
+    """Float images and int32 labels, with a fixed, seeded validation split carved out of the
+    training data."""
+    x, x_test = images(x), images(x_test)
+    y, y_test = y.astype(np.int32), y_test.astype(np.int32)
     order = np.random.default_rng(cfg.split_seed).permutation(len(x))
     n_val = int(round(cfg.val_fraction * len(x)))
     val, train = order[:n_val], order[n_val:]
@@ -71,21 +82,13 @@ def load_local(cfg: DataConfig) -> Dataset:
 
 def load_tfds(cfg: DataConfig) -> Dataset:
     """tensorflow-datasets (see :mod:`autocomp.data_tfds`); never downloads unless asked."""
-    from autocomp.data_local import images
     from autocomp.data_tfds import TfdsDataError, load_arrays
 
     try:
         x_train, y_train, x_test, y_test = load_arrays(cfg)
     except TfdsDataError as err:
         raise DataError(str(err)) from err
-    return _with_val(
-        images(x_train),
-        y_train.astype(np.int32),
-        images(x_test),
-        y_test.astype(np.int32),
-        cfg,
-        cfg.name,
-    )
+    return _with_val(x_train, y_train, x_test, y_test, cfg, cfg.name)
 
 
 SOURCES: dict[str, Callable[[DataConfig], Dataset]] = {
@@ -96,9 +99,7 @@ SOURCES: dict[str, Callable[[DataConfig], Dataset]] = {
 
 
 def load_dataset(cfg: DataConfig) -> Dataset:
-    """Load the data set named by ``cfg.source``."""
-    if cfg.source not in SOURCES:
-        raise DataError(f"data.source={cfg.source!r} is unknown; available: {sorted(SOURCES)}")
+    """Load the data set named by ``cfg.source`` (checked by ``DataConfig``)."""
     data = SOURCES[cfg.source](cfg)
     if cfg.max_examples is not None:
         n = cfg.max_examples

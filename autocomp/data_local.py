@@ -46,13 +46,6 @@ def _need(arrays: dict, keys: tuple[str, ...], path: Path) -> None:
         )
 
 
-def images(x: np.ndarray) -> np.ndarray:
-    if x.ndim == 3:
-        x = x[..., None]
-    scale = 255.0 if x.dtype == np.uint8 else 1.0
-    return x.astype(np.float32) / np.float32(scale)
-
-
 def _parts(folder: Path, name: str) -> tuple[list[Path], Path]:
     train = sorted(folder.glob(f"{name}_train_*.npz")) or sorted(folder.glob(f"{name}_train.npz"))
     test = folder / f"{name}_test.npz"
@@ -66,7 +59,8 @@ def _parts(folder: Path, name: str) -> tuple[list[Path], Path]:
 
 
 def load_arrays(cfg: DataConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(x_train, y_train, x_test, y_test) as float32 images/features and int32 labels."""
+    """(x_train, y_train, x_test, y_test) as stored (uint8 images, or float32 log-mel features
+    for audio); :func:`autocomp.data.load_local` scales them."""
     if not cfg.path:
         raise LocalDataError(
             "data.source=local needs data.path=<file.npz or folder>, e.g. "
@@ -110,13 +104,8 @@ def load_arrays(cfg: DataConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray, np
             rate = int(arrays["sample_rate"])
             x_train = clips_to_logmel(arrays, "train", rate)
             x_test = clips_to_logmel(arrays, "test", rate)
-            return (
-                x_train,
-                arrays["y_train"].astype(np.int32),
-                x_test,
-                arrays["y_test"].astype(np.int32),
-            )
+            return x_train, arrays["y_train"], x_test, arrays["y_test"]
         _need(arrays, ("x_train", "y_train", "x_test", "y_test"), path)
         x_train, y_train = arrays["x_train"], arrays["y_train"]
         x_test, y_test = arrays["x_test"], arrays["y_test"]
-    return images(x_train), y_train.astype(np.int32), images(x_test), y_test.astype(np.int32)
+    return x_train, y_train, x_test, y_test

@@ -33,10 +33,11 @@ import numpy as np
 from flax import serialization
 
 from autocomp.config import DataConfig
+from autocomp.data import DataError, load_dataset
 from autocomp.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from autocomp.models import Op, SequentialNet
 from autocomp.pipeline import run_paths
-from autocomp.plan import Plan
+from autocomp.plan import Plan, PlanError
 from autocomp.training import predict
 
 log = logging.getLogger(__name__)
@@ -306,8 +307,6 @@ def export_run(
     progress: Callable[[str], None] | None = None,
 ) -> dict:
     """Convert, verify and document a finished run; returns the verification report."""
-    from autocomp.data import load_dataset
-
     run_dir = Path(run_dir)
     ops, params, record = load_compressed(run_dir)
     plan = Plan.load(run_paths(run_dir)["plan"])
@@ -364,9 +363,6 @@ def parse_args(argv: list[str]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from autocomp.data import DataError
-    from autocomp.plan import PlanError
-
     logging.basicConfig(level=logging.INFO, format="[%(name)s] %(message)s")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:

@@ -232,6 +232,12 @@ def init_variables(ops: tuple[Op, ...], input_shape: Sequence[int], key: jax.Arr
     return jax.jit(model.init)(key, x)
 
 
+def param_shapes(ops: tuple[Op, ...], input_shape: Sequence[int]) -> dict:
+    """The params pytree of a model as ``jax.ShapeDtypeStruct`` leaves, computing nothing."""
+    x = jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)
+    return jax.eval_shape(SequentialNet(ops).init, jax.random.key(0), x)["params"]
+
+
 def init_params(ops: tuple[Op, ...], input_shape: Sequence[int], key: jax.Array) -> dict:
     """Random initial params of a model (jitted, so it is cheap per architecture)."""
     return init_variables(ops, input_shape, key)["params"]

@@ -22,7 +22,7 @@ from autocomp import pipeline
 from autocomp.config import ConfigError, RootConfig, register_configs
 from autocomp.costs import CostTableError
 from autocomp.data import DataError
-from autocomp.export import ExportError
+from autocomp.export import ExportError, export_run
 from autocomp.outputs import write_run
 from autocomp.plan import PlanError
 from autocomp.report import EpochBar, print_report
@@ -139,8 +139,6 @@ def run(
     tracker.finish()
     print_report(metrics, comp.plan, p.profile.name)
     if config.export:
-        from autocomp.export import export_run
-
         report = export_run(run_dir, progress=log.info)
         log.info(
             "exported %s/export: float32 agreement %.4f, int8 test accuracy %.4f, checks %s",

@@ -25,8 +25,8 @@ from autocomp.models import (
     SequentialNet,
     base_ops,
     fold_batchnorm,
-    init_params,
     init_variables,
+    param_shapes,
 )
 
 log = logging.getLogger(__name__)
@@ -243,13 +243,13 @@ def save_base(path: Path, params: dict) -> None:
 
 
 def load_base(path: Path, template: dict) -> dict:
-    """Read base params written by :func:`save_base` into the structure of ``template``."""
+    """Read base params written by :func:`save_base` into ``template`` (a pytree of
+    ``jax.ShapeDtypeStruct``, see :func:`~autocomp.models.param_shapes`)."""
     import orbax.checkpoint as ocp
 
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, jax.tree.map(np.asarray, template))
     try:
         with ocp.StandardCheckpointer() as checkpointer:
-            restored = checkpointer.restore(path.absolute(), abstract)
+            restored = checkpointer.restore(path.absolute(), template)
     except Exception as err:  # orbax raises several unrelated types on bad input
         raise CheckpointError(
             f"base-model checkpoint {str(path)!r} is corrupt or belongs to another "
@@ -284,7 +284,7 @@ def train_base(
     """
     cache = cache_root(train) / "base"
     path = cache / f"{model.name}-{base_cache_key(model, data, seed, train)}"
-    template = init_params(ops, data.x_train.shape[1:], jax.random.key(seed))
+    template = param_shapes(ops, data.x_train.shape[1:])
     if path.is_dir():
         log.info("loading cached base model %s", path)
         return load_base(path, template), True
