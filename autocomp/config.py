@@ -187,6 +187,36 @@ class FinetuneConfig:
 
 
 @dataclass
+class DistillConfig:
+    """Layer-wise distillation of replacement layers that have no closed form from the
+    original weights (depthwise-separable, fire, mlpconv): each replacement, one per ratio bin,
+    learns to reproduce the original layer's outputs on its inputs from training images.
+
+    Attributes:
+        steps: Adam steps per layer and ratio bin, after the closed-form start.
+        batch_size: inputs per step.
+        learning_rate: Adam step size (the loss is normalized by the target's variance).
+        examples: training images whose layer inputs are used.
+        crop: conv inputs are cut into ``crop`` x ``crop`` patches (0: whole maps); a conv is
+            local, so patches train it at a fraction of the cost.
+    """
+
+    steps: int = 100
+    batch_size: int = 16
+    learning_rate: float = 3e-3
+    examples: int = 512
+    crop: int = 8
+
+    def __post_init__(self) -> None:
+        if self.steps < 0 or self.batch_size <= 0 or self.examples <= 0 or self.crop < 0:
+            raise ConfigError(
+                "env.distill: steps >= 0, batch_size > 0, examples > 0 and crop >= 0 required"
+            )
+        if self.learning_rate <= 0:
+            raise ConfigError(f"env.distill.learning_rate={self.learning_rate} must be > 0")
+
+
+@dataclass
 class EnvConfig:
     """The compression environment.
 
@@ -194,6 +224,7 @@ class EnvConfig:
         techniques: technique names the agent may choose from, in action-index order.
         ratios: compression ratio bins (fraction removed), each in [0, 1); the first must be 0.
         val_examples: cap on validation examples scored per plan (None: all).
+        distill: layer-wise distillation of replacement layers.
     """
 
     techniques: list[str] = field(default_factory=lambda: ["keep", "magnitude", "filter", "svd"])
@@ -201,6 +232,7 @@ class EnvConfig:
         default_factory=lambda: [0.0, 0.25, 0.5, 0.625, 0.75, 0.875, 0.9375]
     )
     val_examples: int | None = None
+    distill: DistillConfig = field(default_factory=DistillConfig)
 
     def __post_init__(self) -> None:
         for i, ratio in enumerate(self.ratios):

@@ -149,18 +149,33 @@ def _validate(data: object, path: Path) -> None:
             fail(f"rows[{i}].latency_ms must be a non-negative number")
 
 
-def op_key(op: Op, in_shape: Shape, dtype: str = "float32") -> str:
-    """The table key of a deployed op: kind, input shape, outputs, kernel, stride, dtype."""
+def _dims(a: int, b: int) -> str:
+    return str(a) if a == b else f"{a}x{b}"
+
+
+def op_out_channels(op: Op, in_shape: Shape) -> int:
+    if op.kind in ("conv", "dense", "expand") or (op.kind == "dwconv" and op.features):
+        return op.features
+    return in_shape[-1]
+
+
+def op_key(op: Op, in_shape: Shape) -> str:
+    """The table key of a deployed op: kind, input shape, outputs, kernel, stride, groups,
+    weight dtype (``k``/``s`` read ``3x1`` for a non-square kernel or stride)."""
     shape = "x".join(str(d) for d in in_shape)
-    groups = in_shape[-1] if op.kind == "dwconv" else 1
-    out = in_shape[-1] if op.kind == "dwconv" else op.features
-    return f"{op.kind}|in={shape}|out={out}|k={op.kernel}|s={op.stride}|g={groups}|{dtype}"
+    groups = in_shape[-1] if op.kind == "dwconv" else op.groups
+    dtype = "float32" if op.bits >= 32 else f"int{op.bits}"
+    return (
+        f"{op.kind}|in={shape}|out={op_out_channels(op, in_shape)}|k={_dims(*op.kernel_hw)}"
+        f"|s={_dims(*op.strides)}|g={groups}|{dtype}"
+    )
 
 
 def op_counts(op: Op, in_shape: Shape) -> tuple[int, int, int, int, int]:
     """(MACs, params, storage bytes, weight bytes read, activation bytes) of one op, exactly.
 
-    Storage of a sparse op (``density`` < 1) is a bitmask plus the non-zero float32 values.
+    Storage of a sparse op (``density`` < 1) is a bitmask plus the non-zero values; weights of
+    ``bits`` < 32 take ``bits`` each plus one float32 scale per output channel.
     """
     out = out_shape(op, in_shape)
     act_bytes = BYTES_PER_FLOAT * (math.prod(in_shape) + math.prod(out))
@@ -168,21 +183,27 @@ def op_counts(op: Op, in_shape: Shape) -> tuple[int, int, int, int, int]:
         act_bytes += BYTES_PER_FLOAT * math.prod(in_shape)
     if op.kind not in PARAMETRIC:
         return 0, 0, 0, 0, act_bytes
-    if op.kind == "dwconv":  # one k x k filter per channel
-        weights = op.kernel * op.kernel * in_shape[-1]
-        macs = math.prod(out[:-1]) * weights
-        bias = in_shape[-1] if op.use_bias else 0
+    kh, kw = op.kernel_hw
+    features = op_out_channels(op, in_shape)
+    if op.kind == "dwconv":  # m k x k filters per input channel
+        weights = kh * kw * features
+    elif op.kind == "expand":  # 1x1 to features // 2, 3x3 to the rest
+        half = features // 2
+        weights = in_shape[-1] * (half + 9 * (features - half))
+    elif op.kind == "conv":
+        weights = kh * kw * (in_shape[-1] // op.groups) * features
     else:
-        fan_in = op.kernel * op.kernel * in_shape[-1] if op.kind == "conv" else in_shape[0]
-        positions = math.prod(out[:-1]) if op.kind == "conv" else 1
-        weights = fan_in * op.features
-        macs = positions * weights
-        bias = op.features if op.use_bias else 0
+        weights = in_shape[0] * features
+    positions = math.prod(out[:-1]) if op.kind != "dense" else 1
+    macs = positions * weights
+    bias = features if op.use_bias else 0
     nnz = weights if op.density >= 1.0 else int(round(op.density * weights))
-    storage = BYTES_PER_FLOAT * (nnz + bias)
+    storage = math.ceil(nnz * op.bits / 8) + BYTES_PER_FLOAT * bias
+    if op.bits < 32:
+        storage += BYTES_PER_FLOAT * features  # per-channel scales
     if op.density < 1.0:
         storage += math.ceil(weights / 8)
-    weight_read = BYTES_PER_FLOAT * (weights + bias)  # a dense runtime reads every weight
+    weight_read = math.ceil(weights * op.bits / 8) + BYTES_PER_FLOAT * bias
     return macs, nnz + bias, storage, weight_read, act_bytes
 
 
@@ -207,7 +228,8 @@ def price_op(profile: DeviceProfile, op: Op, in_shape: Shape) -> OpCost:
             storage,
             "table",
         )
-    efficiency = a["efficiency"].get(op.kind, a["efficiency"].get("pool", 1.0))
+    kind = "conv" if op.kind == "expand" else op.kind  # two convs and a concatenation
+    efficiency = a["efficiency"].get(kind, a["efficiency"].get("pool", 1.0))
     compute_s = macs / (a["peak_gmacs"] * 1e9 * efficiency)
     memory_s = (weight_read + act_bytes) / (a["bandwidth_gbs"] * 1e9)
     latency_ms = (a["op_overhead_us"] * 1e-6 + max(compute_s, memory_s)) * 1e3

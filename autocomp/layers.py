@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from autocomp.models import WEIGHTED, Op, Shape, walk_shapes
+from autocomp.models import WEIGHTED, Op, Shape, run_ops, walk_shapes
 
 COUPLING = ("save", "add", "dwconv")  # ops that tie the channels of the layer before them
 
@@ -29,6 +29,7 @@ class LayerInfo:
         coupled_out: the layer's output channels are tied to another tensor's (a residual
             shortcut saves or adds them, or a depthwise conv follows channel for channel), so
             techniques that remove output channels do not fit.
+        pre_flatten: for a dense layer after a flatten, the (H, W, C) shape that was flattened.
     """
 
     index: int
@@ -40,6 +41,7 @@ class LayerInfo:
     in_positions: int
     is_classifier: bool
     coupled_out: bool = False
+    pre_flatten: Shape | None = None
 
     @property
     def kind(self) -> str:
@@ -84,11 +86,11 @@ def compressible_layers(ops: Sequence[Op], input_shape: Sequence[int]) -> tuple[
     for n, i in enumerate(weighted):
         end = weighted[n + 1] if n + 1 < len(weighted) else len(ops)
         in_shape = shapes[i]
-        in_channels, in_positions = in_shape[-1], 1
+        in_channels, in_positions, pre_flatten = in_shape[-1], 1, None
         flattens = [j for j in range(weighted[n - 1] if n else 0, i) if ops[j].kind == "flatten"]
         if ops[i].kind == "dense" and flattens:
             # Rows of a dense after a flatten are (position, channel) of the pre-flatten tensor.
-            pre_flatten = shapes[flattens[-1]]
+            pre_flatten = tuple(shapes[flattens[-1]])
             in_channels = pre_flatten[-1]
             in_positions = int(np.prod(pre_flatten[:-1]))
         layers.append(
@@ -102,6 +104,31 @@ def compressible_layers(ops: Sequence[Op], input_shape: Sequence[int]) -> tuple[
                 in_positions=in_positions,
                 is_classifier=n == len(weighted) - 1,
                 coupled_out=any(op.kind in COUPLING for op in ops[i + 1 : end]),
+                pre_flatten=pre_flatten,
             )
         )
     return tuple(layers)
+
+
+def layer_inputs(
+    ops: Sequence[Op], layers: Sequence[LayerInfo], params: dict, x: np.ndarray, batch: int = 256
+) -> list[np.ndarray]:
+    """Each compressible layer's input in the trained model for images ``x`` (float32)."""
+    import jax
+
+    names = {layer.name for layer in layers}
+
+    @jax.jit
+    def record(xb):
+        seen = {}
+
+        def hook(op, h):
+            if op.name in names:
+                seen[op.name] = h
+            return None
+
+        run_ops(ops, params, xb, hook)
+        return [seen[layer.name] for layer in layers]
+
+    chunks = [record(x[i : i + batch]) for i in range(0, len(x), batch)]
+    return [np.concatenate([np.asarray(c[l]) for c in chunks]) for l in range(len(layers))]

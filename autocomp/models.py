@@ -26,7 +26,7 @@ from jaxtyping import Array, Float
 from autocomp.config import ModelConfig
 
 WEIGHTED = ("conv", "dense")  # the compressible layers
-PARAMETRIC = (*WEIGHTED, "dwconv")  # every op with params after batch-norm folding
+PARAMETRIC = (*WEIGHTED, "dwconv", "expand")  # every op with params after batch-norm folding
 BN_EPSILON = 1e-5
 
 
@@ -44,6 +44,11 @@ class Op:
         stride: stride (conv, pools).
         use_bias: whether a weighted op has a bias.
         density: share of non-zero weights (storage only; a dense runtime runs them all).
+        kernel_w: kernel width of a conv when it differs from ``kernel`` (its height), for
+            spatially separable k x 1 / 1 x k convs; 0: square.
+        stride_w: horizontal stride when it differs from ``stride``; 0: the same.
+        groups: grouped conv (input and output channels split into ``groups`` blocks).
+        bits: stored bits per weight (32: float32; fewer: quantized weights).
     """
 
     kind: str
@@ -53,6 +58,18 @@ class Op:
     stride: int = 1
     use_bias: bool = True
     density: float = 1.0
+    kernel_w: int = 0
+    stride_w: int = 0
+    groups: int = 1
+    bits: int = 32
+
+    @property
+    def kernel_hw(self) -> tuple[int, int]:
+        return (self.kernel, self.kernel_w or self.kernel)
+
+    @property
+    def strides(self) -> tuple[int, int]:
+        return (self.stride, self.stride_w or self.stride)
 
 
 Shape = tuple[int, ...]  # (H, W, C) for images, (C,) after flatten
@@ -61,24 +78,59 @@ Shape = tuple[int, ...]  # (H, W, C) for images, (C,) after flatten
 def _conv(op: Op, x: Array) -> Array:
     return nn.Conv(
         op.features,
-        (op.kernel, op.kernel),
-        strides=op.stride,
+        op.kernel_hw,
+        strides=op.strides,
         padding="SAME",
+        feature_group_count=op.groups,
         use_bias=op.use_bias,
         name=op.name,
     )(x)
 
 
 def _dwconv(op: Op, x: Array) -> Array:
+    """Depthwise conv; ``features`` > 0 is channels x depth multiplier (output channel
+    ``c * m + j`` is filter ``j`` of input channel ``c``, as in TFLite's DEPTHWISE_CONV_2D)."""
     return nn.Conv(
-        x.shape[-1],
-        (op.kernel, op.kernel),
-        strides=op.stride,
+        op.features or x.shape[-1],
+        op.kernel_hw,
+        strides=op.strides,
         padding="SAME",
         feature_group_count=x.shape[-1],
         use_bias=op.use_bias,
         name=op.name,
     )(x)
+
+
+def conv_nhwc(x: Array, kernel: Array, strides=(1, 1), groups: int = 1) -> Array:
+    """A SAME-padded NHWC conv with an HWIO kernel, as :class:`flax.linen.Conv` computes it."""
+    return jax.lax.conv_general_dilated(
+        x,
+        kernel,
+        window_strides=strides,
+        padding="SAME",
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        feature_group_count=groups,
+    )
+
+
+class Expand(nn.Module):
+    """SqueezeNet's fire-module expand layer: a 1x1 conv to ``features // 2`` channels and a
+    3x3 conv to the rest, concatenated, with one bias."""
+
+    features: int
+    stride: int = 1
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        e1 = self.features // 2
+        c = x.shape[-1]
+        init = nn.initializers.lecun_normal()
+        k1 = self.param("kernel1", init, (1, 1, c, e1))
+        k3 = self.param("kernel3", init, (3, 3, c, self.features - e1))
+        bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
+        strides = (self.stride, self.stride)
+        y = jnp.concatenate([conv_nhwc(x, k1, strides), conv_nhwc(x, k3, strides)], axis=-1)
+        return y + bias
 
 
 def shortcut(saved: Array, shape: Sequence[int]) -> Array:
@@ -107,6 +159,7 @@ _APPLY: dict[str, Callable[[Op, Array], Array]] = {
     "conv": _conv,
     "dense": _dense,
     "dwconv": _dwconv,
+    "expand": lambda op, x: Expand(op.features, op.stride, name=op.name)(x),
     "gap": lambda op, x: x.mean(axis=(1, 2)),
     "maxpool": _pool(nn.max_pool),
     "avgpool": _pool(nn.avg_pool),
@@ -137,6 +190,33 @@ class SequentialNet(nn.Module):
             else:
                 x = _APPLY[op.kind](op, x)
         return x
+
+
+def apply_op(op: Op, params: dict, x: Array) -> Array:
+    """One op of a model as a pure function (``params``: the whole model's params)."""
+    variables = {"params": {op.name: params[op.name]}} if op.kind in PARAMETRIC else {}
+    return SequentialNet((op,)).apply(variables, x)
+
+
+def run_ops(
+    ops: Sequence[Op],
+    params: dict,
+    x: Array,
+    hook: Callable[[Op, Array], Array | None] | None = None,
+) -> Array:
+    """:class:`SequentialNet` (inference form) as a plain function, where ``hook(op, x)`` may
+    replace any op's output (the environment swaps in compressed layers this way)."""
+    saved: list[Array] = []
+    for op in ops:
+        if op.kind == "save":
+            saved.append(x)
+            continue
+        if op.kind == "add":
+            x = x + shortcut(saved.pop(), x.shape)
+            continue
+        y = hook(op, x) if hook is not None else None
+        x = apply_op(op, params, x) if y is None else y
+    return x
 
 
 def base_ops(cfg: ModelConfig, train: bool = False) -> tuple[Op, ...]:
@@ -182,12 +262,11 @@ def fold_batchnorm(train_ops: Sequence[Op], params: dict, batch_stats: dict) -> 
 
 def out_shape(op: Op, shape: Shape) -> Shape:
     """Output shape of ``op`` for one example of ``shape`` (no batch axis)."""
-    if op.kind == "conv":
-        h, w, _ = shape
-        return (math.ceil(h / op.stride), math.ceil(w / op.stride), op.features)
-    if op.kind == "dwconv":
+    if op.kind in ("conv", "dwconv", "expand"):
         h, w, c = shape
-        return (math.ceil(h / op.stride), math.ceil(w / op.stride), c)
+        sh, sw = op.strides
+        features = op.features or c if op.kind == "dwconv" else op.features
+        return (math.ceil(h / sh), math.ceil(w / sw), features)
     if op.kind == "gap":
         return (shape[-1],)
     if op.kind == "dense":

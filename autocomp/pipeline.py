@@ -20,8 +20,8 @@ from autocomp.pareto import pareto_front
 from autocomp.plan import LayerChoice, Plan, materialize, plan_from_indices, prepare_aux
 from autocomp.reward import RewardParams, make_reward_params
 from autocomp.search_space import CHANNELS, SearchSpace, build_search_space, plan_cost
-from autocomp.techniques import Technique, make_techniques
-from autocomp.training import accuracy, finetune, predict, train_base
+from autocomp.techniques import PrepareContext, Technique, make_techniques
+from autocomp.training import accuracy, cache_root, finetune, predict, train_base
 
 log = logging.getLogger(__name__)
 
@@ -71,11 +71,22 @@ def prepare(config: RootConfig, on_epoch=None) -> Prepared:
         profile=profile,
         space=space,
         base_params=params,
-        aux=prepare_aux(layers, params, techniques),
+        aux=prepare_aux(layers, params, techniques, prepare_context(config), ops, data.x_train),
         base_val_accuracy=val_acc,
         base_test_accuracy=accuracy(ops, params, data.x_test, data.y_test),
         reward=reward,
         base_from_cache=cached,
+    )
+
+
+def prepare_context(config: RootConfig) -> PrepareContext:
+    """Ratio bins and distillation settings of a run (distilled layers cached beside the base
+    models)."""
+    return PrepareContext(
+        ratios=tuple(config.env.ratios),
+        distill=config.env.distill,
+        cache_dir=cache_root(config.base) / "distill",
+        seed=config.seed,
     )
 
 

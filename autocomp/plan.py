@@ -7,6 +7,7 @@ filters removed (with the next layer's inputs), factorized layers split in two.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 from collections.abc import Sequence
@@ -18,9 +19,16 @@ import jax
 import numpy as np
 
 from autocomp.config import ModelConfig
-from autocomp.layers import LayerInfo, compressible_layers
+from autocomp.layers import LayerInfo, compressible_layers, layer_inputs
 from autocomp.models import Op, base_ops
-from autocomp.techniques import REGISTRY, Technique, TechniqueError, check_ratio, make_techniques
+from autocomp.techniques import (
+    REGISTRY,
+    PrepareContext,
+    Technique,
+    TechniqueError,
+    check_ratio,
+    make_techniques,
+)
 
 PLAN_VERSION = 1
 
@@ -112,12 +120,30 @@ def plan_from_indices(
 
 
 def prepare_aux(
-    layers: Sequence[LayerInfo], params: dict, techniques: Sequence[Technique]
+    layers: Sequence[LayerInfo],
+    params: dict,
+    techniques: Sequence[Technique],
+    ctx: PrepareContext | None = None,
+    ops: Sequence[Op] | None = None,
+    x_train: np.ndarray | None = None,
 ) -> tuple[dict, ...]:
-    """Per layer, every fitting technique's precomputation on the trained weights."""
+    """Per layer, every fitting technique's precomputation on the trained weights.
+
+    With ``ops`` and ``x_train`` (training images), each layer's inputs in the trained model
+    are recorded for the techniques that distill replacements (``ctx.distill.examples``
+    images); ``ctx`` gives the ratio bins and distillation settings.
+    """
+    ctx = ctx or PrepareContext()
+    inputs: list[np.ndarray | None] = [None] * len(layers)
+    if ops is not None and x_train is not None:
+        inputs = layer_inputs(ops, layers, params, x_train[: ctx.distill.examples])
     return tuple(
         {
-            tech.name: tech.prepare(layer, jax.tree.map(np.asarray, params[layer.name]))
+            tech.name: tech.prepare(
+                layer,
+                jax.tree.map(np.asarray, params[layer.name]),
+                dataclasses.replace(ctx, inputs=inputs[layer.index]),
+            )
             for tech in techniques
             if tech.fits(layer) is None
         }
@@ -181,18 +207,30 @@ def materialize(
         ops.extend(replaced.get(op.name, (op,)) if op.name else (op,))
         if op.name and op.name not in replaced:  # layers no technique touches (depthwise)
             new_params[op.name] = params[op.name]
+    # A pooled head (gap) takes the feature map itself: the flatten before it goes.
+    ops = [op for i, op in enumerate(ops) if not (op.kind == "flatten" and _next_is_gap(ops, i))]
     return tuple(ops), new_params, masks
 
 
+def _next_is_gap(ops: Sequence[Op], i: int) -> bool:
+    return i + 1 < len(ops) and ops[i + 1].kind == "gap"
+
+
 def apply_plan(
-    model: ModelConfig, params: dict, plan: Plan | str | Path
+    model: ModelConfig,
+    params: dict,
+    plan: Plan | str | Path,
+    x_train: np.ndarray | None = None,
+    ctx: PrepareContext | None = None,
 ) -> tuple[tuple[Op, ...], dict, dict[str, np.ndarray]]:
     """Re-apply a plan to the trained params of the architecture it was made for, without
     searching. Returns (ops, params, sparsity masks) of the really smaller model, the same as
     the run that wrote the plan had before fine-tuning.
 
     ``plan`` is a :class:`Plan` or the path of a ``plan.json``; files are validated against
-    ``autocomp/plan.schema.json`` and never executed.
+    ``autocomp/plan.schema.json`` and never executed. Plans with distilled replacements
+    (``dwsep``, ``fire``, ``mlpconv``, ``gap``) need training images ``x_train`` (and the run's
+    ``ctx`` distillation settings to reproduce it).
 
     Raises:
         PlanError: a malformed plan, or one made for another architecture.
@@ -210,5 +248,7 @@ def apply_plan(
     used = {choice.technique for choice in plan.layers}
     techniques = make_techniques([n for n in REGISTRY if n in used or n == "keep"])
     check_plan(plan, layers, techniques)
-    aux = prepare_aux(layers, params, techniques)
+    ratios = tuple(sorted({0.0, *(choice.ratio for choice in plan.layers)}))
+    ctx = dataclasses.replace(ctx or PrepareContext(), ratios=ratios)
+    aux = prepare_aux(layers, params, techniques, ctx, ops, x_train)
     return materialize(ops, layers, params, aux, techniques, plan)

@@ -29,8 +29,9 @@ class SearchSpace:
         costs: float64[L, T, R, R_in, 5] cost of layer l under (t, r) when the previous layer
             kept the channels of ratio bin r_in (inf where the technique does not fit).
         out_bin: int32[L, T, R] ratio bin of this layer's kept outputs (0: all kept).
-        allowed: bool[L, T, R] actions that exist (fitting technique; ``keep`` only at ratio 0,
-            the others only at ratios > 0, where they differ from ``keep``).
+        allowed: bool[L, T, R] actions that exist (fitting technique; ``keep`` and ratio-free
+            techniques only at ratio 0, the others only at ratios > 0, where they differ from
+            ``keep``).
         fixed: float64[5] cost of ops outside every layer's span (before the first layer).
         base: float64[5] cost of the uncompressed model.
     """
@@ -49,6 +50,8 @@ def _layer_cost(profile, layer: LayerInfo, ops: Sequence[Op], in_channels: int) 
     """Cost of a layer's deployed ops plus its trailing ops (pool, flatten) at an input width."""
     if layer.kind == "conv":
         in_shape = (*layer.in_shape[:-1], in_channels)
+    elif ops[0].kind == "gap":  # a pooled head takes the feature map before the flatten
+        in_shape = (*layer.pre_flatten[:-1], in_channels)
     else:
         in_shape = (layer.in_positions * in_channels,)
     total = price_ops(profile, (*ops, *layer.trailing), in_shape, strict=False)
@@ -82,7 +85,7 @@ def build_search_space(
             if tech.fits(layer) is not None:
                 continue
             for r, ratio in enumerate(ratios):
-                allowed[l, t, r] = (r == 0) == (tech.name == "keep")
+                allowed[l, t, r] = (r == 0) == (tech.name == "keep" or tech.ratio_free)
                 out_bin[l, t, r] = _out_bin(layer, tech.out_channels(layer, ratio), ratios)
                 for r_in, in_ratio in enumerate(ratios if l > 0 else ratios[:1]):
                     c_in = kept(layer.in_channels, in_ratio)

@@ -10,13 +10,15 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int
 
-from autocomp.models import Op, SequentialNet
+from autocomp.layers import layer_inputs
+from autocomp.models import Op, apply_op, run_ops
 from autocomp.reward import RewardParams, compute_reward
 from autocomp.search_space import SearchSpace, min_rest
 from autocomp.spaces import EnvSpec, Observation, StepInfo
-from autocomp.techniques import Technique
+from autocomp.techniques import Technique, layer_forward, layer_out_mask
 
 N_STATIC = 10
+PROBE_EXAMPLES = 64  # validation images whose layer inputs measure each technique's error
 
 
 class EnvParams(NamedTuple):
@@ -73,7 +75,6 @@ class CompressionEnv:
         self.space = space
         self.layers = space.layers
         self.techniques: tuple[Technique, ...] = space.techniques
-        self.model = SequentialNet(ops)
         n_t, n_r = len(space.techniques), len(space.ratios)
         self.spec = EnvSpec(
             num_steps=len(space.layers),
@@ -107,7 +108,9 @@ class CompressionEnv:
             allowed=jnp.asarray(s.allowed),
             fixed=jnp.asarray(s.fixed, jnp.float32),
             static_features=jnp.asarray(self._static_features(), jnp.float32),
-            sensitivity=jnp.asarray(self._sensitivity(base_params, aux), jnp.float32),
+            sensitivity=jnp.asarray(
+                self._sensitivity(base_params, aux, x_val[:PROBE_EXAMPLES]), jnp.float32
+            ),
             reward=reward,
         )
 
@@ -135,42 +138,75 @@ class CompressionEnv:
             )
         return np.array(rows)
 
-    def _sensitivity(self, base_params: dict, aux: tuple[dict, ...]) -> np.ndarray:
+    def _sensitivity(self, base_params: dict, aux: tuple[dict, ...], x_probe) -> np.ndarray:
+        """float[L, T, R]: relative output error of every technique at every ratio on the
+        layer's real inputs (``x_probe`` images through the base model); 1 where it does not
+        fit."""
         n_t, n_r = self.spec.num_techniques, self.spec.num_ratios
         out = np.ones((len(self.layers), n_t, n_r))
+        inputs = layer_inputs(self.ops, self.layers, base_params, np.asarray(x_probe))
+        ratios = jnp.asarray(self.space.ratios, jnp.float32)
         for layer in self.layers:
+            fitting = [t for t, tech in enumerate(self.techniques) if tech.name in aux[layer.index]]
+
+            @jax.jit
+            def errors(p, a, x, layer=layer, fitting=fitting):
+                y = apply_op(layer.op, {layer.name: p}, x)
+                rows = []
+                for t in fitting:
+                    tech = self.techniques[t]
+
+                    def err(ratio, tech=tech):
+                        y_t = layer_forward(tech, layer, p, a[tech.name], ratio, x)
+                        return jnp.linalg.norm(y_t - y) / (jnp.linalg.norm(y) + 1e-12)
+
+                    rows.append(jax.lax.map(err, ratios))
+                return jnp.stack(rows)
+
             p = jax.tree.map(jnp.asarray, base_params[layer.name])
-            norm = float(jnp.linalg.norm(p["kernel"])) + 1e-12
-            for t, tech in enumerate(self.techniques):
-                if tech.name not in aux[layer.index]:
-                    continue
-                for r, ratio in enumerate(self.space.ratios):
-                    sim = tech.simulate(p, aux[layer.index][tech.name], jnp.float32(ratio))
-                    out[layer.index, t, r] = float(jnp.linalg.norm(sim["kernel"] - p["kernel"]))
-                    out[layer.index, t, r] /= norm
+            out[layer.index, fitting] = np.asarray(errors(p, aux[layer.index], inputs[layer.index]))
         return out
 
     # ------------------------------------------------------------ simulation
-    def simulate_params(self, plan: Int[Array, "L 2"], params: EnvParams) -> dict:
-        """The base params with ``plan`` applied by shape-preserving transforms (jittable)."""
-        new = dict(params.base_params)
-        for layer in self.layers:
-            aux = params.aux[layer.index]
-            branches = [self._branch(tech, aux) for tech in self.techniques]
+    def logits(self, plan: Int[Array, "L 2"], params: EnvParams, x: Array) -> Array:
+        """The base model with ``plan`` applied: each compressible layer is the output of its
+        technique (``lax.switch``: one branch runs per plan), fed the channels the previous
+        layer kept."""
+        by_name = {layer.name: layer for layer in self.layers}
+        kept: dict[str, Array] = {}
+
+        def hook(op: Op, h: Array):
+            layer = by_name.get(op.name)
+            if layer is None:
+                return None
+            prev = kept.get("mask")
+            ok = prev is not None and prev.shape == (layer.in_channels,)
+            in_keep = prev if ok else jnp.ones(layer.in_channels, bool)
             t, r = plan[layer.index, 0], plan[layer.index, 1]
-            new[layer.name] = jax.lax.switch(
-                t, branches, params.base_params[layer.name], aux, params.ratios[r]
+            aux = params.aux[layer.index]
+            branches = [self._branch(tech, layer, aux) for tech in self.techniques]
+            y, kept["mask"] = jax.lax.switch(
+                t, branches, params.base_params[layer.name], params.ratios[r], h, in_keep
             )
-        return new
+            return y
+
+        return run_ops(self.ops, params.base_params, x, hook)
 
     @staticmethod
-    def _branch(tech: Technique, aux: dict):
+    def _branch(tech: Technique, layer, aux: dict):
         if tech.name not in aux:  # does not fit this layer: never chosen (masked); identity
-            return lambda p, a, ratio: p
-        return lambda p, a, ratio: tech.simulate(p, a[tech.name], ratio)
 
-    def logits(self, plan: Int[Array, "L 2"], params: EnvParams, x: Array) -> Array:
-        return self.model.apply({"params": self.simulate_params(plan, params)}, x)
+            def identity(p, ratio, x, in_keep):
+                return apply_op(layer.op, {layer.name: p}, x), jnp.ones(layer.features, bool)
+
+            return identity
+        a = aux[tech.name]
+
+        def branch(p, ratio, x, in_keep):
+            y = layer_forward(tech, layer, p, a, ratio, x, in_keep)
+            return y, layer_out_mask(tech, layer, a, ratio)
+
+        return branch
 
     def accuracy(self, plan: Int[Array, "L 2"], params: EnvParams) -> Float[Array, ""]:
         """Validation accuracy of the simulated plan."""

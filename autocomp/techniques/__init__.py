@@ -7,22 +7,45 @@ from collections.abc import Callable, Sequence
 
 from autocomp.techniques.base import (
     Materialized,
+    PrepareContext,
     Technique,
     TechniqueError,
     check_ratio,
     kept,
+    layer_forward,
+    layer_out_mask,
     removed,
 )
+from autocomp.techniques.dwsep import make_dwsep
 from autocomp.techniques.filter_prune import make_filter
+from autocomp.techniques.fire import make_fire
+from autocomp.techniques.gap import make_gap
+from autocomp.techniques.group import make_group
 from autocomp.techniques.keep import make_keep
 from autocomp.techniques.magnitude import make_magnitude
+from autocomp.techniques.mlpconv import make_mlpconv
+from autocomp.techniques.sparse_code import make_sparse_code
+from autocomp.techniques.sparse_conv import make_sparse_conv
+from autocomp.techniques.spatial import make_spatial
 from autocomp.techniques.svd import make_svd
 
+# The survey's families: weight factorization and pruning (svd = W1 and C1's channel form,
+# sparse_code = W2, magnitude = W3, filter = DeepIoT's structured pruning), convolution
+# decomposition (spatial = C1's spatial form, sparse_conv = C2, dwsep = C3, group = C4) and
+# special layer designs (fire = L1, gap = L2, mlpconv = L3).
 REGISTRY: dict[str, Callable[[], Technique]] = {
     "keep": make_keep,
     "magnitude": make_magnitude,
     "filter": make_filter,
     "svd": make_svd,
+    "sparse_code": make_sparse_code,
+    "spatial": make_spatial,
+    "sparse_conv": make_sparse_conv,
+    "dwsep": make_dwsep,
+    "group": make_group,
+    "fire": make_fire,
+    "gap": make_gap,
+    "mlpconv": make_mlpconv,
 }
 
 
@@ -41,10 +64,13 @@ def make_techniques(names: Sequence[str]) -> tuple[Technique, ...]:
 __all__ = [
     "REGISTRY",
     "Materialized",
+    "PrepareContext",
     "Technique",
     "TechniqueError",
     "check_ratio",
     "kept",
+    "layer_forward",
+    "layer_out_mask",
     "make_techniques",
     "removed",
 ]

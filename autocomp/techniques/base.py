@@ -1,13 +1,23 @@
 """The technique interface: a technique is a value (a named tuple of pure functions), like an optax
 transformation. Adding a technique is adding one module that returns one of these.
 
-A *ratio* is the fraction of the layer's capacity removed, in [0, 1): 0 is the identity.
+A *ratio* is the fraction of the layer's capacity removed, in [0, 1): 0 is the identity where the
+technique has one. A ``ratio_free`` technique (a fixed replacement such as global average
+pooling) ignores it.
 
 - ``fits(layer)``: ``None`` if the technique applies to the layer, else the reason it does not.
-- ``prepare(layer, params)``: host-side precomputation on the trained weights (an SVD, a ranking),
-  returned as a pytree of arrays with shapes fixed by the layer; it travels in the env params.
+- ``prepare(layer, params, ctx)``: host-side precomputation on the trained weights (an SVD, a
+  ranking, or replacement layers distilled from the original on ``ctx.inputs`` for every ratio
+  bin in ``ctx.ratios``), returned as a pytree of arrays with shapes fixed by the layer; it
+  travels in the env params.
 - ``simulate(params, aux, ratio)``: inside jit, the layer's params with the *same shapes* but the
-  compression applied (masks, masked singular values). ``ratio`` may be traced.
+  compression applied (masks, masked singular values, an equivalent kernel). ``ratio`` may be
+  traced. ``None`` for a technique whose replacement is not one linear layer (it has
+  ``forward``).
+- ``forward(layer, params, aux, ratio, x, in_keep)``: optional; inside jit, the replaced layer's
+  output for input ``x`` (same shape as the original's), where ``in_keep`` bool[C_in] says which
+  input channels the previous layer kept. Without it, the layer op runs on ``simulate``'s params.
+- ``out_mask(aux, ratio)``: optional; bool[features] output channels kept (structured pruning).
 - ``materialize(layer, params, aux, ratio, in_rows)``: on the host, the real smaller ops and their
   params for this layer, given the input rows that survive the previous layer's pruning. Returns a
   :class:`Materialized`.
@@ -15,19 +25,25 @@ A *ratio* is the fraction of the layer's capacity removed, in [0, 1): 0 is the i
   input channels kept, without weights: what the cost table is keyed by.
 - ``out_channels(layer, ratio)``: how many output channels survive (structured pruning only
   shrinks it).
+
+Each module's docstring gives the parameter count, MACs and largest intermediate feature map of
+its deployed form; ``tests/test_techniques.py`` checks the counted ones against the formulas.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from autocomp.config import DistillConfig
 from autocomp.layers import LayerInfo
-from autocomp.models import Op
+from autocomp.models import Op, apply_op
 
 Params = dict[str, Any]
 
@@ -48,14 +64,82 @@ class Materialized(NamedTuple):
     out_keep: np.ndarray
 
 
+@dataclass(frozen=True)
+class PrepareContext:
+    """What ``prepare`` may use besides the layer's weights.
+
+    Attributes:
+        ratios: the ratio bins the search can ask for (distilled replacements are made per bin).
+        inputs: a sample of this layer's inputs in the trained base model (training images),
+            or ``None`` where no data is at hand (techniques that need it raise).
+        distill: layer-wise distillation settings.
+        cache_dir: where distilled layers are cached (``None``: no cache).
+        seed: random seed of the distillation.
+    """
+
+    ratios: tuple[float, ...] = (0.0,)
+    inputs: np.ndarray | None = None
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    cache_dir: Path | None = None
+    seed: int = 0
+
+
 class Technique(NamedTuple):
     name: str
     fits: Callable[[LayerInfo], str | None]
-    prepare: Callable[[LayerInfo, Params], Params]
-    simulate: Callable[[Params, Params, Any], Params]
+    prepare: Callable[[LayerInfo, Params, PrepareContext], Params]
+    simulate: Callable[[Params, Params, Any], Params] | None
     materialize: Callable[[LayerInfo, Params, Params, float, np.ndarray], Materialized]
     ops: Callable[[LayerInfo, float, int], tuple[Op, ...]]
     out_channels: Callable[[LayerInfo, float], int]
+    forward: Callable[..., Any] | None = None
+    out_mask: Callable[[Params, Any], Any] | None = None
+    ratio_free: bool = False
+
+
+def layer_forward(tech: Technique, layer: LayerInfo, params, aux, ratio, x, in_keep=None):
+    """The compressed layer's output on ``x`` inside jit (the environment's simulation)."""
+    if tech.forward is not None:
+        if in_keep is None:
+            in_keep = jnp.ones(layer.in_channels, bool)
+        return tech.forward(layer, params, aux, ratio, x, in_keep)
+    return apply_op(layer.op, {layer.name: tech.simulate(params, aux, ratio)}, x)
+
+
+def layer_out_mask(tech: Technique, layer: LayerInfo, aux, ratio):
+    """bool[features]: the output channels the technique keeps (all but for pruning)."""
+    if tech.out_mask is None:
+        return jnp.ones(layer.features, bool)
+    return tech.out_mask(aux, ratio)
+
+
+def bin_index(bins, ratio):
+    """Index of the ratio bin nearest to ``ratio`` (jit-safe): distilled techniques store one
+    replacement per bin of the search's ratio grid."""
+    xp = jnp if isinstance(ratio, jax.Array) or isinstance(bins, jax.Array) else np
+    return xp.argmin(xp.abs(xp.asarray(bins) - ratio))
+
+
+def distilled_bin(layer: LayerInfo, technique: str, aux, ratio: float) -> int:
+    """The bin of a distilled replacement for ``ratio`` on the host; it must be one of them."""
+    bins = np.asarray(aux["bins"])
+    b = int(bin_index(bins, float(ratio)))
+    if abs(float(bins[b]) - float(ratio)) > 1e-6:
+        raise TechniqueError(
+            f"technique {technique!r} on layer {layer.name!r}: no distilled replacement for "
+            f"ratio {ratio}; it was prepared for {[float(r) for r in bins]}"
+        )
+    return b
+
+
+def need_inputs(technique: str, layer: LayerInfo, ctx: PrepareContext) -> np.ndarray:
+    if ctx.inputs is None:
+        raise TechniqueError(
+            f"technique {technique!r} on layer {layer.name!r} is fitted to the layer's inputs on "
+            "training data (layer-wise distillation), but none were given; pass the data "
+            "(autocomp.apply_plan(..., x_train=...)) or choose another technique"
+        )
+    return ctx.inputs
 
 
 class TechniqueError(ValueError):

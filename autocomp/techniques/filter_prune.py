@@ -35,7 +35,7 @@ def _fits(layer):
 
 
 def make_filter() -> Technique:
-    def prepare(layer, params):
+    def prepare(layer, params, ctx):
         kernel = params["kernel"].reshape(-1, layer.features)
         norms = jnp.abs(kernel).sum(axis=0)
         order = jnp.argsort(-norms, stable=True)  # most important first
@@ -72,4 +72,5 @@ def make_filter() -> Technique:
         materialize=materialize,
         ops=ops,
         out_channels=out_channels,
+        out_mask=keep_mask,
     )

@@ -14,7 +14,7 @@ from autocomp.techniques.base import (
 
 
 def make_keep() -> Technique:
-    def prepare(layer, params):
+    def prepare(layer, params, ctx):
         return {}
 
     def simulate(params, aux, ratio):

@@ -23,7 +23,7 @@ from autocomp.techniques.base import (
 
 
 def make_magnitude() -> Technique:
-    def prepare(layer, params):
+    def prepare(layer, params, ctx):
         # Sorted magnitudes: the threshold for any ratio is one lookup under jit.
         return {"sorted_abs": jnp.sort(jnp.abs(jnp.ravel(params["kernel"])))}
 

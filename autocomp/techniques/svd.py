@@ -32,7 +32,7 @@ def _rank(layer, ratio) -> int:
 
 
 def make_svd() -> Technique:
-    def prepare(layer, params):
+    def prepare(layer, params, ctx):
         u, s, vt = jnp.linalg.svd(params["kernel"].reshape(layer.fan_in, -1), full_matrices=False)
         return {"u": u, "s": s, "vt": vt}
 
