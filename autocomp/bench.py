@@ -3,6 +3,9 @@
 ``python -m autocomp.bench search [experiment=digits] [overrides...]``: compile time of the plan
 evaluation, plan evaluations per second (random masked plans through the environment, and whole
 agent updates), and how many compilations happened after the first plan (target: zero).
+
+``python -m autocomp.bench survey [experiment=digits] [survey.*=...]``: the survey's comparison
+table, every technique alone (see :mod:`autocomp.survey`).
 """
 
 from __future__ import annotations
@@ -113,10 +116,39 @@ def bench_search(overrides: list[str], batches: int = 20) -> dict[str, float]:
     }
 
 
+def bench_survey(overrides: list[str]) -> None:
+    import logging
+
+    from autocomp.config import ConfigError
+    from autocomp.survey import run_survey, write_survey
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    for noisy in ("jax._src.xla_bridge", "absl", "tensorflow"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        config = _compose(overrides)
+        rows = run_survey(config)
+    except ConfigError as err:
+        print(f"ConfigError: {err}")
+        raise SystemExit(2) from err
+    command = " ".join(["python -m autocomp.bench survey", *overrides])
+    paths = write_survey(rows, config, command)
+    print(open(paths["md"]).read())
+    for kind, path in paths.items():
+        print(f"{kind}: {path}")
+
+
 def main(argv: list[str]) -> None:
-    if not argv or argv[0] not in ("search",):
-        print("usage: python -m autocomp.bench search [hydra overrides...]")
+    if not argv or argv[0] not in ("search", "survey"):
+        print(
+            "usage: python -m autocomp.bench search [hydra overrides...]\n"
+            "       python -m autocomp.bench survey [experiment=<name>] [survey.ratios=[...]] "
+            "[hydra overrides...]"
+        )
         raise SystemExit(2)
+    if argv[0] == "survey":
+        bench_survey(argv[1:])
+        return
     result = bench_search(argv[1:])
     width = max(map(len, result))
     for key, value in result.items():

@@ -227,7 +227,22 @@ class EnvConfig:
         distill: layer-wise distillation of replacement layers.
     """
 
-    techniques: list[str] = field(default_factory=lambda: ["keep", "magnitude", "filter", "svd"])
+    techniques: list[str] = field(
+        default_factory=lambda: [
+            "keep",
+            "magnitude",
+            "filter",
+            "svd",
+            "sparse_code",
+            "spatial",
+            "sparse_conv",
+            "dwsep",
+            "group",
+            "fire",
+            "gap",
+            "mlpconv",
+        ]  # fmt: skip
+    )
     ratios: list[float] = field(
         default_factory=lambda: [0.0, 0.25, 0.5, 0.625, 0.75, 0.875, 0.9375]
     )
@@ -311,6 +326,33 @@ class LoggerConfig:
 
 
 @dataclass
+class SurveyConfig:
+    """``python -m autocomp.bench survey``: every technique alone, applied uniformly.
+
+    Attributes:
+        techniques: techniques to compare (None: every one of ``env.techniques`` but keep).
+        ratios: ratios per technique; each must be a bin of ``env.ratios``.
+        finetune_epochs: distillation fine-tuning of each compressed model.
+        finetune_examples: cap on training images used to fine-tune (None: all).
+        measure: time the float32 TFLite file of each row in the LiteRT interpreter.
+        out_dir: where ``<experiment>.csv``, ``.md`` and ``.png`` are written.
+    """
+
+    techniques: list[str] | None = None
+    ratios: list[float] = field(default_factory=lambda: [0.5, 0.75, 0.875])
+    finetune_epochs: int = 2
+    finetune_examples: int | None = None
+    measure: bool = True
+    out_dir: str = "docs/survey"
+
+    def __post_init__(self) -> None:
+        if self.finetune_epochs < 0:
+            raise ConfigError(f"survey.finetune_epochs={self.finetune_epochs} must be >= 0")
+        if not self.ratios or any(not 0.0 <= r < 1.0 for r in self.ratios):
+            raise ConfigError(f"survey.ratios={self.ratios}: give ratios in [0, 1)")
+
+
+@dataclass
 class RootConfig:
     """The whole run. Groups are directories of ``experiments/``."""
 
@@ -327,6 +369,7 @@ class RootConfig:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     resume: bool = True
     export: bool = False
+    survey: SurveyConfig = field(default_factory=SurveyConfig)
 
 
 def register_configs(agent_schemas: dict[str, type]) -> None:

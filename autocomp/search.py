@@ -118,6 +118,11 @@ def run_search(
                 a=f"{best['accuracy']:.4f}",
                 l=f"{best['latency_ms']:.4f}",
             )
+            if show_progress and not bar.console.is_terminal:  # a background run's log
+                log.info(
+                    "search: %d/%d episodes, best reward %.4f (val acc %.4f, %.4f ms)",
+                    done, total, best["reward"], best["accuracy"], best["latency_ms"],
+                )  # fmt: skip
     return state, history, timings
 
 

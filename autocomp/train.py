@@ -155,6 +155,7 @@ def main(cfg: DictConfig) -> float:
     from hydra.core.hydra_config import HydraConfig
 
     logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # "no TPU" chatter
+    logging.getLogger("absl").setLevel(logging.WARNING)  # orbax's per-save progress lines
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
         overrides = list(HydraConfig.get().overrides.task)

@@ -23,6 +23,8 @@ from agents.compressor_critic import CompressorCriticConfig  # noqa: E402
 from autocomp.config import (  # noqa: E402
     DataConfig,
     DeviceConfig,
+    DistillConfig,
+    EnvConfig,
     FinetuneConfig,
     LayerConfig,
     LoggerConfig,
@@ -61,6 +63,7 @@ def tiny_config(cache_dir):
             device=DeviceConfig("analytic-cortex-a76", "analytic_cortex_a76"),
             finetune=FinetuneConfig(epochs=1),
             logger=LoggerConfig(name="none"),
+            env=EnvConfig(distill=DistillConfig(steps=0, examples=256)),
         )
         return dataclasses.replace(config, **changes)
 

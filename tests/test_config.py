@@ -26,7 +26,10 @@ TINY = [
     "finetune.epochs=0",
     "logger=none",
     "data.max_examples=600",
+    "env.distill.steps=0",
+    "env.distill.examples=64",
 ]
+BIG_MODEL_TECHNIQUES = ["env.techniques=[keep,magnitude,filter,svd,dwsep,group]"]
 
 
 def _compose(overrides):
@@ -41,7 +44,11 @@ def test_experiment_composes_and_runs_a_few_steps(name, tmp_path, cache_dir):
 
     from autocomp.train import run
 
-    cfg = _compose([f"experiment={name}", f"base.cache_dir={cache_dir}", *TINY])
+    # The big models run a few steps with a subset of the techniques (every technique runs on
+    # the small ones here, and on its own in test_techniques): compiling 12 branches per layer
+    # of VGG and MobileNet costs minutes.
+    tiny = [*TINY, *(BIG_MODEL_TECHNIQUES if name in ("cifar", "imagenet") else [])]
+    cfg = _compose([f"experiment={name}", f"base.cache_dir={cache_dir}", *tiny])
     if cfg.data.source == "local" and not Path(cfg.data.path).exists():
         pytest.skip(f"data for experiment={name} not found at {cfg.data.path}")
     header = (ROOT / "experiments" / "experiment" / f"{name}.yaml").read_text()
@@ -51,7 +58,7 @@ def test_experiment_composes_and_runs_a_few_steps(name, tmp_path, cache_dir):
             import tensorflow_datasets as tfds
 
             stack.enter_context(tfds.testing.mock_data(num_examples=64))
-            cfg = _compose([f"experiment={name}", f"base.cache_dir={cache_dir}", *TINY,
+            cfg = _compose([f"experiment={name}", f"base.cache_dir={cache_dir}", *tiny,
                             "data.image_size=[32,32]"])  # fmt: skip
         metrics = run(
             to_config(cfg), tmp_path, OmegaConf.to_container(cfg, resolve=True), show_progress=False

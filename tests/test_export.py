@@ -11,7 +11,7 @@ import pytest
 from autocomp.config import LayerConfig, ModelConfig
 from autocomp.export import ExportError, TfliteModel, main, tflite_op_names, to_tflite
 from autocomp.models import base_ops, init_params
-from autocomp.plan import PlanError, apply_plan
+from autocomp.plan import LayerChoice, Plan, PlanError, apply_plan
 from autocomp.techniques import TechniqueError
 
 
@@ -153,3 +153,59 @@ def test_export_finds_relative_data_paths_from_another_directory(tmp_path, monke
     assert report["examples"] == 20 and report["tflite_top1_agreement"] == 1.0
     assert (run / "export" / "model_int8.tflite").is_file()
     assert "| c1 | keep | 0 | 3x3x1x4 |" in (run / "export" / "MODEL_CARD.md").read_text()
+
+
+def test_every_technique_converts_to_tflite_and_agrees():
+    """The deployed form of every technique (k x 1 convs, grouped convs, depthwise with a
+    multiplier, fire's concatenation, the pooled head) is builtin TFLite with float parity."""
+    from test_techniques import LAYERS, OPS, RATIOS, TECHS
+
+    from autocomp.config import DistillConfig
+    from autocomp.plan import LayerChoice, Plan, materialize, prepare_aux
+    from autocomp.techniques import PrepareContext
+    from autocomp.training import predict
+
+    params = init_params(OPS, (8, 8, 1), jax.random.key(1))
+    x = np.random.default_rng(1).random((16, 8, 8, 1), np.float32)
+    ctx = PrepareContext(ratios=RATIOS, distill=DistillConfig(steps=0, examples=16))
+    aux = prepare_aux(LAYERS, params, TECHS, ctx, OPS, x)
+    seen = set()
+    for tech in TECHS:
+        ratio = 0.0 if tech.ratio_free else 0.5
+        choices = [
+            LayerChoice(la.name, tech.name if tech.fits(la) is None else "keep",
+                        ratio if tech.fits(la) is None else 0.0)
+            for la in LAYERS
+        ]  # fmt: skip
+        ops, new_params, _ = materialize(OPS, LAYERS, params, aux, TECHS,
+                                         Plan("contract_net", tuple(choices)))  # fmt: skip
+        content = to_tflite(ops, new_params, (8, 8, 1))
+        np.testing.assert_allclose(
+            TfliteModel(content)(x), predict(ops, new_params, x), atol=1e-4, err_msg=tech.name
+        )
+        names = tflite_op_names(content)
+        assert "CUSTOM" not in names and "FLEX" not in " ".join(names), (tech.name, names)
+        seen.update(names)
+    assert {"CONV_2D", "DEPTHWISE_CONV_2D", "CONCATENATION"} <= seen, seen
+
+
+def test_apply_plan_redistills_replacements_with_training_images(prepared):
+    """A plan with distilled replacements needs the training images, and then reproduces the
+    search's layers."""
+    from autocomp.pipeline import prepare_context
+    from autocomp.plan import materialize
+
+    p = prepared
+    choices = {"conv1": ("dwsep", 0.75), "conv2": ("fire", 0.5), "fc1": ("gap", 0.0)}
+    plan = Plan(
+        p.config.model.name,
+        tuple(LayerChoice(la.name, *choices.get(la.name, ("keep", 0.0))) for la in p.layers),
+    )
+    ops, params, _ = materialize(p.ops, p.layers, p.base_params, p.aux, p.techniques, plan)
+    with pytest.raises(TechniqueError, match="training data"):
+        apply_plan(p.config.model, p.base_params, plan)
+    ops2, params2, _ = apply_plan(
+        p.config.model, p.base_params, plan, p.data.x_train, prepare_context(p.config)
+    )
+    assert ops2 == ops
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), params2, params)

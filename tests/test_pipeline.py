@@ -20,6 +20,7 @@ TINY = [
     "agent.updates_per_chunk=2",
     "base.epochs=3",
     "finetune.epochs=1",
+    "env.distill.steps=0",  # least-squares distillation only (Adam steps: test_techniques)
 ]
 
 

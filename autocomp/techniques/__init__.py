@@ -48,6 +48,21 @@ REGISTRY: dict[str, Callable[[], Technique]] = {
     "mlpconv": make_mlpconv,
 }
 
+# The survey's code of each technique (DeepIoT's pruning and the channel form of C1 aside).
+FAMILIES = {
+    "magnitude": "W3",
+    "filter": "DeepIoT",
+    "svd": "W1/C1",
+    "sparse_code": "W2",
+    "spatial": "C1",
+    "sparse_conv": "C2",
+    "dwsep": "C3",
+    "group": "C4",
+    "fire": "L1",
+    "gap": "L2",
+    "mlpconv": "L3",
+}
+
 
 def make_techniques(names: Sequence[str]) -> tuple[Technique, ...]:
     """The techniques named in config, in action-index order."""
@@ -62,6 +77,7 @@ def make_techniques(names: Sequence[str]) -> tuple[Technique, ...]:
 
 
 __all__ = [
+    "FAMILIES",
     "REGISTRY",
     "Materialized",
     "PrepareContext",
