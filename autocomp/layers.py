@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import jax
 import numpy as np
 
 from autocomp.models import WEIGHTED, Op, Shape, run_ops, walk_shapes
@@ -114,8 +115,6 @@ def layer_inputs(
     ops: Sequence[Op], layers: Sequence[LayerInfo], params: dict, x: np.ndarray, batch: int = 256
 ) -> list[np.ndarray]:
     """Each compressible layer's input in the trained model for images ``x`` (float32)."""
-    import jax
-
     names = {layer.name for layer in layers}
 
     @jax.jit

@@ -56,8 +56,8 @@ class CompressionEnv:
 
     - Observation (:class:`~autocomp.spaces.Observation`): ``features`` float32[obs_dim] =
       the layer's static descriptors [10] (index, kind, widths, kernel, stride, weights, MAC
-      share, classifier flag), its weight sensitivity [T*R] (relative reconstruction error of
-      every technique at every ratio: the compressor reads the weights, as DeepIoT's does), the
+      share, classifier flag), its sensitivity [T*R] (relative output error of every technique
+      at every ratio on the layer's inputs: the compressor reads the weights, as DeepIoT's), the
       input-width bin one-hot [R], cost spent so far / base [3], cheapest rest / base [3],
       budget slack / base [3], previous action one-hots [T + R]; ``action_mask`` bool[T, R].
     - Action: int32[2] (technique index, ratio-bin index).

@@ -14,6 +14,7 @@ size C.
 
 from __future__ import annotations
 
+import jax.numpy as jnp
 import numpy as np
 
 from autocomp.models import Op
@@ -46,8 +47,6 @@ def make_gap() -> Technique:
         }
 
     def simulate(params, aux, ratio):
-        import jax.numpy as jnp
-
         positions = params["kernel"].shape[0] // aux["kernel"].shape[0]
         kernel = jnp.tile(aux["kernel"] / positions, (positions, 1))
         return {"kernel": kernel, "bias": aux["bias"]}
