@@ -121,13 +121,19 @@ def least_squares_conv(
     if len(y) > MAX_ROWS:
         rows = np.random.default_rng(seed).choice(len(y), MAX_ROWS, replace=False)
         patches, y = patches[rows], y[rows]
-    design = np.concatenate([np.asarray(patches, np.float64), np.ones((len(y), 1))], axis=1)
+    weights, bias = ridge_fit(np.asarray(patches), np.asarray(y))
+    return weights.reshape(c, kernel, kernel, o).transpose(1, 2, 0, 3), bias
+
+
+def ridge_fit(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Least squares ``y ~ x @ w + b`` (float64) with a ridge of ``RIDGE`` times the mean
+    diagonal of the Gram matrix on ``w`` only. Returns float32 (w, b)."""
+    design = np.concatenate([np.asarray(x, np.float64), np.ones((len(x), 1))], axis=1)
     gram = design.T @ design
     ridge = RIDGE * np.trace(gram) / len(gram) * np.eye(len(gram))
-    ridge[-1, -1] = 0.0
+    ridge[-1, -1] = 0.0  # the bias is not shrunk
     solution = np.linalg.solve(gram + ridge, design.T @ np.asarray(y, np.float64))
-    weights = solution[:-1].reshape(c, kernel, kernel, o).transpose(1, 2, 0, 3)
-    return weights.astype(np.float32), solution[-1].astype(np.float32)
+    return solution[:-1].astype(np.float32), solution[-1].astype(np.float32)
 
 
 def refit_sample(inputs: np.ndarray, layer) -> np.ndarray:

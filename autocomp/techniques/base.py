@@ -132,6 +132,11 @@ def distilled_bin(layer: LayerInfo, technique: str, aux, ratio: float) -> int:
     return b
 
 
+def bin_params(aux: Params, b) -> Params:
+    """One ratio bin's replacement params out of a distilled technique's stacked ``aux``."""
+    return {k: v[b] for k, v in aux.items() if k != "bins"}
+
+
 def need_inputs(technique: str, layer: LayerInfo, ctx: PrepareContext) -> np.ndarray:
     if ctx.inputs is None:
         raise TechniqueError(
@@ -154,6 +159,20 @@ def removed(n, ratio):
     xp = jnp if isinstance(ratio, jax.Array) else np
     r = xp.asarray(ratio, dtype=xp.float32)
     return xp.floor(r * xp.float32(n) + xp.float32(0.5)).astype(xp.int32)
+
+
+def magnitude_mask(values, sorted_abs, ratio):
+    """bool mask keeping all but the ``ratio`` share of ``values`` with the smallest
+    magnitude (``sorted_abs``: their magnitudes, sorted once on the host); jit-safe."""
+    n_removed = removed(sorted_abs.shape[0], ratio)
+    threshold = jnp.where(n_removed > 0, sorted_abs[jnp.maximum(n_removed - 1, 0)], -jnp.inf)
+    return jnp.abs(values) > threshold
+
+
+def truncate_spectrum(s, ratio):
+    """Singular values ``s`` with all but the kept rank zeroed (at least one kept); jit-safe."""
+    p = s.shape[0]
+    return jnp.where(jnp.arange(p) < jnp.maximum(p - removed(p, ratio), 1), s, 0.0)
 
 
 def kept(n: int, ratio) -> int:

@@ -25,6 +25,7 @@ from autocomp.techniques.base import (
     Materialized,
     Technique,
     bin_index,
+    bin_params,
     distilled_bin,
     kept,
     need_inputs,
@@ -124,9 +125,7 @@ def make_fire() -> Technique:
         return {"bins": np.asarray(ctx.ratios, np.float32), **fitted}
 
     def forward(layer, params, aux, ratio, x, in_keep):
-        b = bin_index(aux["bins"], ratio)
-        return _apply(layer, jax.tree.map(lambda a: a[b], {k: v for k, v in aux.items()
-                                                          if k != "bins"}), x)  # fmt: skip
+        return _apply(layer, bin_params(aux, bin_index(aux["bins"], ratio)), x)
 
     def ops(layer, ratio, in_channels):
         s = _squeeze(layer, ratio)
@@ -139,8 +138,9 @@ def make_fire() -> Technique:
     def materialize(layer, params, aux, ratio, in_rows):
         s = _squeeze(layer, ratio)
         b = distilled_bin(layer, "fire", aux, ratio)
-        a = {k: np.asarray(v[b], np.float32) for k, v in aux.items() if k != "bins"}
-        squeeze, _, expand = ops(layer, ratio, len(in_rows))
+        a = jax.tree.map(lambda v: np.asarray(v, np.float32), bin_params(aux, b))
+        deployed = ops(layer, ratio, len(in_rows))
+        squeeze, _, expand = deployed
         new = {
             squeeze.name: {
                 "kernel": a["squeeze"][:, :, in_rows, :s],
@@ -152,7 +152,7 @@ def make_fire() -> Technique:
                 "bias": a["bias"],
             },
         }
-        return Materialized(ops(layer, ratio, len(in_rows)), new, {}, np.arange(layer.features))
+        return Materialized(deployed, new, {}, np.arange(layer.features))
 
     return Technique(
         name="fire",

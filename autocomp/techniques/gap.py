@@ -2,11 +2,11 @@
 
 A dense layer over a flattened H x W x C map (H*W*C*n_out weights) becomes a global average pool
 followed by a dense C -> n_out. The pooled layer cannot reproduce the original in general, so it
-is distilled layer-wise: its weights are the least-squares fit (ridge 1e-4 of the mean square of
-the inputs) of the original layer's outputs from the pooled inputs on training images, which
-for a linear layer is the exact optimum of the distillation loss. Within the search it is the
-same dense layer with the fitted weights spread evenly over the positions, which computes the
-same function. Ratio-free: the replacement is fixed.
+is distilled layer-wise: its weights are the least-squares fit (``distill.ridge_fit``: ridge
+1e-4 of the mean square of the inputs) of the original layer's outputs from the pooled inputs on
+training images, which for a linear layer is the exact optimum of the distillation loss. Within
+the search it is the same dense layer with the fitted weights spread evenly over the positions,
+which computes the same function. Ratio-free: the replacement is fixed.
 
 Params C*n_out + n_out; MACs C*n_out (plus H*W*C additions in the pool); intermediate feature
 size C.
@@ -17,10 +17,9 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
+from autocomp.distill import ridge_fit
 from autocomp.models import Op
 from autocomp.techniques.base import Materialized, Technique, need_inputs
-
-RIDGE = 1e-4
 
 
 def _fits(layer):
@@ -36,15 +35,8 @@ def make_gap() -> Technique:
         x = need_inputs("gap", layer, ctx).astype(np.float64)
         y = x @ np.asarray(params["kernel"], np.float64) + np.asarray(params["bias"])
         pooled = x.reshape(len(x), layer.in_positions, layer.in_channels).mean(axis=1)
-        design = np.concatenate([pooled, np.ones((len(x), 1))], axis=1)
-        gram = design.T @ design
-        ridge = RIDGE * np.trace(gram) / len(gram) * np.eye(len(gram))
-        ridge[-1, -1] = 0.0  # the bias is not shrunk
-        solution = np.linalg.solve(gram + ridge, design.T @ y)
-        return {
-            "kernel": solution[:-1].astype(np.float32),
-            "bias": solution[-1].astype(np.float32),
-        }
+        kernel, bias = ridge_fit(pooled, y)
+        return {"kernel": kernel, "bias": bias}
 
     def simulate(params, aux, ratio):
         positions = params["kernel"].shape[0] // aux["kernel"].shape[0]

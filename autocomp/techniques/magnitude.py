@@ -16,7 +16,7 @@ from autocomp.techniques.base import (
     Materialized,
     Technique,
     fits_weighted,
-    removed,
+    magnitude_mask,
     same_layer_ops,
     slice_rows,
 )
@@ -28,11 +28,7 @@ def make_magnitude() -> Technique:
         return {"sorted_abs": jnp.sort(jnp.abs(jnp.ravel(params["kernel"])))}
 
     def mask(kernel, aux, ratio):
-        n_removed = removed(aux["sorted_abs"].shape[0], ratio)
-        threshold = jnp.where(
-            n_removed > 0, aux["sorted_abs"][jnp.maximum(n_removed - 1, 0)], -jnp.inf
-        )
-        return jnp.abs(kernel) > threshold
+        return magnitude_mask(kernel, aux["sorted_abs"], ratio)
 
     def simulate(params, aux, ratio):
         kernel = params["kernel"]

@@ -24,6 +24,7 @@ from autocomp.techniques.base import (
     Materialized,
     Technique,
     bin_index,
+    bin_params,
     distilled_bin,
     kept,
     need_inputs,
@@ -97,8 +98,7 @@ def make_mlpconv() -> Technique:
         return {"bins": np.asarray(ctx.ratios, np.float32), **fitted}
 
     def forward(layer, params, aux, ratio, x, in_keep):
-        b = bin_index(aux["bins"], ratio)
-        return _apply(layer, {k: v[b] for k, v in aux.items() if k != "bins"}, x)
+        return _apply(layer, bin_params(aux, bin_index(aux["bins"], ratio)), x)
 
     def ops(layer, ratio, in_channels):
         h = 2 * _rank(layer, ratio)
@@ -111,15 +111,16 @@ def make_mlpconv() -> Technique:
     def materialize(layer, params, aux, ratio, in_rows):
         r, p = _rank(layer, ratio), _full(layer)
         b = distilled_bin(layer, "mlpconv", aux, ratio)
-        a = {k: np.asarray(v[b], np.float32) for k, v in aux.items() if k != "bins"}
+        a = jax.tree.map(lambda v: np.asarray(v, np.float32), bin_params(aux, b))
         hidden = np.concatenate([np.arange(r), p + np.arange(r)])
-        first, _, second = ops(layer, ratio, len(in_rows))
+        deployed = ops(layer, ratio, len(in_rows))
+        first, _, second = deployed
         new = {
             first.name: {"kernel": a["kernel1"][:, :, in_rows][..., hidden],
                          "bias": a["bias1"][hidden]},
             second.name: {"kernel": a["kernel2"][:, :, hidden], "bias": a["bias"]},
         }  # fmt: skip
-        return Materialized(ops(layer, ratio, len(in_rows)), new, {}, np.arange(layer.features))
+        return Materialized(deployed, new, {}, np.arange(layer.features))
 
     return Technique(
         name="mlpconv",

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from autocomp.models import Op
-from autocomp.techniques.base import Materialized, Technique, removed
+from autocomp.techniques.base import Materialized, Technique, magnitude_mask, removed
 
 
 def _fits(layer):
@@ -36,9 +36,7 @@ def _basis(layer) -> int:
 
 
 def _mask(aux, ratio):
-    n_removed = removed(aux["sorted_abs"].shape[0], ratio)
-    threshold = jnp.where(n_removed > 0, aux["sorted_abs"][jnp.maximum(n_removed - 1, 0)], -1.0)
-    return jnp.abs(aux["q"]) > threshold
+    return magnitude_mask(aux["q"], aux["sorted_abs"], ratio)
 
 
 def make_sparse_conv() -> Technique:

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from autocomp.models import Op
-from autocomp.techniques.base import Materialized, Technique, kept, removed
+from autocomp.techniques.base import Materialized, Technique, kept, truncate_spectrum
 
 
 def _fits(layer):
@@ -43,8 +43,7 @@ def make_spatial() -> Technique:
 
     def simulate(params, aux, ratio):
         k, _, c, o = params["kernel"].shape
-        p = aux["s"].shape[0]
-        s = jnp.where(jnp.arange(p) < jnp.maximum(p - removed(p, ratio), 1), aux["s"], 0.0)
+        s = truncate_spectrum(aux["s"], ratio)
         m = (aux["u"] * s) @ aux["vt"]
         return {**params, "kernel": jnp.transpose(m.reshape(k, c, k, o), (0, 2, 1, 3))}
 

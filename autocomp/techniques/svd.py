@@ -17,7 +17,7 @@ from autocomp.techniques.base import (
     Technique,
     fits_weighted,
     kept,
-    removed,
+    truncate_spectrum,
 )
 
 
@@ -37,8 +37,7 @@ def make_svd() -> Technique:
         return {"u": u, "s": s, "vt": vt}
 
     def simulate(params, aux, ratio):
-        p = aux["s"].shape[0]
-        s = jnp.where(jnp.arange(p) < jnp.maximum(p - removed(p, ratio), 1), aux["s"], 0.0)
+        s = truncate_spectrum(aux["s"], ratio)
         kernel = ((aux["u"] * s) @ aux["vt"]).reshape(params["kernel"].shape)
         return {**params, "kernel": kernel}
 
