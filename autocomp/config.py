@@ -241,6 +241,9 @@ class EnvConfig:
             "fire",
             "gap",
             "mlpconv",
+            "keep+q8",
+            "magnitude+q8",
+            "filter+q8",
         ]  # fmt: skip
     )
     ratios: list[float] = field(

@@ -35,7 +35,7 @@ from flax import serialization
 from autocomp.config import DataConfig
 from autocomp.data import DataError, load_dataset
 from autocomp.io import atomic_write_bytes, atomic_write_json, atomic_write_text
-from autocomp.models import Op, SequentialNet
+from autocomp.models import Op, SequentialNet, bake_quantized
 from autocomp.pipeline import run_paths
 from autocomp.plan import Plan, PlanError
 from autocomp.training import predict
@@ -78,10 +78,15 @@ def to_tflite(
     input_shape: tuple[int, ...],
     calibration: np.ndarray | None = None,
 ) -> bytes:
-    """A batch-1 TFLite flatbuffer of the model; full-integer int8 when ``calibration`` is given."""
+    """A batch-1 TFLite flatbuffer of the model; full-integer int8 when ``calibration`` is given.
+
+    Layers with k-bit weights are converted with their quantized values (the float file holds
+    them exactly; the int8 file quantizes them again with the converter's own scheme).
+    """
     import tensorflow as tf
     from jax.experimental import jax2tf
 
+    ops, params = bake_quantized(ops, params)
     model = SequentialNet(ops)
     converted = jax2tf.convert(lambda x: model.apply({"params": params}, x), with_gradient=False)
     fn = tf.function(

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import flax.linen as nn
 import jax
@@ -48,7 +48,8 @@ class Op:
             spatially separable k x 1 / 1 x k convs; 0: square.
         stride_w: horizontal stride when it differs from ``stride``; 0: the same.
         groups: grouped conv (input and output channels split into ``groups`` blocks).
-        bits: stored bits per weight (32: float32; fewer: quantized weights).
+        bits: stored bits per weight (32: float32; fewer: k-bit weights, applied as
+            :func:`fake_quant` wherever the op runs, so training it is quantization-aware).
     """
 
     kind: str
@@ -75,8 +76,44 @@ class Op:
 Shape = tuple[int, ...]  # (H, W, C) for images, (C,) after flatten
 
 
+def fake_quant(w: Array, bits: int) -> Array:
+    """Symmetric per-output-channel ``bits``-bit weights (TFLite's per-channel int8 scheme:
+    scale = max|w| / (2^(bits-1) - 1), zero point 0) with a straight-through gradient."""
+    levels = 2 ** (bits - 1) - 1
+    scale = jnp.max(jnp.abs(w), axis=tuple(range(w.ndim - 1)), keepdims=True) / levels
+    scale = jnp.where(scale > 0, scale, 1.0)
+    q = jnp.clip(jnp.round(w / scale), -levels, levels) * scale
+    return w + jax.lax.stop_gradient(q - w)
+
+
+def _quantize_kernels(variables: dict, bits: int) -> dict:
+    return {
+        col: {k: fake_quant(v, bits) if k.startswith("kernel") else v for k, v in d.items()}
+        for col, d in variables.items()
+    }
+
+
+def _weights(cls: type[nn.Module], op: Op) -> type[nn.Module]:
+    """The layer class ``cls``, with its kernels fake-quantized when ``op.bits`` < 32."""
+    if op.bits >= 32:
+        return cls
+    return nn.map_variables(
+        cls, "params", trans_in_fn=lambda v: _quantize_kernels(v, op.bits), init=True
+    )
+
+
+def bake_quantized(ops: Sequence[Op], params: dict) -> tuple[tuple[Op, ...], dict]:
+    """The same model with k-bit kernels stored as their quantized values and ``bits`` reset to
+    32, so a converter sees plain layers (the values are exact on the k-bit grid)."""
+    out = dict(params)
+    for op in ops:
+        if op.kind in PARAMETRIC and op.bits < 32:
+            out[op.name] = _quantize_kernels({"p": params[op.name]}, op.bits)["p"]
+    return tuple(replace(op, bits=32) for op in ops), out
+
+
 def _conv(op: Op, x: Array) -> Array:
-    return nn.Conv(
+    return _weights(nn.Conv, op)(
         op.features,
         op.kernel_hw,
         strides=op.strides,
@@ -90,7 +127,7 @@ def _conv(op: Op, x: Array) -> Array:
 def _dwconv(op: Op, x: Array) -> Array:
     """Depthwise conv; ``features`` > 0 is channels x depth multiplier (output channel
     ``c * m + j`` is filter ``j`` of input channel ``c``, as in TFLite's DEPTHWISE_CONV_2D)."""
-    return nn.Conv(
+    return _weights(nn.Conv, op)(
         op.features or x.shape[-1],
         op.kernel_hw,
         strides=op.strides,
@@ -145,7 +182,7 @@ def shortcut(saved: Array, shape: Sequence[int]) -> Array:
 
 
 def _dense(op: Op, x: Array) -> Array:
-    return nn.Dense(op.features, use_bias=op.use_bias, name=op.name)(x)
+    return _weights(nn.Dense, op)(op.features, use_bias=op.use_bias, name=op.name)(x)
 
 
 def _pool(pool_fn: Callable) -> Callable[[Op, Array], Array]:
@@ -159,7 +196,7 @@ _APPLY: dict[str, Callable[[Op, Array], Array]] = {
     "conv": _conv,
     "dense": _dense,
     "dwconv": _dwconv,
-    "expand": lambda op, x: Expand(op.features, op.stride, name=op.name)(x),
+    "expand": lambda op, x: _weights(Expand, op)(op.features, op.stride, name=op.name)(x),
     "gap": lambda op, x: x.mean(axis=(1, 2)),
     "maxpool": _pool(nn.max_pool),
     "avgpool": _pool(nn.avg_pool),

@@ -7,6 +7,7 @@ filters removed (with the next layer's inputs), factorized layers split in two.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -22,12 +23,11 @@ from autocomp.config import ModelConfig
 from autocomp.layers import LayerInfo, compressible_layers, layer_inputs
 from autocomp.models import Op, base_ops
 from autocomp.techniques import (
-    REGISTRY,
     PrepareContext,
     Technique,
     TechniqueError,
     check_ratio,
-    make_techniques,
+    make_technique,
 )
 
 PLAN_VERSION = 1
@@ -246,7 +246,10 @@ def apply_plan(
     ops = base_ops(model)
     layers = compressible_layers(ops, model.input_shape)
     used = {choice.technique for choice in plan.layers}
-    techniques = make_techniques([n for n in REGISTRY if n in used or n == "keep"])
+    techniques = [make_technique("keep")]
+    for name in sorted(used - {"keep"}):
+        with contextlib.suppress(TechniqueError):  # check_plan names the layer of a bad one
+            techniques.append(make_technique(name))
     check_plan(plan, layers, techniques)
     ratios = tuple(sorted({0.0, *(choice.ratio for choice in plan.layers)}))
     ctx = dataclasses.replace(ctx or PrepareContext(), ratios=ratios)

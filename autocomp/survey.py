@@ -29,7 +29,7 @@ from autocomp.io import atomic_write_bytes, atomic_write_text
 from autocomp.models import Op, walk_shapes
 from autocomp.pipeline import Prepared, prepare
 from autocomp.plan import LayerChoice, Plan, materialize
-from autocomp.techniques import FAMILIES
+from autocomp.techniques import family
 from autocomp.training import accuracy, finetune, predict
 
 log = logging.getLogger(__name__)
@@ -91,7 +91,7 @@ def _row(p, name, ratio, plan, ops, params, seconds, measure) -> SurveyRow:
     )  # fmt: skip
     return SurveyRow(
         technique=name if plan is not None else "original",
-        family=FAMILIES.get(name, "") if plan is not None else "",
+        family=family(name) if plan is not None else "",
         ratio=ratio,
         layers=layers,
         test_accuracy=accuracy(ops, params, p.data.x_test, p.data.y_test),

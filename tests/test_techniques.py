@@ -12,7 +12,7 @@ import pytest
 from autocomp.config import DistillConfig, LayerConfig, ModelConfig, RewardConfig
 from autocomp.costs import load_profile, price_ops
 from autocomp.layers import compressible_layers, layer_inputs
-from autocomp.models import apply_op, base_ops, init_params
+from autocomp.models import apply_op, bake_quantized, base_ops, fake_quant, init_params
 from autocomp.plan import LayerChoice, Plan, check_plan, materialize, plan_from_indices, prepare_aux
 from autocomp.reward import make_reward_params
 from autocomp.search_space import build_search_space
@@ -38,9 +38,12 @@ CONTRACT_LAYERS = [
 MODEL = ModelConfig("contract_net", [8, 8, 1], 10, CONTRACT_LAYERS)
 OPS = base_ops(MODEL)
 LAYERS = compressible_layers(OPS, (8, 8, 1))
-TECHS = make_techniques(list(REGISTRY))
+# Every registered technique, and one quantized at a width that is not registered.
+TECHS = make_techniques([*REGISTRY, "magnitude+q4"])
 RATIOS = (0.0, 0.25, 0.5, 0.75, 0.9)
-NO_IDENTITY = {"fire"}  # a fire module is a different layer even at full squeeze width
+# A fire module is a different layer even at full squeeze width; k-bit weights are not the
+# float ones at any ratio (checked below: 8-bit ones come within 1%).
+NO_IDENTITY = {"fire", *(t.name for t in TECHS if "+q" in t.name)}
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +88,7 @@ def cases():
 
 def test_every_technique_fits_some_layer():
     fitting = {tech.name for tech in TECHS for layer in LAYERS if tech.fits(layer) is None}
-    assert fitting == set(REGISTRY)
+    assert fitting == {tech.name for tech in TECHS}
 
 
 def _output_error(tech, layer, params, aux, x, ratio):
@@ -110,6 +113,9 @@ def test_shape_dtype_kept_and_ratio0_is_identity(tech, layer, params, aux, input
     if not tech.ratio_free and tech.name not in NO_IDENTITY:
         error, _, _ = _output_error(tech, layer, params, aux, x, 0.0)
         assert error < 1e-5, error
+    if tech.name.endswith("+q8"):
+        error, _, _ = _output_error(tech, layer, params, aux, x, 0.0)
+        assert 0 < error < 1e-2, error
 
 
 @pytest.mark.parametrize("tech,layer", list(cases()))
@@ -136,6 +142,13 @@ def test_error_non_decreasing_in_ratio(tech, layer, params, aux, inputs):
     assert all(b >= a - tolerance for a, b in zip(errors, errors[1:], strict=False)), errors
     if tech.name != "keep":
         assert errors[-1] > 0
+    if "+q" in tech.name:  # fewer bits, more error where nothing is pruned
+        base = tech.name.split("+")[0]
+        coarse = make_techniques([f"{base}+q3"])[0]
+        p = jax.tree.map(jnp.asarray, params[layer.name])
+        y = apply_op(layer.op, {layer.name: p}, x)
+        y_3 = layer_forward(coarse, layer, p, aux[layer.index][base], jnp.float32(0.0), x)
+        assert float(jnp.linalg.norm(y_3 - y) / jnp.linalg.norm(y)) > errors[0]
 
 
 def _plan(choices):
@@ -169,7 +182,9 @@ def test_simulate_equals_materialize(tech, layer, params, aux, images, env_and_p
 
 def _formula(tech, layer, ratio):
     """(params, MACs) of a layer by each technique's documented formula, written independently
-    of the code. Convs here are SAME-padded: output positions = ceil(H/s) * ceil(W/s)."""
+    of the code. Convs here are SAME-padded: output positions = ceil(H/s) * ceil(W/s).
+    Quantization changes neither (only bytes per weight)."""
+    tech = tech.split("+q")[0]
     keep = lambda count: max(1, count - math.floor(ratio * count + 0.5))  # noqa: E731
     n = layer.features
     if layer.kind == "conv":
@@ -229,7 +244,7 @@ def test_counted_params_and_macs_equal_formula(tech, layer, params, aux):
     cost = price_ops(profile, ops, (8, 8, 1))
     f_params, f_macs = _formula(tech.name, layer, ratio)
     b_params, b_macs = _formula("keep", layer, 0.0)
-    if tech.name != "filter":  # filter also shrinks the next layer: checked separately below
+    if not tech.name.startswith("filter"):  # filter also shrinks the next layer: see below
         assert cost.params - base.params == f_params - b_params
         assert cost.macs - base.macs == f_macs - b_macs
     nonzero = sum(
@@ -283,3 +298,47 @@ def test_misfit_and_bad_ratio_errors_name_layer_and_technique():
         check_plan(_plan({"fc1": ("magnitude", -0.1)}), LAYERS, TECHS)
     with pytest.raises(TechniqueError, match="unknown technique"):
         make_techniques(["keep", "bogus"])
+
+
+def test_fake_quant_is_per_channel_k_bit_with_a_straight_through_gradient():
+    w = jax.random.normal(jax.random.key(0), (3, 3, 4, 6))
+    for bits in (2, 4, 8):
+        q = fake_quant(w, bits)
+        levels = 2 ** (bits - 1) - 1
+        scale = jnp.max(jnp.abs(w), axis=(0, 1, 2)) / levels
+        steps = np.asarray(q / scale)
+        np.testing.assert_allclose(steps, np.round(steps), atol=1e-4)  # on the k-bit grid
+        assert np.abs(steps).max() <= levels + 1e-4
+        assert np.abs(np.asarray(q - w)).max() <= float(scale.max()) / 2 + 1e-6
+    grad = jax.grad(lambda v: jnp.sum(fake_quant(v, 4) * 3.0))(w)
+    np.testing.assert_allclose(grad, 3.0)
+
+
+def test_quantized_layers_store_fewer_bytes_and_export_their_grid(params, aux):
+    plan = _plan({"conv2": ("keep+q8", 0.0), "fc1": ("magnitude+q4", 0.5)})
+    ops, new_params, _ = materialize(OPS, LAYERS, params, aux, TECHS, plan)
+    by_name = {op.name: op for op in ops}
+    assert by_name["conv2"].bits == 8 and by_name["fc1"].bits == 4
+    profile = load_profile("analytic_cortex_a76")
+    base = price_ops(profile, OPS, (8, 8, 1))
+    cost = price_ops(profile, ops, (8, 8, 1))
+    conv2_weights, fc1_weights = 3 * 3 * 8 * 16, 4 * 4 * 16 * 32
+    saved_conv2 = conv2_weights * 3 - 4 * 16  # 1 byte instead of 4, plus 16 scales
+    saved_fc1 = fc1_weights * 4 - (math.ceil(fc1_weights / 2 * 4 / 8) + fc1_weights // 8 + 4 * 32)
+    assert base.bytes - cost.bytes == saved_conv2 + saved_fc1
+    baked_ops, baked = bake_quantized(ops, new_params)
+    assert all(op.bits == 32 for op in baked_ops)
+    np.testing.assert_allclose(predict(baked_ops, baked, np.ones((2, 8, 8, 1), np.float32)),
+                               predict(ops, new_params, np.ones((2, 8, 8, 1), np.float32)),
+                               atol=1e-5)  # fmt: skip
+    kernel = baked["fc1"]["kernel"]
+    for col in kernel.T:  # 4-bit: at most 15 levels per output channel, zeros kept
+        assert len(np.unique(col)) <= 15
+
+
+def test_quantization_composes_only_with_single_op_techniques():
+    with pytest.raises(TechniqueError, match="'svd\\+q8'.*composes with"):
+        make_techniques(["keep", "svd+q8"])
+    with pytest.raises(TechniqueError, match="1-bit.*2 to 16"):
+        make_techniques(["keep", "magnitude+q1"])
+    assert make_techniques(["filter+q6"])[0].name == "filter+q6"

@@ -24,6 +24,7 @@ from autocomp.techniques.group import make_group
 from autocomp.techniques.keep import make_keep
 from autocomp.techniques.magnitude import make_magnitude
 from autocomp.techniques.mlpconv import make_mlpconv
+from autocomp.techniques.quantize import QUANTIZABLE, make_quantized, parse_name
 from autocomp.techniques.sparse_code import make_sparse_code
 from autocomp.techniques.sparse_conv import make_sparse_conv
 from autocomp.techniques.spatial import make_spatial
@@ -47,6 +48,10 @@ REGISTRY: dict[str, Callable[[], Technique]] = {
     "gap": make_gap,
     "mlpconv": make_mlpconv,
 }
+# k-bit weight quantization composes with the single-op techniques as ``<technique>+q<bits>``
+# (any width from 2 to 16, see ``techniques/quantize.py``); the 8-bit ones are registered.
+for _base in QUANTIZABLE:
+    REGISTRY[f"{_base}+q8"] = lambda _base=_base: make_quantized(REGISTRY[_base](), 8)
 
 # The survey's code of each technique (DeepIoT's pruning and the channel form of C1 aside).
 FAMILIES = {
@@ -64,16 +69,32 @@ FAMILIES = {
 }
 
 
+def family(name: str) -> str:
+    """The survey's code of a technique (``+Q`` for a quantized one), or ``""``."""
+    parsed = parse_name(name)
+    if parsed is None:
+        return FAMILIES.get(name, "")
+    return "+".join(f for f in (FAMILIES.get(parsed[0], ""), "Q") if f)
+
+
+def make_technique(name: str) -> Technique:
+    """A technique by config name: a registered one or ``<technique>+q<bits>``."""
+    if name in REGISTRY:
+        return REGISTRY[name]()
+    parsed = parse_name(name)
+    if parsed is None:
+        raise TechniqueError(
+            f"unknown technique {name!r}; available: {sorted(REGISTRY)}, "
+            f"and quantized ones <technique>+q<bits> with technique in {list(QUANTIZABLE)}"
+        )
+    return make_quantized(REGISTRY[parsed[0]](), parsed[1])
+
+
 def make_techniques(names: Sequence[str]) -> tuple[Technique, ...]:
     """The techniques named in config, in action-index order."""
-    unknown = [n for n in names if n not in REGISTRY]
-    if unknown:
-        raise TechniqueError(
-            f"unknown technique(s) {unknown} in env.techniques; available: {sorted(REGISTRY)}"
-        )
     if len(set(names)) != len(names):
         raise TechniqueError(f"env.techniques lists a technique twice: {list(names)}")
-    return tuple(REGISTRY[n]() for n in names)
+    return tuple(make_technique(n) for n in names)
 
 
 __all__ = [
@@ -84,9 +105,11 @@ __all__ = [
     "Technique",
     "TechniqueError",
     "check_ratio",
+    "family",
     "kept",
     "layer_forward",
     "layer_out_mask",
+    "make_technique",
     "make_techniques",
     "removed",
 ]

@@ -1,0 +1,85 @@
+"""k-bit weight quantization, composed with a technique whose deployed form is the layer's own
+op (``keep``, ``magnitude``, ``filter``): ``<technique>+q<bits>``, e.g. ``magnitude+q8``.
+
+Weights are quantized symmetrically per output channel (:func:`autocomp.models.fake_quant`,
+TFLite's per-channel int8 scheme) after the inner technique has pruned them, so the action's
+ratio is the inner technique's. Simulation and the materialized model run the same fake-quant
+(the materialized op carries ``bits``, so fine-tuning it is quantization-aware training with a
+straight-through gradient); the export converts the quantized values.
+
+Params and MACs are the inner technique's; storage is ``bits`` per non-zero weight plus one
+float32 scale per output channel (``autocomp.costs.op_counts``); no intermediate feature map.
+The device table prices the op under its integer dtype (``|int8`` in the key).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+import jax.numpy as jnp
+
+from autocomp.models import apply_op, fake_quant
+from autocomp.techniques.base import Materialized, Technique, TechniqueError
+
+QUANTIZABLE = ("keep", "magnitude", "filter")  # one op, whose kernel is simulate's kernel
+BITS = range(2, 17)
+_NAME = re.compile(r"^(?P<base>[a-z_]+)\+q(?P<bits>\d+)$")
+
+
+def parse_name(name: str) -> tuple[str, int] | None:
+    """``(base technique, bits)`` of a composed name such as ``magnitude+q8``, else ``None``.
+
+    Raises:
+        TechniqueError: for a composed name with a technique or bit width that cannot compose.
+    """
+    match = _NAME.match(name)
+    if match is None:
+        return None
+    base, bits = match["base"], int(match["bits"])
+    if base not in QUANTIZABLE:
+        raise TechniqueError(
+            f"technique {name!r}: quantization composes with {list(QUANTIZABLE)} (one layer whose "
+            f"weights are the ones simulated), not with {base!r}"
+        )
+    if bits not in BITS:
+        raise TechniqueError(
+            f"technique {name!r}: {bits}-bit weights are out of range; use 2 to 16 bits"
+        )
+    return base, bits
+
+
+def make_quantized(base: Technique, bits: int) -> Technique:
+    """``base`` followed by ``bits``-bit per-channel weight quantization."""
+
+    def forward(layer, params, aux, ratio, x, in_keep):
+        p = base.simulate(params, aux, ratio)
+        # Channels the previous layer removed are not in the deployed kernel, so they must not
+        # set its per-channel scale either.
+        rows = jnp.tile(in_keep, layer.in_positions)
+        row_mask = rows[None, None, :, None] if layer.kind == "conv" else rows[:, None]
+        kernel = fake_quant(p["kernel"] * row_mask, bits)
+        return apply_op(layer.op, {layer.name: {**p, "kernel": kernel}}, x)
+
+    def quantized_ops(ops):
+        return tuple(dataclasses.replace(op, bits=bits) for op in ops)
+
+    def materialize(layer, params, aux, ratio, in_rows):
+        m = base.materialize(layer, params, aux, ratio, in_rows)
+        return Materialized(quantized_ops(m.ops), m.params, m.masks, m.out_keep)
+
+    def ops(layer, ratio, in_channels):
+        return quantized_ops(base.ops(layer, ratio, in_channels))
+
+    return Technique(
+        name=f"{base.name}+q{bits}",
+        fits=base.fits,
+        prepare=base.prepare,
+        simulate=None,
+        forward=forward,
+        materialize=materialize,
+        ops=ops,
+        out_channels=base.out_channels,
+        out_mask=base.out_mask,
+        ratio_free=base.ratio_free,
+    )
