@@ -6,6 +6,11 @@ agent updates), and how many compilations happened after the first plan (target:
 
 ``python -m autocomp.bench survey [experiment=digits] [survey.*=...]``: the survey's comparison
 table, every technique alone (see :mod:`autocomp.survey`).
+
+``python -m autocomp.bench costs [experiment=digits] [plans=50] [threads=1] [device=host]``: how
+well the device table predicts real latency: random plans of the search space are materialized,
+converted to TFLite and timed whole in the LiteRT interpreter on this host, against the table's
+prediction. Ends with ``MAPE=<percent> spearman=<rho> plans=<n>``.
 """
 
 from __future__ import annotations
@@ -35,7 +40,8 @@ class CompileCounter:
         return self.events["compiles"]
 
 
-def _compose(overrides: list[str]):
+def compose_config(overrides: list[str]):
+    """The root config of `experiments/` with Hydra overrides (no run directory, no logger)."""
     from hydra import compose, initialize
 
     from autocomp.train import register, to_config
@@ -71,7 +77,7 @@ def bench_search(overrides: list[str], batches: int = 20) -> dict[str, float]:
     from autocomp.train import AGENTS, build_env
 
     counter = CompileCounter()
-    config = _compose(overrides)
+    config = compose_config(overrides)
     p = prepare(config)
     env, params = build_env(p)
     batch = config.agent.batch_episodes
@@ -126,7 +132,7 @@ def bench_survey(overrides: list[str]) -> None:
     for noisy in ("jax._src.xla_bridge", "absl", "tensorflow"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
-        config = _compose(overrides)
+        config = compose_config(overrides)
         rows = run_survey(config)
     except ConfigError as err:
         print(f"ConfigError: {err}")
@@ -138,16 +144,100 @@ def bench_survey(overrides: list[str]) -> None:
         print(f"{kind}: {path}")
 
 
+def random_plans(space, n: int, seed: int = 0) -> list[np.ndarray]:
+    """``n`` distinct plans, each layer's (technique, ratio bin) uniform over its allowed ones."""
+    rng = np.random.default_rng(seed)
+    choices = [np.argwhere(space.allowed[l]) for l in range(len(space.layers))]
+    total = int(np.prod([len(c) for c in choices], dtype=np.float64).clip(max=1e9))
+    plans, seen = [], set()
+    while len(plans) < min(n, total):
+        plan = np.stack([c[rng.integers(len(c))] for c in choices]).astype(np.int32)
+        if plan.tobytes() not in seen:
+            seen.add(plan.tobytes())
+            plans.append(plan)
+    return plans
+
+
+def bench_costs(argv: list[str]) -> dict:
+    """Whole-model TFLite latency of random plans on this host against the table's prediction."""
+    from rich.progress import Progress
+    from scipy.stats import spearmanr
+
+    from autocomp.config import DistillConfig
+    from autocomp.costs import format_shares, load_profile, price_ops
+    from autocomp.export import to_tflite
+    from autocomp.layers import compressible_layers
+    from autocomp.models import base_ops, init_params
+    from autocomp.plan import materialize, plan_from_indices, prepare_aux
+    from autocomp.profiling import time_tflite
+    from autocomp.search_space import build_search_space
+    from autocomp.techniques import PrepareContext, make_techniques
+
+    opts = {a.split("=", 1)[0]: a.split("=", 1)[1] for a in argv if a.split("=")[0] in
+            ("plans", "threads", "seed")}  # fmt: skip
+    overrides = [a for a in argv if a.split("=")[0] not in opts]
+    if not any(a.startswith("device=") or a.startswith("device.") for a in overrides):
+        overrides.append("device=host")
+    config = compose_config(overrides)
+    profile = load_profile(config.device.profile)
+    n_plans, threads = int(opts.get("plans", 50)), int(opts.get("threads", 1))
+    ops = base_ops(config.model)
+    shape = tuple(config.model.input_shape)
+    layers = compressible_layers(ops, shape)
+    techniques = make_techniques(config.env.techniques)
+    space = build_search_space(ops, layers, techniques, config.env.ratios, profile, shape)
+    params = init_params(ops, shape, jax.random.key(0))
+    x = np.random.default_rng(0).random((64, *shape), np.float32)
+    # Latency does not depend on the weights: random ones, replacements without distillation.
+    ctx = PrepareContext(tuple(config.env.ratios), distill=DistillConfig(steps=0, examples=64))
+    aux = prepare_aux(layers, params, techniques, ctx, ops, x)
+    measured, predicted, sources = [], [], Counter()
+    with Progress() as bar:
+        task = bar.add_task("plans: materialize, convert, time", total=n_plans)
+        for indices in random_plans(space, n_plans, int(opts.get("seed", 0))):
+            plan = plan_from_indices(config.model.name, layers, techniques, config.env.ratios,
+                                     indices)  # fmt: skip
+            new_ops, new_params, _ = materialize(ops, layers, params, aux, techniques, plan)
+            cost = price_ops(profile, new_ops, shape)
+            timing = time_tflite(to_tflite(new_ops, new_params, shape), threads)
+            measured.append(timing.median_ms)
+            predicted.append(cost.latency_ms)
+            sources.update(cost.sources)
+            bar.advance(task)
+    m, p = np.asarray(measured), np.asarray(predicted)
+    ape = np.abs(p - m) / m
+    return {
+        "experiment": config.name,
+        "table": profile.describe(),
+        "lookup sources": format_shares(dict(sources)),
+        "plans": len(m),
+        "measured ms (median of plans)": float(np.median(m)),
+        "within 10%": f"{100 * np.mean(ape <= 0.10):.0f}% of plans",
+        "worst error": f"{100 * ape.max():.1f}%",
+        "MAPE": float(100 * ape.mean()),
+        "spearman": float(spearmanr(m, p).statistic),
+    }
+
+
 def main(argv: list[str]) -> None:
-    if not argv or argv[0] not in ("search", "survey"):
+    if not argv or argv[0] not in ("search", "survey", "costs"):
         print(
             "usage: python -m autocomp.bench search [hydra overrides...]\n"
             "       python -m autocomp.bench survey [experiment=<name>] [survey.ratios=[...]] "
-            "[hydra overrides...]"
+            "[hydra overrides...]\n"
+            "       python -m autocomp.bench costs [experiment=<name>] [plans=50] [threads=1] "
+            "[device=host] [hydra overrides...]"
         )
         raise SystemExit(2)
     if argv[0] == "survey":
         bench_survey(argv[1:])
+        return
+    if argv[0] == "costs":
+        result = bench_costs(argv[1:])
+        for key, value in result.items():
+            print(f"{key}: {value:.3f}" if isinstance(value, float) else f"{key}: {value}")
+        mape, rho, n = result["MAPE"], result["spearman"], result["plans"]
+        print(f"MAPE={mape:.1f}% spearman={rho:.3f} plans={n}")
         return
     result = bench_search(argv[1:])
     width = max(map(len, result))

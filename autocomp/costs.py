@@ -1,20 +1,33 @@
 """Device cost tables: latency and energy of deployed ops, and exact size and MAC counts.
 
-A device profile is one JSON file (schema below). Each op of a deployed model is priced by an
-exact row of the table when one matches its key, else by the profile's analytic roofline model;
-every answer says where it came from (:class:`OpCost.source`).
+A device profile is one JSON file (schema below), made by ``python -m autocomp.profile`` (measured
+rows) or written by hand from published figures (analytic tables). Each op of a deployed model is
+priced by, in this order: an exact row of the table (``table``); linear interpolation in MACs
+(or bytes moved, for ops without MACs) between the two nearest measured rows of the same op
+family, i.e. same kind, spatial input size, kernel, stride, grouping and dtype (``interpolated``);
+a roofline ``a + b * MACs + c * bytes`` fitted by non-negative least squares to the table's
+measured rows of that op kind (``roofline``); and, for a table without rows, its hand-set
+analytic model (``analytic``). Every answer says which (:class:`OpCost.source`); ops that TFLite
+fuses away are ``free``.
 
-Schema (``schema_version`` 1)::
+Schema (``schema_version`` 2)::
 
-    {"schema_version": 1,
+    {"schema_version": 2,
      "kind": "analytic" | "measured",
-     "device": {"name", "soc", "runtime", "threads", "measured": bool, "method", "date"},
+     "device": {"name", "platform": "analytic" | "host" | "android", "soc", "runtime",
+                "threads", "measured": bool, "method", "date", ...},
      "energy": {"measured": bool, "method"},
      "analytic": {"peak_gmacs", "efficiency": {"conv", "dense", "pool"}, "bandwidth_gbs",
                   "op_overhead_us", "pj_per_mac", "pj_per_dram_byte", "pj_per_sram_byte"},
+     "invoke_overhead_ms": float,        # optional: once per model (interpreter call)
      "sources": [str, ...],
+     "validation": [{"model", "measured_ms", "predicted_ms"}, ...],   # optional
      "rows": [{"key": str, "latency_ms": float, "latency_spread_ms": float,
-               "energy_mj": float | null}, ...]}
+               "energy_mj": float | null, "repeats": int}, ...]}
+
+``kind: measured`` needs ``platform`` ``host`` or ``android`` and ``device.measured: true``;
+an analytic table can claim neither. Rows of a measured table hold the op's time with the
+interpreter's per-call overhead taken out (that is ``invoke_overhead_ms``, added once per model).
 """
 
 from __future__ import annotations
@@ -23,14 +36,20 @@ import json
 import math
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
+from functools import cached_property
 from importlib import resources
 from pathlib import Path
 
+import numpy as np
+
 from autocomp.models import PARAMETRIC, Op, Shape, out_shape, walk_shapes
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 BYTES_PER_FLOAT = 4
+PLATFORMS = ("analytic", "host", "android")
+SOURCES = ("table", "interpolated", "roofline", "analytic")  # best first; "free": fused ops
+FREE_OPS = ("flatten", "relu", "save")
 _ANALYTIC_KEYS = (
     "peak_gmacs",
     "efficiency",
@@ -48,7 +67,7 @@ class CostTableError(ValueError):
 
 @dataclass(frozen=True)
 class DeviceProfile:
-    """A loaded, validated cost table."""
+    """A loaded, validated cost table, with its lookup structures built once."""
 
     name: str
     path: str
@@ -57,11 +76,63 @@ class DeviceProfile:
     energy: dict
     analytic: dict
     rows: dict[str, dict]
+    invoke_overhead_ms: float = 0.0
+    sources: tuple[str, ...] = field(default=())
+
+    @property
+    def platform(self) -> str:
+        return self.device["platform"]
+
+    def describe(self) -> str:
+        """One line: what the table is and how it was made."""
+        what = {
+            "analytic": "analytic model, not a measurement",
+            "host": f"measured on the host ({self.device.get('cpu', '?')})",
+            "android": f"measured on an Android phone ({self.device.get('soc', '?')})",
+        }[self.platform]
+        return f"{self.name} [{what}; {len(self.rows)} rows; {self.path}]"
+
+    @cached_property
+    def _families(self) -> dict[tuple, list[tuple[float, float]]]:
+        """Measured rows grouped by op family, as (size, latency) sorted by size."""
+        families: dict[tuple, list[tuple[float, float]]] = {}
+        for key, row in self.rows.items():
+            op, shape = parse_key(key)
+            families.setdefault(_family(op, shape), []).append(
+                (_size(op, shape), float(row["latency_ms"]))
+            )
+        return {k: sorted(v) for k, v in families.items()}
+
+    @cached_property
+    def _roofline(self) -> dict[str, np.ndarray]:
+        """Per op kind (and ``*`` for all), non-negative (a, b, c) of a + b*MACs + c*bytes,
+        fitted to the measured rows; kinds with fewer than 3 rows use ``*``."""
+        from scipy.optimize import nnls
+
+        by_kind: dict[str, list[tuple[float, float, float]]] = {}
+        for key, row in self.rows.items():
+            op, shape = parse_key(key)
+            macs, _, _, weight_read, act_bytes = op_counts(op, shape)
+            point = (macs, weight_read + act_bytes, float(row["latency_ms"]))
+            by_kind.setdefault(op.kind, []).append(point)
+            by_kind.setdefault("*", []).append(point)
+        fits = {}
+        for kind, points in by_kind.items():
+            if len(points) < 3:
+                continue
+            data = np.asarray(points, np.float64)
+            scale = np.maximum(data[:, :2].max(axis=0), 1.0)  # conditioning
+            # Relative error is what matters across sizes: weight each row by 1/latency.
+            w = 1.0 / np.maximum(data[:, 2], 1e-6)
+            design = np.column_stack([np.ones(len(data)), data[:, :2] / scale]) * w[:, None]
+            coef, _ = nnls(design, data[:, 2] * w)
+            fits[kind] = np.array([coef[0], coef[1] / scale[0], coef[2] / scale[1]])
+        return fits
 
 
 @dataclass(frozen=True)
 class OpCost:
-    """Cost of one deployed op. ``source`` is ``table`` (exact row) or ``analytic``."""
+    """Cost of one deployed op; ``source`` says how its latency was found (see the module)."""
 
     latency_ms: float
     energy_mj: float
@@ -71,8 +142,62 @@ class OpCost:
     source: str
 
 
+def host_id() -> str:
+    """This machine's CPU as a table name, e.g. ``host-amd-epyc-f25m1`` (vendor model name,
+    family and model from /proc/cpuinfo; ``platform.machine()`` where that file is absent)."""
+    import platform
+    import re
+
+    info: dict[str, str] = {}
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text(errors="replace").splitlines():
+            key, _, value = line.partition(":")
+            info.setdefault(key.strip(), value.strip())
+    name = info.get("model name") or info.get("Hardware") or platform.processor()
+    name = name or platform.machine() or "unknown"
+    slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+    if "cpu family" in info and "model" in info:
+        slug += f"-f{info['cpu family']}m{info['model']}"
+    return f"host-{slug}"
+
+
+def user_tables_dir() -> Path:
+    """Where ``python -m autocomp.profile`` writes tables by default."""
+    return Path("~/.cache/autocomp/devices").expanduser()
+
+
+def host_table_path() -> Path | None:
+    """A measured table of this machine's CPU: the user's own first, then a shipped one."""
+    stem = host_id()
+    for path in (
+        user_tables_dir() / f"{stem}.json",
+        Path(str(resources.files("autocomp.devices").joinpath(f"{stem.replace('-', '_')}.json"))),
+    ):
+        if path.is_file():
+            return path
+    return None
+
+
+FALLBACK_PROFILE = "analytic_cortex_a76"
+
+
 def resolve_profile_path(profile: str) -> Path:
-    """A path as given, or the name of a profile shipped in ``autocomp/devices``."""
+    """A path as given; ``host``: the measured table of this machine; ``auto``: that table if
+    one exists, else the shipped analytic Cortex-A76 table; else a table shipped in
+    ``autocomp/devices`` by name."""
+    if profile in ("host", "auto"):
+        found = host_table_path()
+        if found is not None:
+            return found
+        if profile == "host":
+            raise CostTableError(
+                f"no measured cost table for this machine ({host_id()}) in {user_tables_dir()} "
+                "or among the shipped ones; make one with `python -m autocomp.profile "
+                "device=host experiment=<name>`, or use device=auto (falls back to an analytic "
+                "table)"
+            )
+        profile = FALLBACK_PROFILE
     path = Path(profile).expanduser()
     if path.suffix != ".json":
         path = Path(str(resources.files("autocomp.devices").joinpath(f"{profile}.json")))
@@ -80,7 +205,7 @@ def resolve_profile_path(profile: str) -> Path:
 
 
 def load_profile(profile: str) -> DeviceProfile:
-    """Load and validate a device profile.
+    """Load and validate a device profile (a path, a shipped name, ``host`` or ``auto``).
 
     Raises:
         CostTableError: if the file is missing, not JSON, or does not follow the schema.
@@ -91,18 +216,18 @@ def load_profile(profile: str) -> DeviceProfile:
     )
     if not path.is_file():
         raise CostTableError(
-            f"device cost table {str(path)!r} not found. Use device.profile=<path.json> or one "
-            f"of the shipped profiles: {shipped}"
+            f"device cost table {str(path)!r} not found. Use device.profile=<path.json>, "
+            f"host, auto, or one of the shipped profiles: {shipped}"
         )
     try:
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise CostTableError(
             f"device cost table {str(path)!r} is not valid JSON ({err}); point "
-            "device.profile at a valid file or one of the shipped profiles"
+            "device.profile at a valid file or one of the shipped profiles (a half-written "
+            "profile resumes from its .partial.jsonl: re-run python -m autocomp.profile)"
         ) from err
-    _validate(data, path)
-    rows = {row["key"]: row for row in data.get("rows", [])}
+    validate_table(data, path)
     return DeviceProfile(
         name=data["device"]["name"],
         path=str(path),
@@ -110,11 +235,15 @@ def load_profile(profile: str) -> DeviceProfile:
         device=data["device"],
         energy=data["energy"],
         analytic=data["analytic"],
-        rows=rows,
+        rows={row["key"]: row for row in data.get("rows", [])},
+        invoke_overhead_ms=float(data.get("invoke_overhead_ms", 0.0)),
+        sources=tuple(data.get("sources", ())),
     )
 
 
-def _validate(data: object, path: Path) -> None:
+def validate_table(data: object, path: Path | str) -> None:
+    """Raise :class:`CostTableError` naming the first thing wrong with a table."""
+
     def fail(what: str) -> None:
         raise CostTableError(
             f"device cost table {str(path)!r} is malformed: {what}. See the schema in "
@@ -124,16 +253,29 @@ def _validate(data: object, path: Path) -> None:
     if not isinstance(data, dict):
         fail("the top level must be an object")
     if data.get("schema_version") != SCHEMA_VERSION:
-        fail(f"schema_version is {data.get('schema_version')!r}, expected {SCHEMA_VERSION}")
+        fail(
+            f"schema_version is {data.get('schema_version')!r}, expected {SCHEMA_VERSION} "
+            "(re-run python -m autocomp.profile to rebuild a measured table)"
+        )
     if data.get("kind") not in ("analytic", "measured"):
         fail("kind must be 'analytic' or 'measured'")
     for section in ("device", "energy", "analytic"):
         if not isinstance(data.get(section), dict):
             fail(f"missing object {section!r}")
-    if "name" not in data["device"] or "measured" not in data["device"]:
-        fail("device needs 'name' and 'measured'")
-    if data["kind"] == "analytic" and data["device"]["measured"]:
-        fail("an analytic table cannot claim device.measured=true")
+    device = data["device"]
+    if not all(k in device for k in ("name", "measured", "platform")):
+        fail("device needs 'name', 'platform' and 'measured'")
+    if device["platform"] not in PLATFORMS:
+        fail(f"device.platform must be one of {list(PLATFORMS)}")
+    if data["kind"] == "analytic" and (device["measured"] or device["platform"] != "analytic"):
+        fail("an analytic table cannot claim device.measured=true or a measured platform")
+    if data["kind"] == "measured":
+        if not device["measured"] or device["platform"] == "analytic":
+            fail("a measured table needs device.measured=true and platform host or android")
+        if not data.get("rows"):
+            fail("a measured table needs rows")
+    if not isinstance(data["energy"].get("measured"), bool) or "method" not in data["energy"]:
+        fail("energy needs 'measured' (bool) and 'method' (how energy was measured or estimated)")
     analytic = data["analytic"]
     for key in _ANALYTIC_KEYS:
         if key not in analytic:
@@ -142,11 +284,78 @@ def _validate(data: object, path: Path) -> None:
         values = analytic[key].values() if key == "efficiency" else [analytic[key]]
         if not all(isinstance(v, int | float) and v > 0 for v in values):
             fail(f"analytic.{key} must be positive numbers")
+    overhead = data.get("invoke_overhead_ms", 0.0)
+    if not isinstance(overhead, int | float) or overhead < 0:
+        fail("invoke_overhead_ms must be a non-negative number")
+    seen = set()
     for i, row in enumerate(data.get("rows", [])):
         if not isinstance(row, dict) or not isinstance(row.get("key"), str):
             fail(f"rows[{i}] needs a string 'key'")
-        if not isinstance(row.get("latency_ms"), int | float) or row["latency_ms"] < 0:
+        try:
+            parse_key(row["key"])
+        except ValueError as err:
+            fail(f"rows[{i}].key {row['key']!r} is not an op key ({err})")
+        if row["key"] in seen:
+            fail(f"rows[{i}].key {row['key']!r} appears twice")
+        seen.add(row["key"])
+        if not isinstance(row.get("latency_ms"), int | float) or not row["latency_ms"] >= 0:
             fail(f"rows[{i}].latency_ms must be a non-negative number")
+        energy = row.get("energy_mj")
+        if energy is not None and (not isinstance(energy, int | float) or energy < 0):
+            fail(f"rows[{i}].energy_mj must be a non-negative number or null")
+
+
+def _parse_dims(text: str) -> tuple[int, int]:
+    a, _, b = text.partition("x")
+    return int(a), int(b or a)
+
+
+def parse_key(key: str) -> tuple[Op, Shape]:
+    """The op and input shape a table key describes (the inverse of :func:`op_key`).
+
+    Raises:
+        ValueError: for a string that is not an op key.
+    """
+    parts = key.split("|")
+    if len(parts) != 7:
+        raise ValueError("expected kind|in=..|out=..|k=..|s=..|g=..|dtype")
+    kind, *fields, dtype = parts
+    values = dict(f.split("=", 1) for f in fields)
+    if set(values) != {"in", "out", "k", "s", "g"}:
+        raise ValueError("expected the fields in, out, k, s, g")
+    shape = tuple(int(d) for d in values["in"].split("x"))
+    (kh, kw), (sh, sw) = _parse_dims(values["k"]), _parse_dims(values["s"])
+    if dtype == "float32":
+        bits = 32
+    elif dtype.startswith("int") and dtype[3:].isdigit():
+        bits = int(dtype[3:])
+    else:
+        raise ValueError(f"unknown dtype {dtype!r}")
+    groups = int(values["g"])
+    op = Op(
+        kind,
+        "op" if kind in PARAMETRIC else None,
+        int(values["out"]) if kind in (*PARAMETRIC,) else 0,
+        kh,
+        sh,
+        kernel_w=kw if kw != kh else 0,
+        stride_w=sw if sw != sh else 0,
+        groups=1 if kind == "dwconv" else groups,
+        bits=bits,
+    )
+    return op, shape
+
+
+def _family(op: Op, in_shape: Shape) -> tuple:
+    """Ops whose latency is interpolated along their size: same kind, spatial input, kernel,
+    stride, grouping and dtype."""
+    grouping = "depthwise" if op.kind == "dwconv" else op.groups
+    return (op.kind, tuple(in_shape[:-1]), op.kernel_hw, op.strides, grouping, op.bits)
+
+
+def _size(op: Op, in_shape: Shape) -> float:
+    macs, _, _, weight_read, act_bytes = op_counts(op, in_shape)
+    return float(macs) if macs else float(weight_read + act_bytes)
 
 
 def _dims(a: int, b: int) -> str:
@@ -207,38 +416,60 @@ def op_counts(op: Op, in_shape: Shape) -> tuple[int, int, int, int, int]:
     return macs, nnz + bias, storage, weight_read, act_bytes
 
 
+def _interpolate(profile: DeviceProfile, op: Op, in_shape: Shape) -> float | None:
+    points = profile._families.get(_family(op, in_shape))
+    if not points:
+        return None
+    x = _size(op, in_shape)
+    below = [p for p in points if p[0] <= x]
+    above = [p for p in points if p[0] >= x]
+    if not below or not above:
+        return None  # no extrapolation: the roofline answers outside the measured range
+    (x0, y0), (x1, y1) = below[-1], above[0]
+    return y0 if x1 == x0 else y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+
+
 def price_op(profile: DeviceProfile, op: Op, in_shape: Shape) -> OpCost:
-    """Latency and energy of one op: the table's exact row if any, else the analytic model."""
+    """Latency and energy of one op, from the best source the table has (see the module).
+
+    Latency is looked up under the op's float32 key: layers with k-bit weights are deployed
+    with their quantized values in the float model, so they run as float ops; their storage and
+    their weights' DRAM traffic (energy) count ``bits`` per weight.
+    """
     macs, params, storage, weight_read, act_bytes = op_counts(op, in_shape)
-    if op.kind in ("flatten", "relu", "save"):
+    if op.kind in FREE_OPS:
         # Fused or free in TFLite (RESHAPE is a no-op view; ReLU fuses into CONV/FC/ADD; a
         # saved tensor is only kept alive).
-        return OpCost(0.0, 0.0, 0, 0, 0, "analytic")
+        return OpCost(0.0, 0.0, 0, 0, 0, "free")
     a = profile.analytic
     energy_pj = macs * a["pj_per_mac"] + weight_read * a["pj_per_dram_byte"]
-    energy_pj += act_bytes * a["pj_per_sram_byte"]
-    row = profile.rows.get(op_key(op, in_shape))
+    energy_mj = (energy_pj + act_bytes * a["pj_per_sram_byte"]) * 1e-9
+    float_op = replace(op, bits=32)
+    row = profile.rows.get(op_key(float_op, in_shape))
     if row is not None:
         energy = row.get("energy_mj")
-        return OpCost(
-            float(row["latency_ms"]),
-            float(energy) if energy is not None else energy_pj * 1e-9,
-            macs,
-            params,
-            storage,
-            "table",
-        )
-    kind = "conv" if op.kind == "expand" else op.kind  # two convs and a concatenation
-    efficiency = a["efficiency"].get(kind, a["efficiency"].get("pool", 1.0))
-    compute_s = macs / (a["peak_gmacs"] * 1e9 * efficiency)
-    memory_s = (weight_read + act_bytes) / (a["bandwidth_gbs"] * 1e9)
-    latency_ms = (a["op_overhead_us"] * 1e-6 + max(compute_s, memory_s)) * 1e3
-    return OpCost(latency_ms, energy_pj * 1e-9, macs, params, storage, "analytic")
+        energy_mj = float(energy) if energy is not None else energy_mj
+        return OpCost(float(row["latency_ms"]), energy_mj, macs, params, storage, "table")
+    latency = _interpolate(profile, float_op, in_shape)
+    source = "interpolated"
+    if latency is None and profile.rows:
+        fit = profile._roofline.get(op.kind, profile._roofline.get("*"))
+        if fit is not None:
+            f_macs, _, _, f_read, f_act = op_counts(float_op, in_shape)
+            latency, source = float(fit @ np.array([1.0, f_macs, f_read + f_act])), "roofline"
+    if latency is None:
+        kind = "conv" if op.kind == "expand" else op.kind  # two convs and a concatenation
+        efficiency = a["efficiency"].get(kind, a["efficiency"].get("pool", 1.0))
+        compute_s = macs / (a["peak_gmacs"] * 1e9 * efficiency)
+        memory_s = (weight_read + act_bytes) / (a["bandwidth_gbs"] * 1e9)
+        latency = (a["op_overhead_us"] * 1e-6 + max(compute_s, memory_s)) * 1e3
+        source = "analytic"
+    return OpCost(latency, energy_mj, macs, params, storage, source)
 
 
 @dataclass(frozen=True)
 class ModelCost:
-    """Totals of a deployed model and the share of table vs analytic answers."""
+    """Totals of a deployed model and how many ops each lookup source priced."""
 
     latency_ms: float
     energy_mj: float
@@ -248,9 +479,9 @@ class ModelCost:
     sources: dict[str, int]
 
 
-def sum_costs(costs: Sequence[OpCost]) -> ModelCost:
+def sum_costs(costs: Sequence[OpCost], overhead_ms: float = 0.0) -> ModelCost:
     return ModelCost(
-        latency_ms=sum(c.latency_ms for c in costs),
+        latency_ms=overhead_ms + sum(c.latency_ms for c in costs),
         energy_mj=sum(c.energy_mj for c in costs),
         macs=sum(c.macs for c in costs),
         params=sum(c.params for c in costs),
@@ -262,6 +493,20 @@ def sum_costs(costs: Sequence[OpCost]) -> ModelCost:
 def price_ops(
     profile: DeviceProfile, ops: Sequence[Op], input_shape: Sequence[int], strict: bool = True
 ) -> ModelCost:
-    """Cost of a whole sequential model (or, ``strict=False``, a run of its ops)."""
+    """Cost of a whole sequential model, with the table's per-call overhead (or, with
+    ``strict=False``, of a run of its ops, without it)."""
     shapes = walk_shapes(ops, input_shape, strict)
-    return sum_costs([price_op(profile, op, shape) for op, shape in zip(ops, shapes, strict=False)])
+    costs = [price_op(profile, op, shape) for op, shape in zip(ops, shapes, strict=False)]
+    return sum_costs(costs, profile.invoke_overhead_ms if strict else 0.0)
+
+
+def source_shares(sources: dict[str, int]) -> dict[str, float]:
+    """Share of priced ops (fused ones left out) answered by each lookup source."""
+    total = sum(n for k, n in sources.items() if k != "free")
+    return {k: sources.get(k, 0) / total for k in SOURCES} if total else {}
+
+
+def format_shares(sources: dict[str, int]) -> str:
+    """``table 97.0%, interpolated 2.0%, roofline 1.0%, analytic 0.0%``."""
+    shares = source_shares(sources)
+    return ", ".join(f"{k} {100 * v:.1f}%" for k, v in shares.items()) or "nothing priced"

@@ -7,6 +7,7 @@ sees what the phone would run, not what a mask simulates.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -14,7 +15,7 @@ import numpy as np
 
 from autocomp.costs import DeviceProfile, price_ops
 from autocomp.layers import LayerInfo
-from autocomp.models import WEIGHTED, Op
+from autocomp.models import WEIGHTED, Op, Shape
 from autocomp.techniques import Technique, kept
 
 # Cost channels of the table, in order. The first three are the reward's resources.
@@ -32,8 +33,10 @@ class SearchSpace:
         allowed: bool[L, T, R] actions that exist (fitting technique; ``keep`` and ratio-free
             techniques only at ratio 0, the others only at ratios > 0, where they differ from
             ``keep``).
-        fixed: float64[5] cost of ops outside every layer's span (before the first layer).
+        fixed: float64[5] cost of ops outside every layer's span (before the first layer),
+            with the table's per-model call overhead.
         base: float64[5] cost of the uncompressed model.
+        cost_sources: how many priced ops each lookup source answered (``costs.SOURCES``).
     """
 
     layers: tuple[LayerInfo, ...]
@@ -44,18 +47,33 @@ class SearchSpace:
     allowed: np.ndarray
     fixed: np.ndarray
     base: np.ndarray
+    cost_sources: dict[str, int]
 
 
-def _layer_cost(profile, layer: LayerInfo, ops: Sequence[Op], in_channels: int) -> np.ndarray:
-    """Cost of a layer's deployed ops plus its trailing ops (pool, flatten) at an input width."""
+def layer_ops(layer: LayerInfo, ops: Sequence[Op], in_channels: int) -> tuple[tuple, Shape]:
+    """A layer's deployed ops plus its trailing ops (pool, flatten), and their input shape at
+    an input width."""
     if layer.kind == "conv":
         in_shape = (*layer.in_shape[:-1], in_channels)
     elif ops[0].kind == "gap":  # a pooled head takes the feature map before the flatten
         in_shape = (*layer.pre_flatten[:-1], in_channels)
     else:
         in_shape = (layer.in_positions * in_channels,)
-    total = price_ops(profile, (*ops, *layer.trailing), in_shape, strict=False)
-    return np.array([getattr(total, c) for c in CHANNELS], np.float64)
+    return (*ops, *layer.trailing), in_shape
+
+
+def cells(layers: Sequence[LayerInfo], techniques: Sequence[Technique], ratios: Sequence[float]):
+    """Every (layer, technique, ratio bin, input bin) of the space with its deployed ops and
+    their input shape; the first layer sees the full input only."""
+    for l, layer in enumerate(layers):
+        for t, tech in enumerate(techniques):
+            if tech.fits(layer) is not None:
+                continue
+            for r, ratio in enumerate(ratios):
+                for r_in, in_ratio in enumerate(ratios if l > 0 else ratios[:1]):
+                    c_in = kept(layer.in_channels, in_ratio)
+                    ops, shape = layer_ops(layer, tech.ops(layer, ratio, c_in), c_in)
+                    yield l, t, r, r_in, ops, shape
 
 
 def _out_bin(layer: LayerInfo, out_channels: int, ratios: Sequence[float]) -> int:
@@ -80,24 +98,23 @@ def build_search_space(
     costs = np.full((n_l, n_t, n_r, n_r, len(CHANNELS)), np.inf)
     out_bin = np.zeros((n_l, n_t, n_r), np.int32)
     allowed = np.zeros((n_l, n_t, n_r), bool)
-    for l, layer in enumerate(layers):
-        for t, tech in enumerate(techniques):
-            if tech.fits(layer) is not None:
-                continue
-            for r, ratio in enumerate(ratios):
-                allowed[l, t, r] = (r == 0) == (tech.name == "keep" or tech.ratio_free)
-                out_bin[l, t, r] = _out_bin(layer, tech.out_channels(layer, ratio), ratios)
-                for r_in, in_ratio in enumerate(ratios if l > 0 else ratios[:1]):
-                    c_in = kept(layer.in_channels, in_ratio)
-                    costs[l, t, r, r_in] = _layer_cost(
-                        profile, layer, tech.ops(layer, ratio, c_in), c_in
-                    )
+    sources: Counter = Counter()
+    for l, t, r, r_in, ops, shape in cells(layers, techniques, ratios):
+        layer, tech = layers[l], techniques[t]
+        allowed[l, t, r] = (r == 0) == (tech.name == "keep" or tech.ratio_free)
+        out_bin[l, t, r] = _out_bin(layer, tech.out_channels(layer, ratio=ratios[r]), ratios)
+        total = price_ops(profile, ops, shape, strict=False)
+        costs[l, t, r, r_in] = [getattr(total, c) for c in CHANNELS]
+        sources.update(total.sources)
     first = next(i for i, op in enumerate(base_ops) if op.kind in WEIGHTED)
     fixed_total = price_ops(profile, base_ops[:first], input_shape, strict=False)
     fixed = np.array([getattr(fixed_total, c) for c in CHANNELS], np.float64)
+    fixed[CHANNELS.index("latency_ms")] += profile.invoke_overhead_ms  # once per model
     keep = [t.name for t in techniques].index("keep")
     base = fixed + costs[:, keep, 0, 0].sum(axis=0)
-    return SearchSpace(layers, techniques, tuple(ratios), costs, out_bin, allowed, fixed, base)
+    return SearchSpace(
+        layers, techniques, tuple(ratios), costs, out_bin, allowed, fixed, base, dict(sources)
+    )
 
 
 def plan_cost(space: SearchSpace, indices: np.ndarray) -> np.ndarray:

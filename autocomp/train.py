@@ -20,7 +20,7 @@ from agents.compressor_critic import make_policy as cc_policy
 from agents.compressor_critic import make_train as cc_train
 from autocomp import pipeline
 from autocomp.config import ConfigError, RootConfig, register_configs
-from autocomp.costs import CostTableError
+from autocomp.costs import CostTableError, format_shares, source_shares
 from autocomp.data import DataError
 from autocomp.export import ExportError, export_run
 from autocomp.outputs import write_run
@@ -79,6 +79,11 @@ def run(
         p.base_test_accuracy,
         "cached" if p.base_from_cache else "trained",
     )
+    log.info(
+        "device table: %s; search space priced by %s",
+        p.profile.describe(),
+        format_shares(p.space.cost_sources),
+    )
     tracker = make_tracker(config.logger, run_dir, resolved, f"{config.name}-seed{config.seed}")
     env, env_params = build_env(p)
     train = make_train(config.agent, env, env_params)
@@ -121,7 +126,14 @@ def run(
                 for name, b in zip(RESOURCES, np.asarray(p.reward.budgets), strict=True)
             },
         },
-        "device_table": {"name": p.profile.name, "kind": p.profile.kind},
+        "device_table": {
+            "name": p.profile.name,
+            "kind": p.profile.kind,
+            "platform": p.profile.platform,
+            "path": p.profile.path,
+            "search_space_sources": source_shares(p.space.cost_sources),
+            "energy": p.profile.energy["method"],
+        },
         "wall_time_s": time.perf_counter() - started,
     }
     paths = write_run(run_dir, p, sel, comp, params, metrics, resolved, overrides)

@@ -1,0 +1,301 @@
+"""Measure a device cost table for an experiment's search space.
+
+    python -m autocomp.profile device=host experiment=digits [threads=1] [out=<table.json>]
+    python -m autocomp.profile device=android serial=<adb serial> experiment=digits \\
+        [threads=1] [delegate=xnnpack] [benchmark_binary=/data/local/tmp/benchmark_model] \\
+        [energy=none|battery] [power_csv=<monitor.csv>]
+
+Any other ``key=value`` is a Hydra override of the experiment (``env.ratios=[...]``). Every layer
+configuration the search can deploy becomes a one-op TFLite model, timed on the device; rows
+are appended to ``<out>.partial.jsonl`` as they are measured, so a killed profile continues
+where it stopped, and the table is written atomically at the end (rows of an existing table
+at ``out`` are kept, so profiling a second experiment adds to the same table). The base model
+is also measured whole and compared with the table's prediction (``validation``).
+
+Defaults: ``out`` is ``~/.cache/autocomp/devices/<host id>.json`` (what ``device=host`` and
+``device=auto`` look for) or ``android-<serial>.json``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import sys
+import time
+from pathlib import Path
+
+PROFILE_KEYS = {
+    "device",
+    "serial",
+    "threads",
+    "out",
+    "rounds",
+    "delegate",
+    "benchmark_binary",
+    "energy",
+    "power_csv",
+    "adb",
+    "limit",
+}
+USAGE = __doc__.split("\n\n")[1]
+
+
+def parse_args(argv: list[str]) -> tuple[dict[str, str], list[str]]:
+    opts, overrides = {}, []
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if not sep:
+            raise SystemExit(f"unexpected argument {arg!r}; usage:\n{USAGE}")
+        (opts.__setitem__(key, value) if key in PROFILE_KEYS else overrides.append(arg))
+    if opts.get("device") not in ("host", "android"):
+        raise SystemExit(f"device=host or device=android is required; usage:\n{USAGE}")
+    if opts["device"] == "android" and not opts.get("serial"):
+        raise SystemExit("device=android needs serial=<adb serial> (see `adb devices`)")
+    return opts, overrides
+
+
+def _analytic_section(platform: str) -> tuple[dict, list[str]]:
+    """The energy estimate's constants (and the roofline of last resort) of a measured table."""
+    from autocomp.costs import load_profile
+
+    a76 = load_profile("analytic_cortex_a76")
+    return dict(a76.analytic), [
+        "Energy per op where none is measured: " + a76.sources[1],
+        f"Latency rows: measured on the {platform} with python -m autocomp.profile",
+    ]
+
+
+def run_profile(opts: dict[str, str], overrides: list[str], console=None) -> Path:
+    from rich.console import Console
+    from rich.progress import MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    from autocomp.bench import compose_config
+    from autocomp.costs import (
+        SCHEMA_VERSION,
+        CostTableError,
+        host_id,
+        load_profile,
+        price_ops,
+        user_tables_dir,
+    )
+    from autocomp.export import to_tflite
+    from autocomp.io import atomic_write_json
+    from autocomp.layers import compressible_layers
+    from autocomp.models import base_ops, init_params
+    from autocomp.profiling import (
+        AndroidRunner,
+        append_partial,
+        host_energy_counters,
+        load_partial,
+        micro_model,
+        overhead_model,
+        partial_path,
+        power_from_csv,
+        rapl_energy_mj,
+        search_configs,
+        time_tflite,
+    )
+    from autocomp.techniques import make_techniques
+
+    console = console or Console(stderr=True)
+    config = compose_config(overrides)
+    device = opts["device"]
+    threads = int(opts.get("threads", 1))
+    rounds = int(opts.get("rounds", 15))
+    name = host_id() if device == "host" else f"android-{opts['serial']}"
+    out = Path(opts.get("out") or user_tables_dir() / f"{name}.json").expanduser()
+
+    ops = base_ops(config.model)
+    input_shape = tuple(config.model.input_shape)
+    layers = compressible_layers(ops, input_shape)
+    techniques = make_techniques(config.env.techniques)
+    configs = search_configs(ops, layers, techniques, config.env.ratios, input_shape)
+
+    rows: dict[str, dict] = {}
+    validation: list[dict] = []
+    if out.is_file():
+        try:
+            existing = load_profile(str(out))
+        except CostTableError as err:
+            raise SystemExit(f"{err}\nmove it away or pass out=<another file>") from err
+        if existing.name != name:
+            raise SystemExit(
+                f"{out} is the table of {existing.name!r}, not of this device ({name!r}); pass "
+                "out=<another file>"
+            )
+        rows.update(existing.rows)
+        import json
+
+        validation = json.loads(out.read_text()).get("validation", [])
+    resumed = load_partial(out)
+    rows.update(resumed)
+    todo = [k for k in configs if k not in rows]
+    if "limit" in opts:
+        todo = todo[: int(opts["limit"])]
+    console.print(
+        f"[bold]profile[/] {device} ({name}), experiment {config.name}: {len(configs)} "
+        f"configurations, {len(configs) - len(todo)} already measured"
+        + (f" ({len(resumed)} resumed from {partial_path(out)})" if resumed else "")
+    )
+
+    if device == "host":
+        counters = host_energy_counters()
+
+        def measure(content: bytes):
+            return time_tflite(content, threads, rounds=rounds)
+
+        def energy(content: bytes) -> float | None:
+            if not counters["rapl"]:
+                return None
+            from ai_edge_litert.interpreter import Interpreter
+
+            interpreter = Interpreter(model_content=content, num_threads=threads)
+            interpreter.allocate_tensors()
+            return rapl_energy_mj(interpreter.invoke, counters["rapl"])
+
+        energy_info = {
+            "measured": bool(counters["rapl"]),
+            "method": (
+                "RAPL package energy over a 1 s loop of calls per row"
+                if counters["rapl"]
+                else "estimated: MACs, weight and activation bytes times the energy constants "
+                "of the analytic section (Horowitz 2014); this machine offers "
+                + counters["summary"]
+            ),
+        }
+        runtime = "LiteRT interpreter (ai-edge-litert), XNNPACK"
+    else:
+        import tempfile
+
+        runner = AndroidRunner(
+            opts["serial"],
+            benchmark_binary=opts.get("benchmark_binary", AndroidRunner.benchmark_binary),
+            threads=threads,
+            delegate=opts.get("delegate", "xnnpack"),
+            adb=opts.get("adb", "adb"),
+        )
+        runner.run(runner.adb_command("shell", f"mkdir -p {runner.remote_dir}"))
+        workdir = Path(tempfile.mkdtemp(prefix="autocomp-profile-"))
+
+        def measure(content: bytes):
+            path = workdir / "model.tflite"
+            path.write_bytes(content)
+            return runner.time_model(path)
+
+        def energy(content: bytes) -> float | None:
+            return None  # per-row battery energy: see docs/android-profiling.md
+
+        method = opts.get("energy", "none")
+        if opts.get("power_csv"):
+            method = f"power monitor CSV {opts['power_csv']}: {power_from_csv(opts['power_csv'])} W"
+        energy_info = {
+            "measured": False,
+            "method": f"estimated per op (analytic constants); phone energy source: {method}",
+        }
+        runtime = f"TensorFlow Lite benchmark_model ({runner.delegate}) over adb"
+
+    overhead = measure(overhead_model()).median_ms
+    start = time.perf_counter()
+    columns = (*Progress.get_default_columns()[:-1], MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=False) as bar:
+        task = bar.add_task("profiling ops", total=len(todo))
+        for key in todo:
+            op, shape = configs[key]
+            content = micro_model(op, shape)
+            timing = measure(content)
+            row = {
+                "key": key,
+                "latency_ms": max(0.0, timing.median_ms - overhead),
+                "latency_spread_ms": timing.spread_ms,
+                "energy_mj": energy(content),
+                "repeats": timing.repeats,
+            }
+            append_partial(out, row)
+            rows[key] = row
+            bar.advance(task)
+    measured_s = time.perf_counter() - start
+
+    analytic, sources = _analytic_section(device)
+    table = {
+        "schema_version": SCHEMA_VERSION,
+        "kind": "measured",
+        "device": {
+            "name": name,
+            "platform": device,
+            "cpu": _cpu_description() if device == "host" else f"adb serial {opts['serial']}",
+            "soc": "host CPU" if device == "host" else "see the phone's getprop",
+            "runtime": runtime,
+            "threads": threads,
+            "measured": True,
+            "method": (
+                "one-op TFLite model per configuration (the export's converter), median of "
+                f"{rounds} rounds of back-to-back calls after warm-up; the per-call overhead "
+                "of a trivial model is subtracted from each row and added once per model"
+            ),
+            "date": datetime.date.today().isoformat(),
+        },
+        "energy": energy_info,
+        "analytic": analytic,
+        "invoke_overhead_ms": overhead,
+        "sources": sources,
+        "validation": validation,
+        "rows": sorted(rows.values(), key=lambda r: r["key"]),
+    }
+    atomic_write_json(out, table)
+    profile = load_profile(str(out))
+    base = price_ops(profile, ops, input_shape)
+    whole = measure(to_tflite(ops, init_params(ops, input_shape, _key()), input_shape))
+    record = {
+        "model": config.model.name,
+        "measured_ms": whole.median_ms,
+        "predicted_ms": base.latency_ms,
+        "error_pct": 100 * (base.latency_ms - whole.median_ms) / whole.median_ms,
+        "date": table["device"]["date"],
+    }
+    table["validation"] = [v for v in validation if v.get("model") != record["model"]] + [record]
+    atomic_write_json(out, table)
+    partial_path(out).unlink(missing_ok=True)
+    console.print(
+        f"measured {len(todo)} configurations in {measured_s:.0f} s; call overhead "
+        f"{overhead * 1e3:.1f} us; whole {config.model.name}: measured "
+        f"{whole.median_ms:.4f} ms, table predicts {base.latency_ms:.4f} ms "
+        f"({record['error_pct']:+.1f}%)\nenergy: {energy_info['method']}\nwrote {out} "
+        f"({len(rows)} rows)"
+    )
+    return out
+
+
+def _key():
+    import jax
+
+    return jax.random.key(0)
+
+
+def _cpu_description() -> str:
+    import platform
+
+    from autocomp.export import _cpu_model
+
+    return f"{_cpu_model()} ({platform.machine()}), {_cpu_count()} logical CPUs"
+
+
+def _cpu_count() -> int:
+    import os
+
+    return os.cpu_count() or 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    opts, overrides = parse_args(sys.argv[1:] if argv is None else argv)
+    from autocomp.config import ConfigError
+    from autocomp.profiling import ProfileError
+
+    try:
+        run_profile(opts, overrides)
+    except (ConfigError, ProfileError) as err:
+        print(f"{type(err).__name__}: {err}", file=sys.stderr)  # noqa: T201 (CLI output)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,354 @@
+"""Profilers that measure device cost tables on real runtimes.
+
+Every configuration the search can deploy (:func:`search_configs`) is built as a one-op TFLite
+model with the export's converter path (:func:`micro_model`) and timed where it will run:
+
+- **host**: in the LiteRT interpreter on this machine (:func:`time_tflite`: fixed threads,
+  warm-up, rounds of back-to-back calls, median and spread); energy from RAPL where the kernel
+  exposes it (:func:`host_energy_counters`), else marked as estimated.
+- **android**: pushed with ``adb`` and timed with TensorFlow Lite's ``benchmark_model`` on the
+  phone (:class:`AndroidRunner`); energy from the battery's current and voltage sampled during a
+  long run (:func:`parse_battery`), or from a power-monitor CSV (:func:`power_from_csv`).
+
+The interpreter's per-call overhead is measured once on a trivial model and taken out of each
+row; the lookup adds it back once per model (``invoke_overhead_ms`` in the table).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import shlex
+import statistics
+import subprocess
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from autocomp.costs import FREE_OPS, op_key
+from autocomp.models import PARAMETRIC, WEIGHTED, Op, Shape, param_shapes, walk_shapes
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Latency of one model: median and spread (half the interquartile range) in ms."""
+
+    median_ms: float
+    spread_ms: float
+    repeats: int
+
+
+# ------------------------------------------------------------------ what to measure
+def search_configs(
+    base_ops: Sequence[Op],
+    layers,
+    techniques,
+    ratios: Sequence[float],
+    input_shape: Sequence[int],
+) -> dict[str, tuple[Op, Shape]]:
+    """Every op configuration a plan of this search space deploys, by table key: each
+    technique at each ratio bin on each layer it fits, at every input width the previous
+    layer can leave, with the layer's trailing ops, plus the ops before the first layer."""
+    from autocomp.search_space import cells
+
+    configs: dict[str, tuple[Op, Shape]] = {}
+
+    def add(ops: Sequence[Op], shape: Sequence[int]) -> None:
+        for op, op_shape in zip(ops, walk_shapes(ops, shape, strict=False), strict=False):
+            if op.kind not in FREE_OPS:
+                op = replace(op, bits=32)  # k-bit layers run as float ops (costs.price_op)
+                configs.setdefault(op_key(op, op_shape), (op, tuple(op_shape)))
+
+    first = next(i for i, op in enumerate(base_ops) if op.kind in WEIGHTED)
+    add(base_ops[:first], input_shape)
+    for *_, ops, shape in cells(layers, techniques, ratios):
+        add(ops, shape)
+    return configs
+
+
+def micro_model(op: Op, in_shape: Shape, seed: int = 0) -> bytes:
+    """A batch-1 float32 TFLite model of ``op`` alone (``add``: the input added to itself)."""
+    import jax
+
+    from autocomp.export import to_tflite
+
+    op = replace(op, name="op") if op.kind in PARAMETRIC else op
+    ops = (Op("save"), op) if op.kind == "add" else (op,)
+    rng = np.random.default_rng(seed)
+    # Random weights from the shapes alone (no compilation per configuration).
+    params = {}
+    if op.kind in PARAMETRIC:
+        params = jax.tree.map(
+            lambda s: rng.standard_normal(s.shape, np.float32) * 0.1, param_shapes(ops, in_shape)
+        )
+    return to_tflite(ops, params, tuple(in_shape))
+
+
+# ------------------------------------------------------------------ host timing
+def time_calls(
+    call: Callable[[], object],
+    rounds: int = 15,
+    min_round_ms: float = 2.0,
+    warmup_ms: float = 20.0,
+) -> Timing:
+    """Median over ``rounds`` of the mean time of one ``call``, each round long enough
+    (``min_round_ms``) that the timer's resolution does not matter."""
+    start = time.perf_counter()
+    calls = 0
+    while (time.perf_counter() - start) * 1e3 < warmup_ms or calls < 3:
+        call()
+        calls += 1
+    per_call_ms = (time.perf_counter() - start) * 1e3 / calls
+    inner = max(1, int(np.ceil(min_round_ms / max(per_call_ms, 1e-6))))
+    samples = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        for _ in range(inner):
+            call()
+        samples.append((time.perf_counter() - t0) * 1e3 / inner)
+    q1, q3 = np.percentile(samples, [25, 75])
+    return Timing(statistics.median(samples), float(q3 - q1) / 2, rounds * inner)
+
+
+def time_tflite(content: bytes, threads: int = 1, **kwargs) -> Timing:
+    """Latency of a TFLite model's ``invoke`` in the LiteRT interpreter on this host."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_content=content, num_threads=threads)
+    interpreter.allocate_tensors()
+    detail = interpreter.get_input_details()[0]
+    rng = np.random.default_rng(0)
+    if detail["dtype"] == np.int8:
+        x = rng.integers(-128, 128, detail["shape"], dtype=np.int8)
+    else:
+        x = rng.random(detail["shape"], dtype=np.float32)
+    interpreter.set_tensor(detail["index"], x)
+    return time_calls(interpreter.invoke, **kwargs)
+
+
+def overhead_model() -> bytes:
+    """A model that does almost nothing through the same delegate as the measured ops (a 1x1
+    conv of one channel on one pixel): its latency is the interpreter's per-call overhead."""
+    return micro_model(Op("conv", "op", 1, 1), (1, 1, 1))
+
+
+# ------------------------------------------------------------------ energy counters
+RAPL_ROOT = Path("/sys/class/powercap")
+POWER_SUPPLY_ROOT = Path("/sys/class/power_supply")
+
+
+def host_energy_counters(
+    rapl_root: Path = RAPL_ROOT, power_supply_root: Path = POWER_SUPPLY_ROOT
+) -> dict:
+    """What this machine offers to measure energy: RAPL package counters (``energy_uj``) and
+    batteries with current/voltage or power readings."""
+    rapl = (
+        sorted(str(p) for p in rapl_root.glob("intel-rapl:*/energy_uj"))
+        if rapl_root.is_dir()
+        else []
+    )
+    batteries = []
+    if power_supply_root.is_dir():
+        for supply in sorted(power_supply_root.iterdir()):
+            names = {p.name for p in supply.iterdir()} if supply.is_dir() else set()
+            if {"current_now", "voltage_now"} <= names or "power_now" in names:
+                batteries.append(str(supply))
+    if rapl:
+        summary = f"RAPL energy counters: {', '.join(rapl)}"
+    elif batteries:
+        summary = f"battery readings: {', '.join(batteries)}"
+    else:
+        summary = (
+            f"no energy counter: no RAPL under {rapl_root}, no battery under {power_supply_root}"
+        )
+    return {"rapl": rapl, "batteries": batteries, "summary": summary}
+
+
+def read_rapl_uj(paths: Iterable[str]) -> int:
+    """Sum of the RAPL package counters, in microjoules."""
+    return sum(int(Path(p).read_text().strip()) for p in paths)
+
+
+def rapl_energy_mj(call: Callable[[], object], paths: Sequence[str], seconds: float = 1.0) -> float:
+    """Energy of one ``call`` from RAPL: counter difference over a loop of calls lasting
+    about ``seconds`` (package energy: includes the idle share of the package)."""
+    start_uj, start, calls = read_rapl_uj(paths), time.perf_counter(), 0
+    while time.perf_counter() - start < seconds:
+        call()
+        calls += 1
+    used_uj = read_rapl_uj(paths) - start_uj
+    if used_uj < 0:  # the counter wrapped
+        return float("nan")
+    return used_uj * 1e-3 / calls
+
+
+# ------------------------------------------------------------------ android
+@dataclass(frozen=True)
+class AndroidRunner:
+    """Runs micro-models on a phone through ``adb`` and TFLite's ``benchmark_model``.
+
+    Attributes:
+        serial: the phone's adb serial (``adb devices``).
+        benchmark_binary: path of ``benchmark_model`` on the phone (push the build for its ABI
+            first, see docs/android-profiling.md).
+        remote_dir: where micro-models are pushed.
+        threads: CPU threads of the interpreter.
+        delegate: ``xnnpack`` (TFLite's default CPU path), ``cpu`` (reference kernels), ``gpu``
+            or ``nnapi``.
+        warmup_runs, num_runs: ``benchmark_model``'s warm-up and timed runs.
+        adb: the adb executable.
+    """
+
+    serial: str
+    benchmark_binary: str = "/data/local/tmp/benchmark_model"
+    remote_dir: str = "/data/local/tmp/autocomp"
+    threads: int = 1
+    delegate: str = "xnnpack"
+    warmup_runs: int = 20
+    num_runs: int = 100
+    adb: str = "adb"
+
+    def adb_command(self, *args: str) -> list[str]:
+        return [self.adb, "-s", self.serial, *args]
+
+    def push_command(self, local: Path) -> list[str]:
+        return self.adb_command("push", str(local), f"{self.remote_dir}/{local.name}")
+
+    def benchmark_command(self, model_name: str, num_runs: int | None = None) -> list[str]:
+        flags = [
+            f"--graph={self.remote_dir}/{model_name}",
+            f"--num_threads={self.threads}",
+            f"--warmup_runs={self.warmup_runs}",
+            f"--num_runs={num_runs or self.num_runs}",
+            f"--use_xnnpack={'true' if self.delegate == 'xnnpack' else 'false'}",
+        ]
+        if self.delegate == "gpu":
+            flags.append("--use_gpu=true")
+        elif self.delegate == "nnapi":
+            flags.append("--use_nnapi=true")
+        return self.adb_command("shell", shlex.join([self.benchmark_binary, *flags]))
+
+    def battery_command(self) -> list[str]:
+        return self.adb_command("shell", "cat /sys/class/power_supply/battery/uevent")
+
+    def run(self, command: list[str], timeout: float = 600) -> str:
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+        except FileNotFoundError as err:
+            raise ProfileError(
+                f"{command[0]!r} not found: install Android platform-tools and put adb on PATH "
+                "(or pass adb=<path>)"
+            ) from err
+        if done.returncode != 0:
+            raise ProfileError(
+                f"`{shlex.join(command)}` failed ({done.returncode}): "
+                f"{(done.stderr or done.stdout).strip()[-500:]}"
+            )
+        return done.stdout + done.stderr
+
+    def time_model(self, local: Path) -> Timing:
+        self.run(self.push_command(local))
+        return parse_benchmark_output(self.run(self.benchmark_command(local.name)))
+
+
+class ProfileError(RuntimeError):
+    """A profiler that cannot run or whose tool's output cannot be read."""
+
+
+_COUNT_LINE = re.compile(
+    r"count=(?P<count>\d+) first=\S+ curr=\S+ min=(?P<min>[\d.]+) max=(?P<max>[\d.]+) "
+    r"avg=(?P<avg>[\d.e+]+) std=(?P<std>[\d.e+]+)"
+)
+
+
+def parse_benchmark_output(text: str) -> Timing:
+    """The timed runs of a ``benchmark_model`` log (the last ``count=...`` line: TFLite prints
+    the warm-up first, then the timed runs), in ms. ``benchmark_model`` reports the mean and
+    the standard deviation, which stand in for median and spread.
+
+    Raises:
+        ProfileError: if the log has no timing line (the tool failed; its log is quoted).
+    """
+    matches = list(_COUNT_LINE.finditer(text))
+    if not matches:
+        raise ProfileError(
+            "benchmark_model printed no 'count=... avg=... std=...' line; its output ends "
+            f"with: {text.strip()[-400:]!r}"
+        )
+    last = matches[-1]
+    return Timing(float(last["avg"]) / 1e3, float(last["std"]) / 1e3, int(last["count"]))
+
+
+def parse_battery(uevent: str, current_unit: str = "uA", voltage_unit: str = "uV") -> float:
+    """Power drawn from the battery in watts, from ``/sys/class/power_supply/battery/uevent``
+    (``POWER_SUPPLY_CURRENT_NOW`` / ``POWER_SUPPLY_VOLTAGE_NOW``, or without the prefix as
+    some tools print them). The sign convention of the current differs between phones, so the
+    magnitude is used: sample only while discharging (unplugged, adb over Wi-Fi).
+    """
+    values = {}
+    for line in uevent.splitlines():
+        key, sep, value = line.strip().partition("=")
+        if sep:
+            values[key.removeprefix("POWER_SUPPLY_")] = value
+    try:
+        current = abs(float(values["CURRENT_NOW"]))
+        voltage = float(values["VOLTAGE_NOW"])
+    except (KeyError, ValueError) as err:
+        raise ProfileError(
+            f"battery reading without CURRENT_NOW and VOLTAGE_NOW ({err}); this phone does not "
+            "expose them: give a power-monitor CSV instead (power_csv=<file>)"
+        ) from err
+    scale = {"uA": 1e-6, "mA": 1e-3, "A": 1.0}
+    vscale = {"uV": 1e-6, "mV": 1e-3, "V": 1.0}
+    return current * scale[current_unit] * voltage * vscale[voltage_unit]
+
+
+def power_from_csv(path: Path) -> float:
+    """Mean power in watts of a power-monitor CSV with a ``power_w`` column, or ``current_a``
+    and ``voltage_v`` columns (e.g. exported from a Monsoon monitor)."""
+    with Path(path).open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        raise ProfileError(f"power-monitor CSV {str(path)!r} has no rows")
+    if "power_w" in rows[0]:
+        watts = [float(r["power_w"]) for r in rows]
+    elif {"current_a", "voltage_v"} <= set(rows[0]):
+        watts = [float(r["current_a"]) * float(r["voltage_v"]) for r in rows]
+    else:
+        raise ProfileError(
+            f"power-monitor CSV {str(path)!r} needs a power_w column, or current_a and "
+            f"voltage_v; it has {list(rows[0])}"
+        )
+    return float(np.mean(watts))
+
+
+# ------------------------------------------------------------------ resumable table files
+def partial_path(out: Path) -> Path:
+    return out.with_name(out.name + ".partial.jsonl")
+
+
+def load_partial(out: Path) -> dict[str, dict]:
+    """Rows already measured by an interrupted profile (a torn last line is dropped)."""
+    rows: dict[str, dict] = {}
+    path = partial_path(out)
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(row, dict) and "key" in row:
+                rows[row["key"]] = row
+    return rows
+
+
+def append_partial(out: Path, row: dict) -> None:
+    path = partial_path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as f:
+        f.write(json.dumps(row) + "\n")
+        f.flush()

@@ -1,0 +1,273 @@
+"""Device cost tables: the lookup's tiers, the profilers' parsing and command construction, and
+a real (tiny) host profile that resumes."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from autocomp.costs import (
+    CostTableError,
+    format_shares,
+    load_profile,
+    op_key,
+    parse_key,
+    price_op,
+    price_ops,
+)
+from autocomp.models import Op
+from autocomp.profiling import (
+    AndroidRunner,
+    ProfileError,
+    append_partial,
+    host_energy_counters,
+    load_partial,
+    parse_battery,
+    parse_benchmark_output,
+    power_from_csv,
+    read_rapl_uj,
+    search_configs,
+)
+
+DATA = Path(__file__).parent / "data"
+
+
+def _measured_table(tmp_path, rows, overhead=0.0):
+    table = json.loads(Path(load_profile("analytic_cortex_a76").path).read_text())
+    table["kind"] = "measured"
+    table["device"].update(name="test-host", platform="host", measured=True)
+    table["invoke_overhead_ms"] = overhead
+    table["rows"] = [
+        {"key": k, "latency_ms": v, "latency_spread_ms": 0.0, "energy_mj": None}
+        for k, v in rows.items()
+    ]
+    path = tmp_path / "measured.json"
+    path.write_text(json.dumps(table))
+    return path
+
+
+def test_parse_key_inverts_op_key_for_every_op_of_a_search_space():
+    from test_techniques import LAYERS, OPS, RATIOS, TECHS
+
+    configs = search_configs(OPS, LAYERS, TECHS, RATIOS, (8, 8, 1))
+    kinds = {op.kind for op, _ in configs.values()}
+    assert {"conv", "dense", "dwconv", "expand", "gap"} <= kinds, kinds
+    for key, (_, shape) in configs.items():
+        parsed, parsed_shape = parse_key(key)
+        assert op_key(parsed, parsed_shape) == key and parsed_shape == shape
+
+
+def test_lookup_tiers_exact_interpolated_roofline_and_analytic(tmp_path):
+    """Rows of conv 8x8x4 -> n at n = 8 and 32 (latency linear in MACs); a 16-filter conv is
+    interpolated between them, a 64-filter one is outside the range (roofline), and the
+    analytic table (no rows) answers with its own model."""
+    conv = lambda n: Op("conv", "c", n, 3)  # noqa: E731
+    shape = (8, 8, 4)
+    rows = {op_key(conv(n), shape): 0.01 + 1e-6 * n * 2304 for n in (8, 32)}
+    rows[op_key(Op("dense", "d", 10), (64,))] = 0.002
+    rows[op_key(Op("maxpool", kernel=2, stride=2), (8, 8, 16))] = 0.001
+    profile = load_profile(str(_measured_table(tmp_path, rows)))
+    exact = price_op(profile, conv(8), shape)
+    assert exact.source == "table" and exact.latency_ms == pytest.approx(0.01 + 1e-6 * 8 * 2304)
+    mid = price_op(profile, conv(16), shape)
+    assert mid.source == "interpolated"
+    assert mid.latency_ms == pytest.approx(0.01 + 1e-6 * 16 * 2304)
+    far = price_op(profile, conv(64), shape)
+    assert (
+        far.source == "roofline" and far.latency_ms > price_op(profile, conv(32), shape).latency_ms
+    )
+    assert price_op(profile, Op("relu"), shape).source == "free"
+    analytic = price_op(load_profile("analytic_cortex_a76"), conv(16), shape)
+    assert analytic.source == "analytic"
+    cost = price_ops(profile, (conv(8), Op("relu"), conv(16)), (8, 8, 4), strict=False)
+    assert format_shares(cost.sources) == (
+        "table 50.0%, interpolated 50.0%, roofline 0.0%, analytic 0.0%"
+    )
+
+
+def test_k_bit_layers_are_priced_as_their_float_op_but_stored_smaller(tmp_path):
+    op = Op("dense", "d", 10)
+    profile = load_profile(str(_measured_table(tmp_path, {op_key(op, (64,)): 0.5})))
+    q8 = price_op(profile, Op("dense", "d", 10, bits=8), (64,))
+    assert q8.source == "table" and q8.latency_ms == 0.5
+    assert q8.bytes < price_op(profile, op, (64,)).bytes
+
+
+def test_the_call_overhead_is_added_once_per_model(tmp_path):
+    op = Op("dense", "d", 10)
+    profile = load_profile(str(_measured_table(tmp_path, {op_key(op, (64,)): 0.5}, 0.25)))
+    assert price_ops(profile, (op,), (64,)).latency_ms == pytest.approx(0.75)
+    assert price_ops(profile, (op,), (64,), strict=False).latency_ms == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize(
+    "edit,match",
+    [
+        (lambda t: t["device"].pop("platform"), "platform"),
+        (lambda t: t["device"].update(platform="android"), "analytic table cannot claim"),
+        (lambda t: t.update(kind="measured"), "measured table needs device.measured"),
+        (lambda t: t["rows"].append({"key": "conv|in=8", "latency_ms": 1}), "not an op key"),
+        (
+            lambda t: t["rows"].extend(
+                [{"key": "relu|in=4|out=4|k=1|s=1|g=1|float32", "latency_ms": 1}] * 2
+            ),
+            "appears twice",
+        ),  # fmt: skip
+        (
+            lambda t: t["rows"].append(
+                {"key": "relu|in=4|out=4|k=1|s=1|g=1|float32", "latency_ms": 1, "energy_mj": -1}
+            ),
+            "energy_mj",
+        ),  # fmt: skip
+        (lambda t: t.update(schema_version=1), "schema_version is 1, expected 2"),
+    ],
+)
+def test_corrupt_or_mismatched_tables_are_clear_errors(tmp_path, edit, match):
+    table = json.loads(Path(load_profile("analytic_cortex_a76").path).read_text())
+    edit(table)
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(table))
+    with pytest.raises(CostTableError, match=match):
+        load_profile(str(path))
+
+
+def test_every_shipped_table_loads_and_says_what_it_is():
+    from importlib import resources
+
+    names = [p.stem for p in resources.files("autocomp.devices").iterdir()
+             if p.name.endswith(".json")]  # fmt: skip
+    assert {"analytic_cortex_a55", "analytic_cortex_a76", "analytic_cortex_x1"} <= set(names)
+    for name in names:
+        profile = load_profile(name)
+        if name.startswith("analytic"):
+            assert profile.kind == "analytic" and not profile.device["measured"]
+            assert "not a measurement" in profile.describe()
+        else:  # a measured host table is labelled with its CPU, never as a phone
+            assert profile.platform == "host" and profile.device["cpu"]
+            assert profile.rows and not profile.energy["measured"] or profile.energy["method"]
+
+
+def test_host_and_auto_resolve_to_this_machines_table(tmp_path, monkeypatch):
+    from autocomp import costs
+
+    monkeypatch.setattr(costs, "user_tables_dir", lambda: tmp_path)
+    monkeypatch.setattr(costs, "host_id", lambda: "host-test-cpu")
+    with pytest.raises(CostTableError, match="no measured cost table.*host-test-cpu.*profile"):
+        load_profile("host")
+    assert load_profile("auto").name == "analytic-cortex-a76"  # the fallback, said as such
+    mine = _measured_table(tmp_path, {"relu|in=4|out=4|k=1|s=1|g=1|float32": 0.1})
+    mine.rename(tmp_path / "host-test-cpu.json")
+    assert load_profile("host").name == load_profile("auto").name == "test-host"
+
+
+# ------------------------------------------------------------------ android: recorded outputs
+def test_benchmark_model_output_is_parsed_from_recorded_phone_logs():
+    timing = parse_benchmark_output((DATA / "benchmark_model_android.txt").read_text())
+    assert (timing.median_ms, timing.spread_ms, timing.repeats) == (33.2094, 0.45, 50)
+    old = parse_benchmark_output((DATA / "benchmark_model_android_2018.txt").read_text())
+    assert old.median_ms == pytest.approx(37.6257) and old.repeats == 13
+    with pytest.raises(ProfileError, match="no 'count=.*ERROR: Could not open"):
+        parse_benchmark_output("STARTING!\nERROR: Could not open '/data/local/tmp/x.tflite'.")
+
+
+def test_battery_readings_are_parsed_from_recorded_phone_uevents():
+    mi8 = parse_battery((DATA / "battery_uevent_mi8.txt").read_text())
+    assert mi8 == pytest.approx(0.326171 * 3.888173)  # magnitude: the sign differs per phone
+    pixel = parse_battery((DATA / "battery_uevent_pixel3a.txt").read_text())
+    assert pixel == pytest.approx(976e-6 * 3.815175)
+    prefixed = "POWER_SUPPLY_CURRENT_NOW=-500\nPOWER_SUPPLY_VOLTAGE_NOW=4000"
+    assert parse_battery(prefixed, "mA", "mV") == pytest.approx(2.0)
+    with pytest.raises(ProfileError, match="power-monitor CSV"):
+        parse_battery("NAME=battery\nCAPACITY=50")
+
+
+def test_power_monitor_csv(tmp_path):
+    path = tmp_path / "monsoon.csv"
+    path.write_text("time_s,current_a,voltage_v\n0,0.5,4.0\n0.1,0.7,4.0\n")
+    assert power_from_csv(path) == pytest.approx(2.4)
+    path.write_text("time_s,amps\n0,1\n")
+    with pytest.raises(ProfileError, match="power_w.*current_a"):
+        power_from_csv(path)
+
+
+def test_android_commands_use_the_serial_threads_and_delegate():
+    runner = AndroidRunner("R58M123", threads=4, delegate="gpu", num_runs=200)
+    assert runner.push_command(Path("/tmp/m.tflite")) == [
+        "adb", "-s", "R58M123", "push", "/tmp/m.tflite", "/data/local/tmp/autocomp/m.tflite",
+    ]  # fmt: skip
+    cmd = runner.benchmark_command("m.tflite")
+    assert cmd[:4] == ["adb", "-s", "R58M123", "shell"]
+    assert cmd[4] == (
+        "/data/local/tmp/benchmark_model --graph=/data/local/tmp/autocomp/m.tflite "
+        "--num_threads=4 --warmup_runs=20 --num_runs=200 --use_xnnpack=false --use_gpu=true"
+    )
+    assert runner.battery_command()[-1] == "cat /sys/class/power_supply/battery/uevent"
+    with pytest.raises(ProfileError, match="not found: install Android platform-tools"):
+        AndroidRunner("x", adb="/nonexistent/adb").run(["/nonexistent/adb", "devices"])
+
+
+# ------------------------------------------------------------------ host
+def test_energy_counters_are_found_where_the_kernel_exposes_them(tmp_path):
+    none = host_energy_counters(tmp_path / "powercap", tmp_path / "power_supply")
+    assert none["rapl"] == [] and "no energy counter" in none["summary"]
+    rapl = tmp_path / "powercap" / "intel-rapl:0"
+    rapl.mkdir(parents=True)
+    (rapl / "energy_uj").write_text("123456\n")
+    battery = tmp_path / "power_supply" / "BAT0"
+    battery.mkdir(parents=True)
+    (battery / "current_now").write_text("1")
+    (battery / "voltage_now").write_text("1")
+    found = host_energy_counters(tmp_path / "powercap", tmp_path / "power_supply")
+    assert found["rapl"] == [str(rapl / "energy_uj")] and found["batteries"] == [str(battery)]
+    assert read_rapl_uj(found["rapl"]) == 123456
+
+
+def test_partial_rows_survive_a_torn_last_line(tmp_path):
+    out = tmp_path / "t.json"
+    append_partial(out, {"key": "a", "latency_ms": 1.0})
+    with (tmp_path / "t.json.partial.jsonl").open("a") as f:
+        f.write('{"key": "b", "lat')  # killed mid-write
+    assert list(load_partial(out)) == ["a"]
+
+
+def test_host_profile_measures_resumes_and_validates(tmp_path, monkeypatch):
+    """A real profile of a tiny search space (keep only): every configuration timed in the
+    LiteRT interpreter, a row measured before the 'kill' kept as it was, and the whole model
+    measured against the table's prediction."""
+    from autocomp.profile import parse_args, run_profile
+
+    out = tmp_path / "host.json"
+    overrides = ["experiment=digits", "env.techniques=[keep]", "env.ratios=[0.0]"]
+    opts, rest = parse_args(["device=host", f"out={out}", "rounds=5", *overrides])
+    from autocomp.bench import compose_config
+    from autocomp.layers import compressible_layers
+    from autocomp.models import base_ops
+    from autocomp.techniques import make_techniques
+
+    config = compose_config(rest)
+    ops = base_ops(config.model)
+    configs = search_configs(ops, compressible_layers(ops, (8, 8, 1)),
+                             make_techniques(["keep"]), [0.0], (8, 8, 1))  # fmt: skip
+    first = next(iter(configs))
+    append_partial(out, {"key": first, "latency_ms": 123.0, "latency_spread_ms": 0.0,
+                         "energy_mj": None, "repeats": 1})  # fmt: skip
+    run_profile(opts, rest)
+    table = json.loads(out.read_text())
+    assert {r["key"] for r in table["rows"]} == set(configs)
+    assert next(r for r in table["rows"] if r["key"] == first)["latency_ms"] == 123.0
+    assert all(
+        r["latency_ms"] >= 0 and r["repeats"] >= 5 for r in table["rows"] if r["key"] != first
+    )
+    assert table["device"]["platform"] == "host" and table["kind"] == "measured"
+    assert not table["energy"]["measured"] or "RAPL" in table["energy"]["method"]
+    [check] = table["validation"]
+    assert check["model"] == "lenet_digits" and check["measured_ms"] > 0
+    assert math.isfinite(check["error_pct"])
+    assert not (tmp_path / "host.json.partial.jsonl").exists()
+    profile = load_profile(str(out))
+    assert profile.describe().startswith(profile.name) and "measured on the host" in (
+        profile.describe()
+    )
