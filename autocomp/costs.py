@@ -461,7 +461,8 @@ def price_op(profile: DeviceProfile, op: Op, in_shape: Shape) -> OpCost:
         kind = "conv" if op.kind == "expand" else op.kind  # two convs and a concatenation
         efficiency = a["efficiency"].get(kind, a["efficiency"].get("pool", 1.0))
         compute_s = macs / (a["peak_gmacs"] * 1e9 * efficiency)
-        memory_s = (weight_read + act_bytes) / (a["bandwidth_gbs"] * 1e9)
+        _, _, _, f_read, f_act = op_counts(float_op, in_shape)
+        memory_s = (f_read + f_act) / (a["bandwidth_gbs"] * 1e9)
         latency = (a["op_overhead_us"] * 1e-6 + max(compute_s, memory_s)) * 1e3
         source = "analytic"
     return OpCost(latency, energy_mj, macs, params, storage, source)

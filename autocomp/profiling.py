@@ -254,6 +254,32 @@ class AndroidRunner:
         self.run(self.push_command(local))
         return parse_benchmark_output(self.run(self.benchmark_command(local.name)))
 
+    def battery_watts(self, samples: int = 10) -> float:
+        """Mean battery power over ``samples`` readings (about 50 ms apart over adb)."""
+        return float(np.mean([parse_battery(self.run(self.battery_command()))
+                              for _ in range(samples)]))  # fmt: skip
+
+    def energy_mj(self, model_name: str, latency_ms: float, seconds: float = 5.0) -> float:
+        """Energy of one inference from the battery: power sampled while ``benchmark_model``
+        loops on the model for about ``seconds``, minus the idle power sampled before it,
+        times the latency. Needs the phone on battery (unplugged; adb over Wi-Fi)."""
+        idle = self.battery_watts()
+        runs = max(self.num_runs, int(seconds * 1e3 / max(latency_ms, 1e-3)))
+        proc = subprocess.Popen(
+            self.benchmark_command(model_name, num_runs=runs),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        busy = []
+        while proc.poll() is None:
+            busy.append(parse_battery(self.run(self.battery_command())))
+        if len(busy) < 3:
+            raise ProfileError(
+                f"only {len(busy)} battery readings during the {seconds} s loop on "
+                f"{model_name}; raise the loop length"
+            )
+        return max(0.0, float(np.mean(busy)) - idle) * latency_ms
+
 
 class ProfileError(RuntimeError):
     """A profiler that cannot run or whose tool's output cannot be read."""

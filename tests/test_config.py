@@ -131,7 +131,7 @@ def test_missing_cost_table_fails_before_anything_is_written(tmp_path, tiny_conf
     "content,match",
     [
         ("{not json", "not valid JSON"),
-        ('{"schema_version": 1, "kind": "analytic"}', "missing object 'device'"),
+        ('{"schema_version": 2, "kind": "analytic"}', "missing object 'device'"),
         ('{"schema_version": 7}', "schema_version"),
     ],
 )

@@ -81,5 +81,6 @@ def make_quantized(base: Technique, bits: int) -> Technique:
         ops=ops,
         out_channels=base.out_channels,
         out_mask=base.out_mask,
-        ratio_free=base.ratio_free,
+        # keep+q<bits> has nothing to remove: one action, like the other ratio-free ones.
+        ratio_free=base.ratio_free or base.name == "keep",
     )
