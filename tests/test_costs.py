@@ -271,3 +271,35 @@ def test_host_profile_measures_resumes_and_validates(tmp_path, monkeypatch):
     assert profile.describe().startswith(profile.name) and "measured on the host" in (
         profile.describe()
     )
+
+
+def test_android_profile_runs_end_to_end_through_adb(tmp_path):
+    """The android profiler against a stand-in ``adb`` that answers like a phone (it replays a
+    recorded benchmark_model log and battery uevent): pushes, timing, energy and the table."""
+    from autocomp.profile import parse_args, run_profile
+
+    log = tmp_path / "adb.log"
+    adb = tmp_path / "adb"
+    adb.write_text(
+        "#!/bin/sh\n"
+        f'echo "$@" >> {log}\n'
+        'case "$*" in\n'
+        f"  *benchmark_model*) cat {DATA / 'benchmark_model_android.txt'} ;;\n"
+        f"  *uevent*) cat {DATA / 'battery_uevent_mi8.txt'} ;;\n"
+        "esac\n"
+    )
+    adb.chmod(0o755)
+    out = tmp_path / "phone.json"
+    opts, rest = parse_args(["device=android", "serial=R58M123", f"adb={adb}", f"out={out}",
+                             "threads=4", "experiment=digits", "env.techniques=[keep]",
+                             "env.ratios=[0.0]", "limit=2"])  # fmt: skip
+    run_profile(opts, rest)
+    table = load_profile(str(out))
+    assert table.platform == "android" and table.name == "android-R58M123"
+    assert "measured on an Android phone" in table.describe()
+    calls = log.read_text().splitlines()
+    assert any(c.startswith("-s R58M123 push ") for c in calls)
+    assert any("--num_threads=4" in c and "--use_xnnpack=true" in c for c in calls)
+    # Every op times like the recorded log, and so does the trivial model: no time is left.
+    assert len(table.rows) == 2 and all(r["latency_ms"] == 0.0 for r in table.rows.values())
+    assert table.invoke_overhead_ms == pytest.approx(33.2094)
