@@ -168,10 +168,12 @@ def _annotate(p: Prepared, plan: Plan, indices: np.ndarray, params: dict) -> Pla
     for layer, choice, (t, r) in zip(p.layers, plan.layers, indices, strict=True):
         row = p.space.costs[layer.index, t, r, in_bin]
         in_bin = int(p.space.out_bin[layer.index, t, r])
-        shapes = [
-            list(np.shape(v["kernel"]))
+        shapes = [  # every kernel of the layer's ops (a fire module's expand has two)
+            list(np.shape(a))
             for k, v in params.items()
             if k == layer.name or k.startswith(f"{layer.name}_")
+            for name, a in sorted(v.items())
+            if name.startswith("kernel")
         ]
         layers.append(
             LayerChoice(

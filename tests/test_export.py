@@ -82,6 +82,8 @@ def test_untrusted_plans_fail_with_clear_errors(prepared, tmp_path):
 
     ops, _, _ = apply(_plan_doc(prepared))
     assert ops == prepared.ops  # all keep: the base model
+    ops, _, _ = apply(_plan_doc(prepared, technique="keep+q8"))  # composed names are valid
+    assert ops[0].bits == 8
     with pytest.raises(PlanError, match="not JSON"):
         apply("{'version': 1")
     with pytest.raises(PlanError, match="plan.schema.json at layers/0/ratio"):
