@@ -191,7 +191,7 @@ def bench_costs(argv: list[str]) -> dict:
     # Latency does not depend on the weights: random ones, replacements without distillation.
     ctx = PrepareContext(tuple(config.env.ratios), distill=DistillConfig(steps=0, examples=64))
     aux = prepare_aux(layers, params, techniques, ctx, ops, x)
-    measured, predicted, sources = [], [], Counter()
+    measured, predicted, sources, names = [], [], Counter(), []
     with Progress() as bar:
         task = bar.add_task("plans: materialize, convert, time", total=n_plans)
         for indices in random_plans(space, n_plans, int(opts.get("seed", 0))):
@@ -201,19 +201,26 @@ def bench_costs(argv: list[str]) -> dict:
             cost = price_ops(profile, new_ops, shape)
             timing = time_tflite(to_tflite(new_ops, new_params, shape), threads)
             measured.append(timing.median_ms)
+            names.append(" ".join(f"{c.technique}:{c.ratio:g}" for c in plan.layers))
             predicted.append(cost.latency_ms)
             sources.update(cost.sources)
             bar.advance(task)
     m, p = np.asarray(measured), np.asarray(predicted)
     ape = np.abs(p - m) / m
+    worst = np.argsort(-ape)[:3]
     return {
         "experiment": config.name,
         "table": profile.describe(),
+        "worst plans": "".join(
+            f"\n  {100 * (p[i] - m[i]) / m[i]:+.1f}% measured {m[i]:.4f} ms: {names[i]}"
+            for i in worst
+        ),
         "lookup sources": format_shares(dict(sources)),
         "plans": len(m),
         "measured ms (median of plans)": float(np.median(m)),
         "within 10%": f"{100 * np.mean(ape <= 0.10):.0f}% of plans",
         "worst error": f"{100 * ape.max():.1f}%",
+        "mean signed error": f"{100 * np.mean((p - m) / m):+.1f}% (+: the table predicts slower)",
         "MAPE": float(100 * ape.mean()),
         "spearman": float(spearmanr(m, p).statistic),
     }

@@ -100,7 +100,7 @@ def run_profile(opts: dict[str, str], overrides: list[str], console=None) -> Pat
     config = compose_config(overrides)
     device = opts["device"]
     threads = int(opts.get("threads", 1))
-    rounds = int(opts.get("rounds", 15))
+    rounds = int(opts.get("rounds", 21))
     name = host_id() if device == "host" else f"android-{opts['serial']}"
     out = Path(opts.get("out") or user_tables_dir() / f"{name}.json").expanduser()
 

@@ -91,9 +91,9 @@ def micro_model(op: Op, in_shape: Shape, seed: int = 0) -> bytes:
 # ------------------------------------------------------------------ host timing
 def time_calls(
     call: Callable[[], object],
-    rounds: int = 15,
-    min_round_ms: float = 2.0,
-    warmup_ms: float = 20.0,
+    rounds: int = 21,
+    min_round_ms: float = 3.0,
+    warmup_ms: float = 50.0,
 ) -> Timing:
     """Median over ``rounds`` of the mean time of one ``call``, each round long enough
     (``min_round_ms``) that the timer's resolution does not matter."""
