@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from flax import serialization
 
 from autocomp.plan import Plan
@@ -43,6 +44,12 @@ def test_default_experiment_cli_end_to_end(tmp_path, cache_dir):
             assert isinstance(metrics[side][key], int | float), (side, key)
     assert metrics["compressed"]["latency_ms"] <= metrics["search"]["budgets"]["latency_ms"]
     assert metrics["materialize_check"]["prediction_agreement"] == 1.0
+    # The run says which cost table priced it (device=auto: this machine's measured table if
+    # there is one, else the analytic fallback) and where its answers came from.
+    table = metrics["device_table"]
+    assert "device table: " + table["name"] in proc.stderr + proc.stdout
+    assert table["platform"] in ("host", "analytic") and table["kind"] in ("measured", "analytic")
+    assert sum(table["search_space_sources"].values()) == pytest.approx(1.0)
     plan = Plan.load(run_dir / "plan.json")
     assert [c.name for c in plan.layers] == ["conv1", "conv2", "fc1", "fc2"]
     assert all(c.latency_ms is not None and c.shape for c in plan.layers)
