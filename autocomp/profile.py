@@ -19,6 +19,7 @@ Defaults: ``out`` is ``~/.cache/autocomp/devices/<host id>.json`` (what ``device
 from __future__ import annotations
 
 import datetime
+import json
 import sys
 import time
 from pathlib import Path
@@ -66,6 +67,7 @@ def _analytic_section(platform: str) -> tuple[dict, list[str]]:
 
 
 def run_profile(opts: dict[str, str], overrides: list[str], console=None) -> Path:
+    import jax
     from rich.console import Console
     from rich.progress import MofNCompleteColumn, Progress, TimeRemainingColumn
 
@@ -124,8 +126,6 @@ def run_profile(opts: dict[str, str], overrides: list[str], console=None) -> Pat
                 "out=<another file>"
             )
         rows.update(existing.rows)
-        import json
-
         validation = json.loads(out.read_text()).get("validation", [])
     resumed = load_partial(out)
     rows.update(resumed)
@@ -262,7 +262,7 @@ def run_profile(opts: dict[str, str], overrides: list[str], console=None) -> Pat
     atomic_write_json(out, table)
     profile = load_profile(str(out))
     base = price_ops(profile, ops, input_shape)
-    whole = measure(to_tflite(ops, init_params(ops, input_shape, _key()), input_shape))
+    whole = measure(to_tflite(ops, init_params(ops, input_shape, jax.random.key(0)), input_shape))
     record = {
         "model": config.model.name,
         "measured_ms": whole.median_ms,
@@ -283,24 +283,13 @@ def run_profile(opts: dict[str, str], overrides: list[str], console=None) -> Pat
     return out
 
 
-def _key():
-    import jax
-
-    return jax.random.key(0)
-
-
 def _cpu_description() -> str:
+    import os
     import platform
 
     from autocomp.export import _cpu_model
 
-    return f"{_cpu_model()} ({platform.machine()}), {_cpu_count()} logical CPUs"
-
-
-def _cpu_count() -> int:
-    import os
-
-    return os.cpu_count() or 1
+    return f"{_cpu_model()} ({platform.machine()}), {os.cpu_count() or 1} logical CPUs"
 
 
 def main(argv: list[str] | None = None) -> int:
