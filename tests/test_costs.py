@@ -303,3 +303,13 @@ def test_android_profile_runs_end_to_end_through_adb(tmp_path):
     # Every op times like the recorded log, and so does the trivial model: no time is left.
     assert len(table.rows) == 2 and all(r["latency_ms"] == 0.0 for r in table.rows.values())
     assert table.invoke_overhead_ms == pytest.approx(33.2094)
+
+
+@pytest.mark.slow
+def test_bench_costs_times_random_plans_against_the_table(capsys):
+    from autocomp.bench import main
+
+    main(["costs", "plans=3", "device=analytic_cortex_a76", "env.techniques=[keep,filter,svd]"])
+    out = capsys.readouterr().out
+    assert "lookup sources: table 0.0%, interpolated 0.0%, roofline 0.0%, analytic 100.0%" in out
+    assert out.strip().splitlines()[-1].startswith("MAPE=") and "plans=3" in out
