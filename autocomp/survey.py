@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import logging
 import math
 import time
@@ -129,8 +130,25 @@ def run_survey(config: RootConfig) -> list[SurveyRow]:
     def teacher(x):
         return predict(p.ops, p.base_params, x)
 
-    rows = [_row(p, "original", 0.0, None, p.ops, p.base_params, 0.0, s.measure)]
-    _log_row(rows[-1])
+    # Rows are kept as they are made, so a killed survey continues where it stopped (rows made
+    # with other settings are not reused).
+    partial = partial_path(config)
+    settings = _settings(config)
+    done = _load_partial(partial, settings)
+
+    def row(name, ratio, make) -> SurveyRow:
+        key = f"{name}|{ratio:g}"
+        if key not in done:
+            done[key] = make()
+            partial.parent.mkdir(parents=True, exist_ok=True)
+            with partial.open("a") as f:
+                f.write(json.dumps({"key": key, "settings": settings, "row": asdict(done[key])}))
+                f.write("\n")
+        _log_row(done[key])
+        return done[key]
+
+    rows = [row("original", 0.0, lambda: _row(p, "original", 0.0, None, p.ops, p.base_params,
+                                              0.0, s.measure))]  # fmt: skip
     by_name = {t.name: t for t in p.techniques}
     for name in techniques:
         ratios = [0.0] if by_name[name].ratio_free else list(s.ratios)
@@ -139,13 +157,50 @@ def run_survey(config: RootConfig) -> list[SurveyRow]:
             if plan is None:
                 log.info("survey: %s fits no layer of %s", name, config.model.name)
                 break
-            ops, params, masks = materialize(p.ops, p.layers, p.base_params, p.aux,
-                                             p.techniques, plan)  # fmt: skip
-            start = time.perf_counter()
-            params = finetune(ops, params, masks, data, ft, teacher, config.seed)
-            seconds = time.perf_counter() - start
-            rows.append(_row(p, name, ratio, plan, ops, params, seconds, s.measure))
-            _log_row(rows[-1])
+
+            def make(name=name, ratio=ratio, plan=plan) -> SurveyRow:
+                ops, params, masks = materialize(p.ops, p.layers, p.base_params, p.aux,
+                                                 p.techniques, plan)  # fmt: skip
+                start = time.perf_counter()
+                params = finetune(ops, params, masks, data, ft, teacher, config.seed)
+                seconds = time.perf_counter() - start
+                return _row(p, name, ratio, plan, ops, params, seconds, s.measure)
+
+            rows.append(row(name, ratio, make))
+    return rows
+
+
+def partial_path(config: RootConfig) -> Path:
+    """Where a survey keeps its rows until its table is written."""
+    return Path(config.survey.out_dir) / f"{config.name}.partial.jsonl"
+
+
+def _settings(config: RootConfig) -> dict:
+    s = config.survey
+    return {
+        "model": config.model.name,
+        "device": config.device.profile,
+        "env_ratios": list(config.env.ratios),
+        "distill": asdict(config.env.distill),
+        "finetune_epochs": s.finetune_epochs,
+        "finetune_examples": s.finetune_examples,
+        "measure": s.measure,
+        "seed": config.seed,
+    }
+
+
+def _load_partial(path: Path, settings: dict) -> dict[str, SurveyRow]:
+    rows: dict[str, SurveyRow] = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                entry = json.loads(line)
+                if entry["settings"] == settings:
+                    rows[entry["key"]] = SurveyRow(**entry["row"])
+            except (json.JSONDecodeError, KeyError, TypeError):
+                continue  # a torn last line, or a row of another version
+    if rows:
+        log.info("survey: %d rows resumed from %s", len(rows), path)
     return rows
 
 
@@ -273,4 +328,5 @@ def write_survey(rows: list[SurveyRow], config: RootConfig, command: str) -> dic
         f"{to_markdown(rows)}\n![survey plot]({paths['png'].name})\n"
     )
     atomic_write_text(paths["md"], doc)
+    partial_path(config).unlink(missing_ok=True)
     return paths

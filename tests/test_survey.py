@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import csv
+import json
 
 import pytest
 
 from autocomp.config import ConfigError, SurveyConfig
-from autocomp.survey import run_survey, write_survey
+from autocomp.survey import partial_path, run_survey, write_survey
 
 
 def test_survey_writes_table_csv_and_plot(tiny_config, tmp_path):
@@ -25,7 +26,16 @@ def test_survey_writes_table_csv_and_plot(tiny_config, tmp_path):
     assert dwsep.family == "C3" and dwsep.layers == "conv1,conv2"
     assert all(r.measured_ms is not None and r.measured_ms > 0 for r in rows)
     assert all(0.0 <= r.test_accuracy <= 1.0 for r in rows)
+    # A killed survey resumes: rows already made (with the same settings) are not made again.
+    partial = partial_path(config)
+    lines = [json.loads(line) for line in partial.read_text().splitlines()]
+    assert [e["key"] for e in lines] == ["original|0", "filter|0.5", "gap|0", "dwsep|0.5"]
+    lines[1]["row"]["test_accuracy"] = 0.123  # a marker: kept only if the row is reused
+    partial.write_text("".join(json.dumps(e) + "\n" for e in lines) + '{"key": "torn')
+    again = run_survey(config)
+    assert again[1].test_accuracy == 0.123 and again[2:] == rows[2:]
     paths = write_survey(rows, config, "python -m autocomp.bench survey")
+    assert not partial.exists()
     with open(paths["csv"]) as f:
         table = list(csv.DictReader(f))
     assert [row["technique"] for row in table] == ["original", "filter", "gap", "dwsep"]
