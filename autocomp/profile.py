@@ -46,7 +46,10 @@ def parse_args(argv: list[str]) -> tuple[dict[str, str], list[str]]:
         key, sep, value = arg.partition("=")
         if not sep:
             raise SystemExit(f"unexpected argument {arg!r}; usage:\n{USAGE}")
-        (opts.__setitem__(key, value) if key in PROFILE_KEYS else overrides.append(arg))
+        if key in PROFILE_KEYS:
+            opts[key] = value
+        else:
+            overrides.append(arg)
     if opts.get("device") not in ("host", "android"):
         raise SystemExit(f"device=host or device=android is required; usage:\n{USAGE}")
     if opts["device"] == "android" and not opts.get("serial"):
@@ -295,11 +298,13 @@ def _cpu_description() -> str:
 def main(argv: list[str] | None = None) -> int:
     opts, overrides = parse_args(sys.argv[1:] if argv is None else argv)
     from autocomp.config import ConfigError
+    from autocomp.costs import CostTableError
     from autocomp.profiling import ProfileError
+    from autocomp.techniques import TechniqueError
 
     try:
         run_profile(opts, overrides)
-    except (ConfigError, ProfileError) as err:
+    except (ConfigError, CostTableError, ProfileError, TechniqueError) as err:
         print(f"{type(err).__name__}: {err}", file=sys.stderr)  # noqa: T201 (CLI output)
         return 2
     return 0
