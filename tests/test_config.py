@@ -16,7 +16,12 @@ from autocomp.costs import CostTableError, load_profile
 from autocomp.train import register, to_config
 
 ROOT = Path(__file__).resolve().parents[1]
-EXPERIMENTS = sorted(p.stem for p in (ROOT / "experiments" / "experiment").glob("*.yaml"))
+# The big models' smoke runs (2-3 min each on 2 CPU cores) run with `make test-slow`.
+BIG = {"cifar", "imagenet"}
+EXPERIMENTS = [
+    pytest.param(p.stem, marks=pytest.mark.slow) if p.stem in BIG else p.stem
+    for p in sorted((ROOT / "experiments" / "experiment").glob("*.yaml"))
+]
 LAUNCH = sorted((ROOT / "launch").glob("*.yaml"))
 TINY = [
     "agent.episodes=32",
