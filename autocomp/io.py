@@ -35,6 +35,31 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, allow_nan=False) + "\n")
 
 
+def append_jsonl(path: str | os.PathLike, record: dict) -> None:
+    """Append one JSON line and flush it: rows of a long job that a re-run can pick up."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as f:
+        f.write(json.dumps(record) + "\n")
+        f.flush()
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    """The records of a file written by :func:`append_jsonl`, in order; a torn last line (the
+    job was killed mid-write) is dropped. Empty if there is no file."""
+    records = []
+    path = Path(path)
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(record, dict) and "key" in record:
+                records.append(record)
+    return records
+
+
 def git_sha(cwd: str | os.PathLike | None = None) -> str:
     """The current commit (with ``-dirty`` if the tree has changes), or ``unknown``."""
     here = cwd or Path(__file__).resolve().parent

@@ -17,7 +17,6 @@ row; the lookup adds it back once per model (``invoke_overhead_ms`` in the table
 from __future__ import annotations
 
 import csv
-import json
 import re
 import shlex
 import statistics
@@ -30,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from autocomp.costs import FREE_OPS, op_key
+from autocomp.io import append_jsonl, read_jsonl
 from autocomp.models import PARAMETRIC, WEIGHTED, Op, Shape, param_shapes, walk_shapes
 
 
@@ -359,22 +359,8 @@ def partial_path(out: Path) -> Path:
 
 def load_partial(out: Path) -> dict[str, dict]:
     """Rows already measured by an interrupted profile (a torn last line is dropped)."""
-    rows: dict[str, dict] = {}
-    path = partial_path(out)
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(row, dict) and "key" in row:
-                rows[row["key"]] = row
-    return rows
+    return {row["key"]: row for row in read_jsonl(partial_path(out))}
 
 
 def append_partial(out: Path, row: dict) -> None:
-    path = partial_path(out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as f:
-        f.write(json.dumps(row) + "\n")
-        f.flush()
+    append_jsonl(partial_path(out), row)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import logging
 import math
 import time
@@ -26,7 +25,7 @@ import numpy as np
 
 from autocomp.config import ConfigError, RootConfig
 from autocomp.costs import price_ops
-from autocomp.io import atomic_write_bytes, atomic_write_text
+from autocomp.io import append_jsonl, atomic_write_bytes, atomic_write_text, read_jsonl
 from autocomp.models import Op, walk_shapes
 from autocomp.pipeline import Prepared, prepare
 from autocomp.plan import LayerChoice, Plan, materialize
@@ -140,10 +139,7 @@ def run_survey(config: RootConfig) -> list[SurveyRow]:
         key = f"{name}|{ratio:g}"
         if key not in done:
             done[key] = make()
-            partial.parent.mkdir(parents=True, exist_ok=True)
-            with partial.open("a") as f:
-                f.write(json.dumps({"key": key, "settings": settings, "row": asdict(done[key])}))
-                f.write("\n")
+            append_jsonl(partial, {"key": key, "settings": settings, "row": asdict(done[key])})
         _log_row(done[key])
         return done[key]
 
@@ -191,14 +187,12 @@ def _settings(config: RootConfig) -> dict:
 
 def _load_partial(path: Path, settings: dict) -> dict[str, SurveyRow]:
     rows: dict[str, SurveyRow] = {}
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            try:
-                entry = json.loads(line)
-                if entry["settings"] == settings:
-                    rows[entry["key"]] = SurveyRow(**entry["row"])
-            except (json.JSONDecodeError, KeyError, TypeError):
-                continue  # a torn last line, or a row of another version
+    for entry in read_jsonl(path):
+        try:
+            if entry["settings"] == settings:
+                rows[entry["key"]] = SurveyRow(**entry["row"])
+        except (KeyError, TypeError):
+            continue  # a row of another version
     if rows:
         log.info("survey: %d rows resumed from %s", len(rows), path)
     return rows
