@@ -78,6 +78,7 @@ class DeviceProfile:
     rows: dict[str, dict]
     invoke_overhead_ms: float = 0.0
     sources: tuple[str, ...] = field(default=())
+    validation: tuple[dict, ...] = field(default=())
 
     @property
     def platform(self) -> str:
@@ -227,6 +228,12 @@ def load_profile(profile: str) -> DeviceProfile:
             "device.profile at a valid file or one of the shipped profiles (a half-written "
             "profile resumes from its .partial.jsonl: re-run python -m autocomp.profile)"
         ) from err
+    return profile_from_data(data, path)
+
+
+def profile_from_data(data: object, path: Path | str) -> DeviceProfile:
+    """A validated :class:`DeviceProfile` of a table's parsed JSON (``path``: where it is or
+    will be written, for messages)."""
     validate_table(data, path)
     return DeviceProfile(
         name=data["device"]["name"],
@@ -238,6 +245,7 @@ def load_profile(profile: str) -> DeviceProfile:
         rows={row["key"]: row for row in data.get("rows", [])},
         invoke_overhead_ms=float(data.get("invoke_overhead_ms", 0.0)),
         sources=tuple(data.get("sources", ())),
+        validation=tuple(data.get("validation", ())),
     )
 
 

@@ -19,7 +19,6 @@ Defaults: ``out`` is ``~/.cache/autocomp/devices/<host id>.json`` (what ``device
 from __future__ import annotations
 
 import datetime
-import json
 import sys
 import time
 from pathlib import Path
@@ -81,6 +80,7 @@ def run_profile(opts: dict[str, str], overrides: list[str], console=None) -> Pat
         host_id,
         load_profile,
         price_ops,
+        profile_from_data,
         user_tables_dir,
     )
     from autocomp.export import to_tflite
@@ -129,7 +129,7 @@ def run_profile(opts: dict[str, str], overrides: list[str], console=None) -> Pat
                 "out=<another file>"
             )
         rows.update(existing.rows)
-        validation = json.loads(out.read_text()).get("validation", [])
+        validation = list(existing.validation)
     resumed = load_partial(out)
     rows.update(resumed)
     todo = [k for k in configs if k not in rows]
@@ -262,9 +262,7 @@ def run_profile(opts: dict[str, str], overrides: list[str], console=None) -> Pat
         "validation": validation,
         "rows": sorted(rows.values(), key=lambda r: r["key"]),
     }
-    atomic_write_json(out, table)
-    profile = load_profile(str(out))
-    base = price_ops(profile, ops, input_shape)
+    base = price_ops(profile_from_data(table, out), ops, input_shape)
     whole = measure(to_tflite(ops, init_params(ops, input_shape, jax.random.key(0)), input_shape))
     record = {
         "model": config.model.name,
