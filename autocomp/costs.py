@@ -458,19 +458,19 @@ def price_op(profile: DeviceProfile, op: Op, in_shape: Shape) -> OpCost:
         energy = row.get("energy_mj")
         energy_mj = float(energy) if energy is not None else energy_mj
         return OpCost(float(row["latency_ms"]), energy_mj, macs, params, storage, "table")
+    # Bytes the float op moves: only the weights' share depends on ``bits``.
+    moved = act_bytes + (weight_read if op.bits >= 32 else op_counts(float_op, in_shape)[3])
     latency = _interpolate(profile, float_op, in_shape)
     source = "interpolated"
     if latency is None and profile.rows:
         fit = profile._roofline.get(op.kind, profile._roofline.get("*"))
         if fit is not None:
-            f_macs, _, _, f_read, f_act = op_counts(float_op, in_shape)
-            latency, source = float(fit @ np.array([1.0, f_macs, f_read + f_act])), "roofline"
+            latency, source = float(fit @ np.array([1.0, macs, moved])), "roofline"
     if latency is None:
         kind = "conv" if op.kind == "expand" else op.kind  # two convs and a concatenation
         efficiency = a["efficiency"].get(kind, a["efficiency"].get("pool", 1.0))
         compute_s = macs / (a["peak_gmacs"] * 1e9 * efficiency)
-        _, _, _, f_read, f_act = op_counts(float_op, in_shape)
-        memory_s = (f_read + f_act) / (a["bandwidth_gbs"] * 1e9)
+        memory_s = moved / (a["bandwidth_gbs"] * 1e9)
         latency = (a["op_overhead_us"] * 1e-6 + max(compute_s, memory_s)) * 1e3
         source = "analytic"
     return OpCost(latency, energy_mj, macs, params, storage, source)
