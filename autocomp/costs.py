@@ -143,18 +143,34 @@ class OpCost:
     source: str
 
 
+def cpu_info() -> dict[str, str]:
+    """The first CPU's fields of /proc/cpuinfo (``model name``, ``cpu family``, ...); empty
+    where that file is absent or unreadable."""
+    info: dict[str, str] = {}
+    try:
+        text = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return info
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        info.setdefault(key.strip(), value.strip())
+    return info
+
+
+def cpu_model() -> str:
+    """This machine's CPU model name (``platform.processor()`` where /proc/cpuinfo lacks it)."""
+    import platform
+
+    return cpu_info().get("model name") or platform.processor() or "unknown"
+
+
 def host_id() -> str:
     """This machine's CPU as a table name, e.g. ``host-amd-epyc-f25m1`` (vendor model name,
     family and model from /proc/cpuinfo; ``platform.machine()`` where that file is absent)."""
     import platform
     import re
 
-    info: dict[str, str] = {}
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text(errors="replace").splitlines():
-            key, _, value = line.partition(":")
-            info.setdefault(key.strip(), value.strip())
+    info = cpu_info()
     name = info.get("model name") or info.get("Hardware") or platform.processor()
     name = name or platform.machine() or "unknown"
     slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")

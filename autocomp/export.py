@@ -33,6 +33,7 @@ import numpy as np
 from flax import serialization
 
 from autocomp.config import DataConfig
+from autocomp.costs import cpu_model
 from autocomp.data import DataError, load_dataset
 from autocomp.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from autocomp.models import Op, SequentialNet, bake_quantized
@@ -185,7 +186,7 @@ def verify(
         "examples": int(len(x_test)),
         "jax_test_accuracy": float(np.mean(reference.argmax(-1) == y_test)),
         "num_threads": num_threads,
-        "host": {"machine": platform.machine(), "processor": _cpu_model()},
+        "host": {"machine": platform.machine(), "processor": cpu_model()},
     }
     for kind, content in files.items():
         if progress is not None:
@@ -213,16 +214,6 @@ def verify(
     report["checks"] = checks
     report["passed"] = all(checks.values())
     return report
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def model_card(run_dir: Path, plan: Plan, metrics: dict, report: dict, record: dict) -> str:

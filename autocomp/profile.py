@@ -288,9 +288,9 @@ def _cpu_description() -> str:
     import os
     import platform
 
-    from autocomp.export import _cpu_model
+    from autocomp.costs import cpu_model
 
-    return f"{_cpu_model()} ({platform.machine()}), {os.cpu_count() or 1} logical CPUs"
+    return f"{cpu_model()} ({platform.machine()}), {os.cpu_count() or 1} logical CPUs"
 
 
 def main(argv: list[str] | None = None) -> int:
