@@ -30,7 +30,7 @@ import numpy as np
 
 from autocomp.costs import FREE_OPS, op_key
 from autocomp.io import append_jsonl, read_jsonl
-from autocomp.models import PARAMETRIC, WEIGHTED, Op, Shape, param_shapes, walk_shapes
+from autocomp.models import PARAMETRIC, Op, Shape, param_shapes, walk_shapes
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,7 @@ def search_configs(
     """Every op configuration a plan of this search space deploys, by table key: each
     technique at each ratio bin on each layer it fits, at every input width the previous
     layer can leave, with the layer's trailing ops, plus the ops before the first layer."""
-    from autocomp.search_space import cells
+    from autocomp.search_space import cells, fixed_ops
 
     configs: dict[str, tuple[Op, Shape]] = {}
 
@@ -63,8 +63,7 @@ def search_configs(
                 op = replace(op, bits=32)  # k-bit layers run as float ops (costs.price_op)
                 configs.setdefault(op_key(op, op_shape), (op, tuple(op_shape)))
 
-    first = next(i for i, op in enumerate(base_ops) if op.kind in WEIGHTED)
-    add(base_ops[:first], input_shape)
+    add(fixed_ops(base_ops), input_shape)
     for *_, ops, shape in cells(layers, techniques, ratios):
         add(ops, shape)
     return configs

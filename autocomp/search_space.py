@@ -62,6 +62,12 @@ def layer_ops(layer: LayerInfo, ops: Sequence[Op], in_channels: int) -> tuple[tu
     return (*ops, *layer.trailing), in_shape
 
 
+def fixed_ops(base_ops: Sequence[Op]) -> tuple[Op, ...]:
+    """The ops before the first compressible layer: deployed as they are by every plan."""
+    first = next(i for i, op in enumerate(base_ops) if op.kind in WEIGHTED)
+    return tuple(base_ops[:first])
+
+
 def cells(layers: Sequence[LayerInfo], techniques: Sequence[Technique], ratios: Sequence[float]):
     """Every (layer, technique, ratio bin, input bin) of the space with its deployed ops and
     their input shape; the first layer sees the full input only."""
@@ -106,8 +112,7 @@ def build_search_space(
         total = price_ops(profile, ops, shape, strict=False)
         costs[l, t, r, r_in] = [getattr(total, c) for c in CHANNELS]
         sources.update(total.sources)
-    first = next(i for i, op in enumerate(base_ops) if op.kind in WEIGHTED)
-    fixed_total = price_ops(profile, base_ops[:first], input_shape, strict=False)
+    fixed_total = price_ops(profile, fixed_ops(base_ops), input_shape, strict=False)
     fixed = np.array([getattr(fixed_total, c) for c in CHANNELS], np.float64)
     fixed[CHANNELS.index("latency_ms")] += profile.invoke_overhead_ms  # once per model
     keep = [t.name for t in techniques].index("keep")
