@@ -11,10 +11,15 @@ table, every technique alone (see :mod:`autocomp.survey`).
 well the device table predicts real latency: random plans of the search space are materialized,
 converted to TFLite and timed whole in the LiteRT interpreter on this host, against the table's
 prediction. Ends with ``MAPE=<percent> spearman=<rho> plans=<n>``.
+
+``python -m autocomp.bench convs [batch=64]``: forward+backward time of depthwise and grouped
+convs (VGG-sized CIFAR-10 shapes) as XLA:CPU trains them (:func:`autocomp.models.conv_nhwc`)
+against the one grouped ``lax`` conv the export lowers them to.
 """
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from collections import Counter
@@ -226,14 +231,55 @@ def bench_costs(argv: list[str]) -> dict:
     }
 
 
+CONV_CASES = (  # (name, (H, W, C), kernel, stride, groups): depthwise and grouped, CIFAR-sized
+    ("depthwise 32x32x64 3x3", (32, 32, 64), 3, 1, 64),
+    ("depthwise 16x16x128 3x3 s2", (16, 16, 128), 3, 2, 128),
+    ("depthwise 8x8x256 3x3", (8, 8, 256), 3, 1, 256),
+    ("grouped 32x32x64 3x3 g2", (32, 32, 64), 3, 1, 2),
+    ("grouped 16x16x128 3x3 g4", (16, 16, 128), 3, 1, 4),
+)
+
+
+def bench_convs(argv: list[str]) -> list[dict]:
+    """Milliseconds per jitted forward+backward pass (input and kernel gradients) of each case,
+    both lowerings (best of 3)."""
+    from autocomp.models import conv_nhwc, export_lowering
+
+    args = dict(a.split("=", 1) for a in argv)
+    batch = int(args.get("batch", 64))
+    rng = np.random.default_rng(0)
+    rows = []
+    for name, shape, k, stride, groups in CONV_CASES:
+        x = jnp.asarray(rng.standard_normal((batch, *shape)), jnp.float32)
+        w = jnp.asarray(rng.standard_normal((k, k, shape[-1] // groups, shape[-1])), jnp.float32)
+        times = {}
+        for label, lowering in (("lax_ms", export_lowering), ("fast_ms", contextlib.nullcontext)):
+
+            def loss(x, w, s=stride, g=groups):
+                return (conv_nhwc(x, w, (s, s), g) ** 2).sum()
+
+            with lowering():  # a new function per lowering: jax caches traces by function
+                step = jax.jit(jax.grad(loss, argnums=(0, 1)))
+                jax.block_until_ready(step(x, w))
+            best = float("inf")
+            for _ in range(3):
+                start = time.perf_counter()
+                jax.block_until_ready(step(x, w))
+                best = min(best, time.perf_counter() - start)
+            times[label] = best * 1e3
+        rows.append({"case": name, **times, "speedup": times["lax_ms"] / times["fast_ms"]})
+    return rows
+
+
 def main(argv: list[str]) -> None:
-    if not argv or argv[0] not in ("search", "survey", "costs"):
+    if not argv or argv[0] not in ("search", "survey", "costs", "convs"):
         print(
             "usage: python -m autocomp.bench search [hydra overrides...]\n"
             "       python -m autocomp.bench survey [experiment=<name>] [survey.ratios=[...]] "
             "[hydra overrides...]\n"
             "       python -m autocomp.bench costs [experiment=<name>] [plans=50] [threads=1] "
-            "[device=host] [hydra overrides...]"
+            "[device=host] [hydra overrides...]\n"
+            "       python -m autocomp.bench convs [batch=64]"
         )
         raise SystemExit(2)
     if argv[0] == "survey":
@@ -245,6 +291,12 @@ def main(argv: list[str]) -> None:
             print(f"{key}: {value:.3f}" if isinstance(value, float) else f"{key}: {value}")
         mape, rho, n = result["MAPE"], result["spearman"], result["plans"]
         print(f"MAPE={mape:.1f}% spearman={rho:.3f} plans={n}")
+        return
+    if argv[0] == "convs":
+        print(f"{'case':<28} {'lax conv ms':>12} {'autocomp ms':>12} {'speedup':>8}")
+        for row in bench_convs(argv[1:]):
+            print(f"{row['case']:<28} {row['lax_ms']:>12.1f} {row['fast_ms']:>12.1f} "
+                  f"{row['speedup']:>7.1f}x")  # fmt: skip
         return
     result = bench_search(argv[1:])
     width = max(map(len, result))

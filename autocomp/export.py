@@ -36,7 +36,7 @@ from autocomp.config import DataConfig
 from autocomp.costs import cpu_model
 from autocomp.data import DataError, load_dataset
 from autocomp.io import atomic_write_bytes, atomic_write_json, atomic_write_text
-from autocomp.models import Op, SequentialNet, bake_quantized
+from autocomp.models import Op, SequentialNet, bake_quantized, export_lowering
 from autocomp.pipeline import run_paths
 from autocomp.plan import Plan, PlanError
 from autocomp.training import predict
@@ -95,7 +95,9 @@ def to_tflite(
         input_signature=[tf.TensorSpec((1, *input_shape), tf.float32)],
         autograph=False,
     )
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([fn.get_concrete_function()], fn)
+    with export_lowering():  # grouped/depthwise convs as TFLite's own ops
+        concrete = fn.get_concrete_function()
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], fn)
     if calibration is not None:
 
         def representative() -> Iterator[list[np.ndarray]]:

@@ -14,8 +14,10 @@ compression and export see plain conv/dense layers with biases.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 
 import flax.linen as nn
@@ -112,42 +114,103 @@ def bake_quantized(ops: Sequence[Op], params: dict) -> tuple[tuple[Op, ...], dic
     return tuple(replace(op, bits=32) for op in ops), out
 
 
-def _conv(op: Op, x: Array) -> Array:
-    return _weights(nn.Conv, op)(
-        op.features,
-        op.kernel_hw,
-        strides=op.strides,
+_EXPORT_LOWERING = contextvars.ContextVar("autocomp_export_lowering", default=False)
+
+
+@contextlib.contextmanager
+def export_lowering() -> Iterator[None]:
+    """Within this block, grouped and depthwise convs trace as one grouped ``lax`` conv, which
+    the TFLite converter turns into CONV_2D / DEPTHWISE_CONV_2D. Outside it (training, search,
+    distillation) they trace to forms that XLA:CPU runs fast (:func:`conv_nhwc`)."""
+    token = _EXPORT_LOWERING.set(True)
+    try:
+        yield
+    finally:
+        _EXPORT_LOWERING.reset(token)
+
+
+def _lax_conv(x: Array, kernel: Array, strides: Sequence[int], groups: int = 1) -> Array:
+    return jax.lax.conv_general_dilated(
+        x,
+        kernel,
+        window_strides=tuple(strides),
         padding="SAME",
-        feature_group_count=op.groups,
-        use_bias=op.use_bias,
-        name=op.name,
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        feature_group_count=groups,
+    )
+
+
+def _depthwise_shift_add(x: Array, kernel: Array, strides: Sequence[int]) -> Array:
+    """SAME depthwise conv (HW1O kernel, depth multiplier O / C) as a sum of kh x kw strided,
+    shifted slices times the per-channel taps: the same values as the grouped conv."""
+    kh, kw, _, features = kernel.shape
+    n, h, w, c = x.shape
+    if features != c:
+        x = jnp.repeat(x, features // c, axis=-1)  # output c*m+j reads input channel c
+    sh, sw = strides
+    oh, ow = -(-h // sh), -(-w // sw)
+    ph, pw = max((oh - 1) * sh + kh - h, 0), max((ow - 1) * sw + kw - w, 0)
+    xp = jnp.pad(x, ((0, 0), (ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2), (0, 0)))
+    y = None
+    for i in range(kh):
+        for j in range(kw):
+            end = (n, i + (oh - 1) * sh + 1, j + (ow - 1) * sw + 1, features)
+            tap = jax.lax.slice(xp, (0, i, j, 0), end, (1, sh, sw, 1)) * kernel[i, j, 0]
+            y = tap if y is None else y + tap
+    return y
+
+
+def conv_nhwc(x: Array, kernel: Array, strides: Sequence[int] = (1, 1), groups: int = 1) -> Array:
+    """A SAME-padded NHWC conv with an HWIO kernel, as :class:`flax.linen.Conv` computes it.
+
+    XLA:CPU runs a grouped conv (``feature_group_count`` > 1) about as slowly as the dense one,
+    and a depthwise conv 20-30x slower than the same sum of shifted slices
+    (``python -m autocomp.bench convs``). So, except under :func:`export_lowering`, a depthwise
+    conv is computed as shift-and-add and a grouped conv as one conv per group, concatenated.
+    """
+    if groups == 1 or _EXPORT_LOWERING.get():
+        return _lax_conv(x, kernel, strides, groups)
+    if kernel.shape[2] == 1 and groups == x.shape[-1]:
+        return _depthwise_shift_add(x, kernel, strides)
+    xs = jnp.split(x, groups, axis=-1)
+    ks = jnp.split(kernel, groups, axis=-1)
+    return jnp.concatenate([_lax_conv(a, k, strides) for a, k in zip(xs, ks, strict=True)], axis=-1)
+
+
+class Conv(nn.Module):
+    """:class:`flax.linen.Conv` (SAME padding; the same params and initializers) computed by
+    :func:`conv_nhwc`, so grouped and depthwise convs take its fast forms."""
+
+    features: int
+    kernel_size: tuple[int, int]
+    strides: tuple[int, int] = (1, 1)
+    groups: int = 1
+    use_bias: bool = True
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        c = x.shape[-1]
+        shape = (*self.kernel_size, c // self.groups, self.features)
+        kernel = self.param("kernel", nn.initializers.lecun_normal(), shape)
+        y = conv_nhwc(x, kernel, self.strides, self.groups)
+        if self.use_bias:
+            y = y + self.param("bias", nn.initializers.zeros_init(), (self.features,))
+        return y
+
+
+def _conv(op: Op, x: Array) -> Array:
+    return _weights(Conv, op)(
+        op.features, op.kernel_hw, op.strides, op.groups, op.use_bias, name=op.name
     )(x)
 
 
 def _dwconv(op: Op, x: Array) -> Array:
     """Depthwise conv; ``features`` > 0 is channels x depth multiplier (output channel
     ``c * m + j`` is filter ``j`` of input channel ``c``, as in TFLite's DEPTHWISE_CONV_2D)."""
-    return _weights(nn.Conv, op)(
-        op.features or x.shape[-1],
-        op.kernel_hw,
-        strides=op.strides,
-        padding="SAME",
-        feature_group_count=x.shape[-1],
-        use_bias=op.use_bias,
-        name=op.name,
+    c = x.shape[-1]
+    return _weights(Conv, op)(
+        op.features or c, op.kernel_hw, op.strides, c, op.use_bias, name=op.name
     )(x)
-
-
-def conv_nhwc(x: Array, kernel: Array, strides=(1, 1), groups: int = 1) -> Array:
-    """A SAME-padded NHWC conv with an HWIO kernel, as :class:`flax.linen.Conv` computes it."""
-    return jax.lax.conv_general_dilated(
-        x,
-        kernel,
-        window_strides=strides,
-        padding="SAME",
-        dimension_numbers=("NHWC", "HWIO", "NHWC"),
-        feature_group_count=groups,
-    )
 
 
 class Expand(nn.Module):

@@ -187,6 +187,10 @@ def test_every_technique_converts_to_tflite_and_agrees():
         )
         names = tflite_op_names(content)
         assert "CUSTOM" not in names and "FLEX" not in " ".join(names), (tech.name, names)
+        if tech.name == "group":  # one grouped CONV_2D, not the per-group convs of training
+            assert "SPLIT" not in names and "CONCATENATION" not in names, names
+        if tech.name == "dwsep":
+            assert "DEPTHWISE_CONV_2D" in names, names
         seen.update(names)
     assert {"CONV_2D", "DEPTHWISE_CONV_2D", "CONCATENATION"} <= seen, seen
 

@@ -136,3 +136,62 @@ def test_interrupted_training_resumes_where_it_stopped(tmp_path):
 
     with pytest.raises(CheckpointError, match="corrupt"):
         fit(train_ops, v["params"], data, checkpoint=ckpt, **kwargs)
+
+
+@pytest.mark.parametrize(
+    "shape, kernel, strides, groups, features",
+    [
+        ((9, 9, 4), (3, 3), (1, 1), 4, 4),  # depthwise
+        ((9, 8, 4), (3, 3), (2, 2), 4, 8),  # depthwise, multiplier 2, odd and even sizes
+        ((8, 8, 3), (5, 1), (2, 1), 3, 3),  # k x 1 depthwise, stride only in height
+        ((8, 8, 6), (3, 3), (2, 2), 3, 9),  # grouped
+        ((7, 7, 8), (1, 3), (1, 1), 2, 4),  # grouped 1 x k
+    ],
+)
+def test_fast_grouped_and_depthwise_convs_equal_the_lax_conv(shape, kernel, strides, groups,
+                                                              features):  # fmt: skip
+    """conv_nhwc's XLA:CPU forms (shift-and-add depthwise, one conv per group) give the grouped
+    lax conv's values and gradients; under export_lowering it is the grouped lax conv itself."""
+    from jax import lax
+
+    from autocomp.models import conv_nhwc, export_lowering
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, *shape)).astype(np.float32)
+    k = rng.standard_normal((*kernel, shape[-1] // groups, features)).astype(np.float32)
+
+    def reference(x, k):
+        return lax.conv_general_dilated(x, k, strides, "SAME", feature_group_count=groups,
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))  # fmt: skip
+
+    def fast(x, k):
+        return conv_nhwc(x, k, strides, groups)
+
+    np.testing.assert_allclose(fast(x, k), reference(x, k), rtol=1e-5, atol=1e-5)
+    g_fast = jax.grad(lambda x, k: (fast(x, k) ** 2).sum(), argnums=(0, 1))(x, k)
+    g_ref = jax.grad(lambda x, k: (reference(x, k) ** 2).sum(), argnums=(0, 1))(x, k)
+    for a, b in zip(g_fast, g_ref, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+    fast_ops = {e.primitive.name for e in jax.make_jaxpr(fast)(x, k).jaxpr.eqns}
+    assert "conv_general_dilated" not in fast_ops or groups != shape[-1]
+    with export_lowering():  # a new function: jax caches traces by function
+        jaxpr = jax.make_jaxpr(lambda x, k: fast(x, k))(x, k).jaxpr
+    assert [e.primitive.name for e in jaxpr.eqns] == ["conv_general_dilated"]
+    assert jaxpr.eqns[0].params["feature_group_count"] == groups
+
+
+def test_conv_module_has_flax_conv_params():
+    """models.Conv keeps nn.Conv's param names, shapes and initializers, so base-model caches and
+    checkpoints written before it load unchanged."""
+    import flax.linen as nn
+
+    from autocomp.models import Conv
+
+    x = np.zeros((1, 8, 8, 6), np.float32)
+    ours = Conv(9, (3, 3), (2, 2), groups=3).init(jax.random.key(0), x)
+    flax_ = nn.Conv(9, (3, 3), (2, 2), padding="SAME", feature_group_count=3).init(
+        jax.random.key(0), x
+    )
+    assert jax.tree.map(np.shape, ours) == jax.tree.map(np.shape, flax_)
+    for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(flax_), strict=True):
+        np.testing.assert_array_equal(a, b)
