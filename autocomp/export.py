@@ -23,9 +23,7 @@ import json
 import logging
 import os
 import platform
-import statistics
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -144,23 +142,15 @@ class TfliteModel:
             out.append(self._dequantize(self.interpreter.get_tensor(self.output["index"]))[0])
         return np.stack(out)
 
-    def latency_ms(self, example: np.ndarray, warmup: int = 20, repeats: int = 200) -> dict:
-        """Median and spread of ``invoke`` wall time on this host, in milliseconds."""
+    def latency_ms(self, example: np.ndarray, **timing) -> dict:
+        """Latency of one ``invoke`` on this host in ms, timed as the profiler times its rows
+        (:func:`~autocomp.profiling.time_calls`: a warm-up, then rounds of back-to-back calls):
+        the median and the 10th and 90th percentiles of the rounds' means."""
+        from autocomp.profiling import time_calls
+
         self.interpreter.set_tensor(self.input["index"], self._quantize(example[None]))
-        for _ in range(warmup):
-            self.interpreter.invoke()
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            self.interpreter.invoke()
-            times.append((time.perf_counter() - start) * 1e3)
-        q = np.percentile(times, [10, 90])
-        return {
-            "median": statistics.median(times),
-            "p10": float(q[0]),
-            "p90": float(q[1]),
-            "repeats": repeats,
-        }
+        t = time_calls(self.interpreter.invoke, **timing)
+        return {"median": t.median_ms, "p10": t.p10_ms, "p90": t.p90_ms, "repeats": t.repeats}
 
 
 def tflite_op_names(content: bytes) -> list[str]:

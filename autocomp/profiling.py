@@ -35,11 +35,14 @@ from autocomp.models import PARAMETRIC, Op, Shape, param_shapes, walk_shapes
 
 @dataclass(frozen=True)
 class Timing:
-    """Latency of one model: median and spread (half the interquartile range) in ms."""
+    """Latency of one model: median and spread (half the interquartile range) in ms, and the
+    10th and 90th percentiles where the samples are known."""
 
     median_ms: float
     spread_ms: float
     repeats: int
+    p10_ms: float | None = None
+    p90_ms: float | None = None
 
 
 # ------------------------------------------------------------------ what to measure
@@ -109,8 +112,9 @@ def time_calls(
         for _ in range(inner):
             call()
         samples.append((time.perf_counter() - t0) * 1e3 / inner)
-    q1, q3 = np.percentile(samples, [25, 75])
-    return Timing(statistics.median(samples), float(q3 - q1) / 2, rounds * inner)
+    p10, q1, q3, p90 = np.percentile(samples, [10, 25, 75, 90])
+    median = statistics.median(samples)
+    return Timing(median, float(q3 - q1) / 2, rounds * inner, float(p10), float(p90))
 
 
 def time_tflite(content: bytes, threads: int = 1, **kwargs) -> Timing:

@@ -80,7 +80,7 @@ def _measure(ops, params, input_shape, example, enabled: bool) -> float | None:
     from autocomp.export import TfliteModel, to_tflite
 
     model = TfliteModel(to_tflite(ops, params, tuple(input_shape)))
-    return float(model.latency_ms(example, warmup=10, repeats=100)["median"])
+    return float(model.latency_ms(example)["median"])
 
 
 def _row(p, name, ratio, plan, ops, params, seconds, measure) -> SurveyRow:
