@@ -316,8 +316,10 @@ def write_survey(rows: list[SurveyRow], config: RootConfig, command: str) -> dic
         f"{s.finetune_epochs} epoch(s) by distillation from the base model"
         f"{f' on {s.finetune_examples} training images' if s.finetune_examples else ''}. "
         "Latency and energy come from the device table; the last column is the float32 TFLite "
-        "file timed in the LiteRT interpreter on the machine that ran the survey (one thread, "
-        "median of 100). Size counts sparse weights in bitmask form.\n\n"
+        "file timed in the LiteRT interpreter on the machine that ran the survey (one thread; "
+        "the median of 21 rounds of back-to-back calls, once per row: on a shared machine the "
+        "same file's time moves between moments, so rank rows by the table's columns). Size "
+        "counts sparse weights in bitmask form.\n\n"
         f"Command: `{command}`\n\n"
         f"{to_markdown(rows)}\n![survey plot]({paths['png'].name})\n"
     )
