@@ -16,8 +16,9 @@ from autocomp.costs import CostTableError, load_profile
 from autocomp.train import register, to_config
 
 ROOT = Path(__file__).resolve().parents[1]
-# The big models' smoke runs (2-3 min each on 2 CPU cores) run with `make test-slow`.
-BIG = {"cifar", "imagenet"}
+# The bigger models' smoke runs (about 2-3 min each on 2 CPU cores) run with `make test-slow`;
+# the default test run keeps digits and MNIST.
+BIG = {"audio", "cifar", "imagenet"}
 EXPERIMENTS = [
     pytest.param(p.stem, marks=pytest.mark.slow) if p.stem in BIG else p.stem
     for p in sorted((ROOT / "experiments" / "experiment").glob("*.yaml"))
