@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from autocomp.config import ConfigError, RootConfig
-from autocomp.costs import price_ops
+from autocomp.costs import load_profile, price_ops
 from autocomp.io import append_jsonl, atomic_write_bytes, atomic_write_text, read_jsonl
 from autocomp.models import Op, walk_shapes
 from autocomp.pipeline import Prepared, prepare
@@ -307,7 +307,9 @@ def write_survey(rows: list[SurveyRow], config: RootConfig, command: str) -> dic
     paths = {"csv": stem.with_suffix(".csv"), "md": stem.with_suffix(".md"),
              "png": stem.with_suffix(".png")}  # fmt: skip
     atomic_write_text(paths["csv"], to_csv(rows))
-    title = f"{config.name}: {config.model.name} on {config.data.name}, {config.device.profile}"
+    profile = load_profile(config.device.profile)  # the table `device=auto` resolved to
+    table = f"{profile.name} ({profile.kind} table)"
+    title = f"{config.name}: {config.model.name} on {config.data.name}, {table}"
     atomic_write_bytes(paths["png"], plot(rows, title))
     s = config.survey
     doc = (

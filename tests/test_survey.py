@@ -8,6 +8,7 @@ import json
 import pytest
 
 from autocomp.config import ConfigError, SurveyConfig
+from autocomp.costs import load_profile
 from autocomp.survey import partial_path, run_survey, write_survey
 
 
@@ -41,6 +42,8 @@ def test_survey_writes_table_csv_and_plot(tiny_config, tmp_path):
     assert [row["technique"] for row in table] == ["original", "filter", "gap", "dwsep"]
     md = paths["md"].read_text()
     assert "| original |" in md and "python -m autocomp.bench survey" in md
+    profile = load_profile(config.device.profile)
+    assert f"{profile.name} ({profile.kind} table)" in md.splitlines()[0]  # the table it used
     assert paths["png"].read_bytes()[:4] == b"\x89PNG"
 
 
