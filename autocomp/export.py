@@ -142,14 +142,19 @@ class TfliteModel:
             out.append(self._dequantize(self.interpreter.get_tensor(self.output["index"]))[0])
         return np.stack(out)
 
-    def latency_ms(self, example: np.ndarray, **timing) -> dict:
-        """Latency of one ``invoke`` on this host in ms, timed as the profiler times its rows
-        (:func:`~autocomp.profiling.time_calls`: a warm-up, then rounds of back-to-back calls):
-        the median and the 10th and 90th percentiles of the rounds' means."""
+    def timing(self, example: np.ndarray, **kwargs):
+        """Latency of one ``invoke`` on ``example`` on this host, timed as the profiler times its
+        rows (:func:`~autocomp.profiling.time_calls`: a warm-up, then rounds of back-to-back
+        calls); a :class:`~autocomp.profiling.Timing`."""
         from autocomp.profiling import time_calls
 
         self.interpreter.set_tensor(self.input["index"], self._quantize(example[None]))
-        t = time_calls(self.interpreter.invoke, **timing)
+        return time_calls(self.interpreter.invoke, **kwargs)
+
+    def latency_ms(self, example: np.ndarray, **kwargs) -> dict:
+        """:meth:`timing` in ms as a record: the median and the 10th and 90th percentiles of
+        the rounds' means, and the number of calls."""
+        t = self.timing(example, **kwargs)
         return {"median": t.median_ms, "p10": t.p10_ms, "p90": t.p90_ms, "repeats": t.repeats}
 
 

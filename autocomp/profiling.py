@@ -118,19 +118,13 @@ def time_calls(
 
 
 def time_tflite(content: bytes, threads: int = 1, **kwargs) -> Timing:
-    """Latency of a TFLite model's ``invoke`` in the LiteRT interpreter on this host."""
-    from ai_edge_litert.interpreter import Interpreter
+    """Latency of a TFLite model's ``invoke`` in the LiteRT interpreter on this host, on a
+    random input (:meth:`autocomp.export.TfliteModel.timing`)."""
+    from autocomp.export import TfliteModel
 
-    interpreter = Interpreter(model_content=content, num_threads=threads)
-    interpreter.allocate_tensors()
-    detail = interpreter.get_input_details()[0]
-    rng = np.random.default_rng(0)
-    if detail["dtype"] == np.int8:
-        x = rng.integers(-128, 128, detail["shape"], dtype=np.int8)
-    else:
-        x = rng.random(detail["shape"], dtype=np.float32)
-    interpreter.set_tensor(detail["index"], x)
-    return time_calls(interpreter.invoke, **kwargs)
+    model = TfliteModel(content, threads)
+    x = np.random.default_rng(0).random(tuple(model.input["shape"][1:]), dtype=np.float32)
+    return model.timing(x, **kwargs)
 
 
 def overhead_model() -> bytes:
