@@ -31,6 +31,13 @@ class LayerInfo:
             shortcut saves or adds them, or a depthwise conv follows channel for channel), so
             techniques that remove output channels do not fit.
         pre_flatten: for a dense layer after a flatten, the (H, W, C) shape that was flattened.
+        in_group: the channel group (see :mod:`autocomp.channels`) this layer's input channels
+            belong to, whose pruning removes its input rows; -1: none.
+        out_group: the group whose root this layer is (its pruning decides the group's
+            channels); -1: none.
+        follows: the prunable group this layer's output channels belong to without being its
+            root (they are removed where the root removes them); -1: none.
+        out_reason: why output channels cannot be removed here (shown by ``inspect``).
     """
 
     index: int
@@ -43,6 +50,10 @@ class LayerInfo:
     is_classifier: bool
     coupled_out: bool = False
     pre_flatten: Shape | None = None
+    in_group: int = -1
+    out_group: int = -1
+    follows: int = -1
+    out_reason: str | None = None
 
     @property
     def kind(self) -> str:
@@ -84,6 +95,7 @@ def compressible_layers(ops: Sequence[Op], input_shape: Sequence[int]) -> tuple[
     shapes = walk_shapes(ops, input_shape)
     weighted = [i for i, op in enumerate(ops) if op.kind in WEIGHTED]
     layers = []
+    roots: set[int] = set()  # a sequential model: each prunable layer is its own group
     for n, i in enumerate(weighted):
         end = weighted[n + 1] if n + 1 < len(weighted) else len(ops)
         in_shape = shapes[i]
@@ -94,6 +106,11 @@ def compressible_layers(ops: Sequence[Op], input_shape: Sequence[int]) -> tuple[
             pre_flatten = tuple(shapes[flattens[-1]])
             in_channels = pre_flatten[-1]
             in_positions = int(np.prod(pre_flatten[:-1]))
+        coupled = any(op.kind in COUPLING for op in ops[i + 1 : end])
+        is_root = not coupled and n < len(weighted) - 1
+        feeds = n > 0 and (n - 1) in roots and in_channels == ops[weighted[n - 1]].features
+        if is_root:
+            roots.add(n)
         layers.append(
             LayerInfo(
                 index=n,
@@ -104,29 +121,71 @@ def compressible_layers(ops: Sequence[Op], input_shape: Sequence[int]) -> tuple[
                 in_channels=in_channels,
                 in_positions=in_positions,
                 is_classifier=n == len(weighted) - 1,
-                coupled_out=any(op.kind in COUPLING for op in ops[i + 1 : end]),
+                coupled_out=coupled,
                 pre_flatten=pre_flatten,
+                in_group=n - 1 if feeds else -1,
+                out_group=n if is_root else -1,
             )
         )
     return tuple(layers)
 
 
+class SequentialNetwork:
+    """A model given as autocomp's op tuple: the front end of the built-in models.
+
+    A network (this, or :class:`autocomp.linen.LinenNetwork` for a user's linen model) gives
+    the environment its compressible ``layers``, the params of each (``layer_params``) and a
+    ``forward(params, x, hook)`` in which ``hook(layer, h)`` may replace a layer's output.
+    """
+
+    def __init__(self, ops: Sequence[Op], layers: Sequence[LayerInfo]):
+        self.ops = tuple(ops)
+        self.layers = tuple(layers)
+
+    @classmethod
+    def of(cls, ops: Sequence[Op], input_shape: Sequence[int]) -> SequentialNetwork:
+        return cls(ops, compressible_layers(ops, input_shape))
+
+    @property
+    def num_groups(self) -> int:
+        return len(self.layers)
+
+    def layer_params(self, params: dict, layer: LayerInfo) -> dict:
+        return params[layer.name]
+
+    def forward(self, params: dict, x, hook=None):
+        by_name = {layer.name: layer for layer in self.layers}
+
+        def op_hook(op, h):
+            layer = by_name.get(op.name) if op.name is not None else None
+            return None if layer is None or hook is None else hook(layer, h)
+
+        return run_ops(self.ops, params, x, op_hook)
+
+
+def as_network(model, layers: Sequence[LayerInfo]):
+    """A network from an op tuple (the built-in models) or a network as it is."""
+    return model if hasattr(model, "forward") else SequentialNetwork(model, layers)
+
+
 def layer_inputs(
-    ops: Sequence[Op], layers: Sequence[LayerInfo], params: dict, x: np.ndarray, batch: int = 256
+    model, layers: Sequence[LayerInfo], params: dict, x: np.ndarray, batch: int = 256
 ) -> list[np.ndarray]:
-    """Each compressible layer's input in the trained model for images ``x`` (float32)."""
+    """Each compressible layer's input in the trained model for images ``x`` (float32);
+    ``model``: an op tuple or a network."""
+    net = as_network(model, layers)
     names = {layer.name for layer in layers}
 
     @jax.jit
     def record(xb):
         seen = {}
 
-        def hook(op, h):
-            if op.name in names:
-                seen[op.name] = h
+        def hook(layer, h):
+            if layer.name in names:
+                seen[layer.name] = h
             return None
 
-        run_ops(ops, params, xb, hook)
+        net.forward(params, xb, hook)
         return [seen[layer.name] for layer in layers]
 
     chunks = [record(x[i : i + batch]) for i in range(0, len(x), batch)]

@@ -52,6 +52,8 @@ class Op:
         groups: grouped conv (input and output channels split into ``groups`` blocks).
         bits: stored bits per weight (32: float32; fewer: k-bit weights, applied as
             :func:`fake_quant` wherever the op runs, so training it is quantization-aware).
+        padding: explicit ((top, bottom), (left, right)) zero padding of a conv; ``None``:
+            SAME (a user's layer may pad explicitly, as ResNets do).
     """
 
     kind: str
@@ -65,6 +67,7 @@ class Op:
     stride_w: int = 0
     groups: int = 1
     bits: int = 32
+    padding: tuple[tuple[int, int], tuple[int, int]] | None = None
 
     @property
     def kernel_hw(self) -> tuple[int, int]:
@@ -129,28 +132,48 @@ def export_lowering() -> Iterator[None]:
         _EXPORT_LOWERING.reset(token)
 
 
-def _lax_conv(x: Array, kernel: Array, strides: Sequence[int], groups: int = 1) -> Array:
+Padding = tuple[tuple[int, int], tuple[int, int]] | None
+
+
+def _lax_conv(
+    x: Array, kernel: Array, strides: Sequence[int], groups: int = 1, padding: Padding = None
+) -> Array:
     return jax.lax.conv_general_dilated(
         x,
         kernel,
         window_strides=tuple(strides),
-        padding="SAME",
+        padding="SAME" if padding is None else tuple(map(tuple, padding)),
         dimension_numbers=("NHWC", "HWIO", "NHWC"),
         feature_group_count=groups,
     )
 
 
-def _depthwise_shift_add(x: Array, kernel: Array, strides: Sequence[int]) -> Array:
-    """SAME depthwise conv (HW1O kernel, depth multiplier O / C) as a sum of kh x kw strided,
+def conv_padding(
+    in_hw: Sequence[int], kernel_hw: Sequence[int], strides: Sequence[int], padding: Padding
+) -> tuple[tuple[int, int], tuple[int, int]]:
+    """The explicit ((top, bottom), (left, right)) padding of a conv (SAME when ``None``)."""
+    if padding is not None:
+        return (tuple(padding[0]), tuple(padding[1]))
+    pads = []
+    for size, k, s in zip(in_hw, kernel_hw, strides, strict=True):
+        total = max((-(-size // s) - 1) * s + k - size, 0)
+        pads.append((total // 2, total - total // 2))
+    return (pads[0], pads[1])
+
+
+def _depthwise_shift_add(
+    x: Array, kernel: Array, strides: Sequence[int], padding: Padding = None
+) -> Array:
+    """Depthwise conv (HW1O kernel, depth multiplier O / C) as a sum of kh x kw strided,
     shifted slices times the per-channel taps: the same values as the grouped conv."""
     kh, kw, _, features = kernel.shape
     n, h, w, c = x.shape
     if features != c:
         x = jnp.repeat(x, features // c, axis=-1)  # output c*m+j reads input channel c
     sh, sw = strides
-    oh, ow = -(-h // sh), -(-w // sw)
-    ph, pw = max((oh - 1) * sh + kh - h, 0), max((ow - 1) * sw + kw - w, 0)
-    xp = jnp.pad(x, ((0, 0), (ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2), (0, 0)))
+    (pt, pb), (pl, pr) = conv_padding((h, w), (kh, kw), strides, padding)
+    oh, ow = (h + pt + pb - kh) // sh + 1, (w + pl + pr - kw) // sw + 1
+    xp = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
     y = None
     for i in range(kh):
         for j in range(kw):
@@ -160,8 +183,15 @@ def _depthwise_shift_add(x: Array, kernel: Array, strides: Sequence[int]) -> Arr
     return y
 
 
-def conv_nhwc(x: Array, kernel: Array, strides: Sequence[int] = (1, 1), groups: int = 1) -> Array:
-    """A SAME-padded NHWC conv with an HWIO kernel, as :class:`flax.linen.Conv` computes it.
+def conv_nhwc(
+    x: Array,
+    kernel: Array,
+    strides: Sequence[int] = (1, 1),
+    groups: int = 1,
+    padding: Padding = None,
+) -> Array:
+    """A SAME-padded (or explicitly padded) NHWC conv with an HWIO kernel, as
+    :class:`flax.linen.Conv` computes it.
 
     XLA:CPU runs a grouped conv (``feature_group_count`` > 1) about as slowly as the dense one,
     and a depthwise conv 6-23x slower than the same sum of shifted slices (forward and
@@ -170,12 +200,13 @@ def conv_nhwc(x: Array, kernel: Array, strides: Sequence[int] = (1, 1), groups: 
     concatenated.
     """
     if groups == 1 or _EXPORT_LOWERING.get():
-        return _lax_conv(x, kernel, strides, groups)
+        return _lax_conv(x, kernel, strides, groups, padding)
     if kernel.shape[2] == 1 and groups == x.shape[-1]:
-        return _depthwise_shift_add(x, kernel, strides)
+        return _depthwise_shift_add(x, kernel, strides, padding)
     xs = jnp.split(x, groups, axis=-1)
     ks = jnp.split(kernel, groups, axis=-1)
-    return jnp.concatenate([_lax_conv(a, k, strides) for a, k in zip(xs, ks, strict=True)], axis=-1)
+    convs = [_lax_conv(a, k, strides, 1, padding) for a, k in zip(xs, ks, strict=True)]
+    return jnp.concatenate(convs, axis=-1)
 
 
 class Conv(nn.Module):
@@ -187,13 +218,14 @@ class Conv(nn.Module):
     strides: tuple[int, int] = (1, 1)
     groups: int = 1
     use_bias: bool = True
+    padding: Padding = None
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
         c = x.shape[-1]
         shape = (*self.kernel_size, c // self.groups, self.features)
         kernel = self.param("kernel", nn.initializers.lecun_normal(), shape)
-        y = conv_nhwc(x, kernel, self.strides, self.groups)
+        y = conv_nhwc(x, kernel, self.strides, self.groups, self.padding)
         if self.use_bias:
             y = y + self.param("bias", nn.initializers.zeros_init(), (self.features,))
         return y
@@ -201,7 +233,7 @@ class Conv(nn.Module):
 
 def _conv(op: Op, x: Array) -> Array:
     return _weights(Conv, op)(
-        op.features, op.kernel_hw, op.strides, op.groups, op.use_bias, name=op.name
+        op.features, op.kernel_hw, op.strides, op.groups, op.use_bias, op.padding, name=op.name
     )(x)
 
 
@@ -210,7 +242,7 @@ def _dwconv(op: Op, x: Array) -> Array:
     ``c * m + j`` is filter ``j`` of input channel ``c``, as in TFLite's DEPTHWISE_CONV_2D)."""
     c = x.shape[-1]
     return _weights(Conv, op)(
-        op.features or c, op.kernel_hw, op.strides, c, op.use_bias, name=op.name
+        op.features or c, op.kernel_hw, op.strides, c, op.use_bias, op.padding, name=op.name
     )(x)
 
 
@@ -367,6 +399,10 @@ def out_shape(op: Op, shape: Shape) -> Shape:
         h, w, c = shape
         sh, sw = op.strides
         features = op.features or c if op.kind == "dwconv" else op.features
+        if op.padding is not None:
+            (pt, pb), (pl, pr) = op.padding
+            kh, kw = op.kernel_hw
+            return ((h + pt + pb - kh) // sh + 1, (w + pl + pr - kw) // sw + 1, features)
         return (math.ceil(h / sh), math.ceil(w / sw), features)
     if op.kind == "gap":
         return (shape[-1],)

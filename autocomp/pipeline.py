@@ -19,7 +19,7 @@ from autocomp.models import Op, base_ops
 from autocomp.pareto import pareto_front
 from autocomp.plan import LayerChoice, Plan, materialize, plan_from_indices, prepare_aux
 from autocomp.reward import RewardParams, make_reward_params
-from autocomp.search_space import CHANNELS, SearchSpace, build_search_space, plan_cost
+from autocomp.search_space import CHANNELS, SearchSpace, build_search_space, plan_bins, plan_cost
 from autocomp.techniques import PrepareContext, Technique, make_techniques
 from autocomp.training import accuracy, cache_root, finetune, predict, train_base
 
@@ -164,10 +164,9 @@ def compress(prepared: Prepared, indices: np.ndarray, simulated_logits) -> Compr
 
 def _annotate(p: Prepared, plan: Plan, indices: np.ndarray, params: dict) -> Plan:
     """Fill each layer's resulting shapes and its cost-table row into the plan."""
-    layers, in_bin = [], 0
+    layers, bins = [], plan_bins(p.space, indices)
     for layer, choice, (t, r) in zip(p.layers, plan.layers, indices, strict=True):
-        row = p.space.costs[layer.index, t, r, in_bin]
-        in_bin = int(p.space.out_bin[layer.index, t, r])
+        row = p.space.costs[layer.index, t, r, bins[layer.index]]
         shapes = [  # every kernel of the layer's ops (a fire module's expand has two)
             list(np.shape(a))
             for k, v in params.items()

@@ -20,14 +20,17 @@ import jax
 import numpy as np
 
 from autocomp.config import ModelConfig
-from autocomp.layers import LayerInfo, compressible_layers, layer_inputs
+from autocomp.layers import LayerInfo, as_network, compressible_layers, layer_inputs
 from autocomp.models import Op, base_ops
 from autocomp.techniques import (
+    Materialized,
     PrepareContext,
     Technique,
     TechniqueError,
     check_ratio,
     make_technique,
+    slice_outputs,
+    technique_fits,
 )
 
 PLAN_VERSION = 1
@@ -137,15 +140,18 @@ def prepare_aux(
     inputs: list[np.ndarray | None] = [None] * len(layers)
     if ops is not None and x_train is not None:
         inputs = layer_inputs(ops, layers, params, x_train[: ctx.distill.examples])
+    net = as_network(ops, layers) if ops is not None else None
     return tuple(
         {
             tech.name: tech.prepare(
                 layer,
-                jax.tree.map(np.asarray, params[layer.name]),
+                jax.tree.map(
+                    np.asarray, net.layer_params(params, layer) if net else params[layer.name]
+                ),
                 dataclasses.replace(ctx, inputs=inputs[layer.index]),
             )
             for tech in techniques
-            if tech.fits(layer) is None
+            if technique_fits(tech, layer) is None
         }
         for layer in layers
     )
@@ -166,7 +172,7 @@ def check_plan(plan: Plan, layers: Sequence[LayerInfo], techniques: Sequence[Tec
                 f"layer {layer.name!r}: unknown technique {choice.technique!r}; "
                 f"available: {sorted(by_name)}"
             )
-        reason = by_name[choice.technique].fits(layer)
+        reason = technique_fits(by_name[choice.technique], layer)
         if reason is not None:
             raise TechniqueError(
                 f"technique {choice.technique!r} does not fit layer {layer.name!r}: {reason}"
@@ -183,25 +189,13 @@ def materialize(
     plan: Plan,
 ) -> tuple[tuple[Op, ...], dict, dict[str, np.ndarray]]:
     """The really smaller model of ``plan``: (ops, params, sparsity masks to keep)."""
-    check_plan(plan, layers, techniques)
-    by_name = {t.name: t for t in techniques}
-    replaced: dict[str, tuple[Op, ...]] = {}
+    done, _ = materialize_layers(layers, lambda layer: params[layer.name], aux, techniques, plan)
+    replaced = {name: out.ops for name, out in done.items()}
     new_params: dict = {}
     masks: dict[str, np.ndarray] = {}
-    kept_channels: np.ndarray | None = None
-    for layer, choice in zip(layers, plan.layers, strict=True):
-        if kept_channels is None:
-            in_rows = np.arange(layer.in_shape[-1])
-        else:
-            in_rows = layer.input_rows(kept_channels)
-        tech = by_name[choice.technique]
-        out = tech.materialize(
-            layer, params[layer.name], aux[layer.index][tech.name], choice.ratio, in_rows
-        )
-        replaced[layer.name] = out.ops
+    for out in done.values():
         new_params.update(out.params)
         masks.update(out.masks)
-        kept_channels = out.out_keep
     ops: list[Op] = []
     for op in base_ops:
         ops.extend(replaced.get(op.name, (op,)) if op.name else (op,))
@@ -210,6 +204,36 @@ def materialize(
     # A pooled head (gap) takes the feature map itself: the flatten before it goes.
     ops = [op for i, op in enumerate(ops) if not (op.kind == "flatten" and _next_is_gap(ops, i))]
     return tuple(ops), new_params, masks
+
+
+def materialize_layers(
+    layers: Sequence[LayerInfo],
+    layer_params,
+    aux: Sequence[dict],
+    techniques: Sequence[Technique],
+    plan: Plan,
+) -> tuple[dict[str, Materialized], dict[int, np.ndarray]]:
+    """Each layer of ``plan`` made really smaller, in order: a layer's input rows are those its
+    input group keeps, and a layer whose outputs follow a group's root loses the channels the
+    root removed. Returns (layer name -> :class:`Materialized`, group -> kept channels)."""
+    check_plan(plan, layers, techniques)
+    by_name = {t.name: t for t in techniques}
+    done: dict[str, Materialized] = {}
+    kept: dict[int, np.ndarray] = {}
+    for layer, choice in zip(layers, plan.layers, strict=True):
+        if layer.in_group in kept:
+            in_rows = layer.input_rows(kept[layer.in_group])
+        else:
+            in_rows = np.arange(layer.in_shape[-1])
+        tech = by_name[choice.technique]
+        p = jax.tree.map(np.asarray, layer_params(layer))
+        out = tech.materialize(layer, p, aux[layer.index][tech.name], choice.ratio, in_rows)
+        if layer.out_group >= 0:
+            kept[layer.out_group] = np.asarray(out.out_keep)
+        elif layer.follows in kept:
+            out = slice_outputs(out, kept[layer.follows])
+        done[layer.name] = out
+    return done, kept
 
 
 def _next_is_gap(ops: Sequence[Op], i: int) -> bool:

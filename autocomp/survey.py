@@ -29,7 +29,7 @@ from autocomp.io import append_jsonl, atomic_write_bytes, atomic_write_text, rea
 from autocomp.models import Op, walk_shapes
 from autocomp.pipeline import Prepared, prepare
 from autocomp.plan import LayerChoice, Plan, materialize
-from autocomp.techniques import family
+from autocomp.techniques import family, technique_fits
 from autocomp.training import accuracy, finetune, predict
 
 log = logging.getLogger(__name__)
@@ -66,7 +66,7 @@ def uniform_plan(p: Prepared, technique: str, ratio: float) -> Plan | None:
     tech = by_name[technique]
     choices, applied = [], False
     for layer in p.layers:
-        if tech.fits(layer) is None:
+        if technique_fits(tech, layer) is None:
             choices.append(LayerChoice(layer.name, technique, ratio))
             applied = True
         else:

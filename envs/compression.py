@@ -10,8 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int
 
-from autocomp.layers import layer_inputs
-from autocomp.models import Op, apply_op, run_ops
+from autocomp.layers import as_network, layer_inputs
+from autocomp.models import apply_op
 from autocomp.reward import RewardParams, compute_reward
 from autocomp.search_space import SearchSpace, min_rest
 from autocomp.spaces import EnvSpec, Observation, StepInfo
@@ -40,19 +40,20 @@ class EnvParams(NamedTuple):
 
 
 class EnvState(NamedTuple):
-    """``layer``: next layer to decide; ``in_bin``: ratio bin of the channels the previous layer
-    kept; ``plan``: int[L, 2] (technique, ratio bin) so far; ``spent``: cost channels so far;
-    ``prev_action``: the last applied action."""
+    """``layer``: next layer to decide; ``group_bin``: int[G + 1] ratio bin of the channels each
+    channel group kept so far (its root decides it; the last entry, for layers outside every
+    group, stays 0); ``plan``: int[L, 2] (technique, ratio bin) so far; ``spent``: cost
+    channels so far; ``prev_action``: the last applied action."""
 
     layer: Int[Array, ""]
-    in_bin: Int[Array, ""]
+    group_bin: Int[Array, " G1"]
     plan: Int[Array, "L 2"]
     spent: Float[Array, " 5"]
     prev_action: Int[Array, " 2"]
 
 
 class CompressionEnv:
-    """Per-layer compression of a trained sequential Flax model.
+    """Per-layer compression of a trained Flax model (built-in op tuple or a user's network).
 
     - Observation (:class:`~autocomp.spaces.Observation`): ``features`` float32[obs_dim] =
       the layer's static descriptors [10] (index, kind, widths, kernel, stride, weights, MAC
@@ -70,8 +71,8 @@ class CompressionEnv:
     - State: :class:`EnvState`, a pytree of arrays.
     """
 
-    def __init__(self, ops: tuple[Op, ...], space: SearchSpace):
-        self.ops = ops
+    def __init__(self, model, space: SearchSpace):
+        self.network = as_network(model, space.layers)
         self.space = space
         self.layers = space.layers
         self.techniques: tuple[Technique, ...] = space.techniques
@@ -144,7 +145,7 @@ class CompressionEnv:
         fit."""
         n_t, n_r = self.spec.num_techniques, self.spec.num_ratios
         out = np.ones((len(self.layers), n_t, n_r))
-        inputs = layer_inputs(self.ops, self.layers, base_params, np.asarray(x_probe))
+        inputs = layer_inputs(self.network, self.layers, base_params, np.asarray(x_probe))
         ratios = jnp.asarray(self.space.ratios, jnp.float32)
         for layer in self.layers:
             fitting = [t for t, tech in enumerate(self.techniques) if tech.name in aux[layer.index]]
@@ -163,34 +164,34 @@ class CompressionEnv:
                     rows.append(jax.lax.map(err, ratios))
                 return jnp.stack(rows)
 
-            p = jax.tree.map(jnp.asarray, base_params[layer.name])
+            p = jax.tree.map(jnp.asarray, self.network.layer_params(base_params, layer))
             out[layer.index, fitting] = np.asarray(errors(p, aux[layer.index], inputs[layer.index]))
         return out
 
     # ------------------------------------------------------------ simulation
     def logits(self, plan: Int[Array, "L 2"], params: EnvParams, x: Array) -> Array:
         """The base model with ``plan`` applied: each compressible layer is the output of its
-        technique (``lax.switch``: one branch runs per plan), fed the channels the previous
-        layer kept."""
-        by_name = {layer.name: layer for layer in self.layers}
-        kept: dict[str, Array] = {}
+        technique (``lax.switch``: one branch runs per plan), fed only the channels its input
+        group keeps (the group's root decided them; removed channels are zeroed at the input,
+        so what a batch norm or a residual add does to them does not matter)."""
+        kept: dict[int, Array] = {}
 
-        def hook(op: Op, h: Array):
-            layer = by_name.get(op.name)
-            if layer is None:
-                return None
-            prev = kept.get("mask")
-            ok = prev is not None and prev.shape == (layer.in_channels,)
-            in_keep = prev if ok else jnp.ones(layer.in_channels, bool)
+        def hook(layer, h: Array):
+            in_keep = kept.get(layer.in_group)
+            if in_keep is None:
+                in_keep = jnp.ones(layer.in_channels, bool)
+            else:
+                h = h * jnp.tile(in_keep, layer.in_positions).astype(h.dtype)
             t, r = plan[layer.index, 0], plan[layer.index, 1]
             aux = params.aux[layer.index]
             branches = [self._branch(tech, layer, aux) for tech in self.techniques]
-            y, kept["mask"] = jax.lax.switch(
-                t, branches, params.base_params[layer.name], params.ratios[r], h, in_keep
-            )
+            p = self.network.layer_params(params.base_params, layer)
+            y, out_keep = jax.lax.switch(t, branches, p, params.ratios[r], h, in_keep)
+            if layer.out_group >= 0:
+                kept[layer.out_group] = out_keep
             return y
 
-        return run_ops(self.ops, params.base_params, x, hook)
+        return self.network.forward(params.base_params, x, hook)
 
     @staticmethod
     def _branch(tech: Technique, layer, aux: dict):
@@ -218,7 +219,7 @@ class CompressionEnv:
         n_l = self.spec.num_steps
         state = EnvState(
             layer=jnp.int32(0),
-            in_bin=jnp.int32(0),
+            group_bin=jnp.zeros(self.space.num_groups + 1, jnp.int32),
             plan=jnp.zeros((n_l, 2), jnp.int32),
             spent=params.fixed,
             prev_action=jnp.zeros(2, jnp.int32),
@@ -228,7 +229,7 @@ class CompressionEnv:
     def action_mask(self, state: EnvState, params: EnvParams) -> Array:
         """bool[T, R]: allowed actions that keep every budget reachable."""
         l = jnp.minimum(state.layer, self.spec.num_steps - 1)
-        cost = params.costs[l, :, :, state.in_bin, :3]  # [T, R, 3]
+        cost = params.costs[l, :, :, self._in_bin(state, l), :3]  # [T, R, 3]
         rest = params.rest[l + 1][params.out_bin[l]][..., :3]  # [T, R, 3]
         total = state.spent[:3] + cost + rest
         budgets = params.reward.budgets * (1.0 + 1e-6)
@@ -253,14 +254,21 @@ class CompressionEnv:
         flat = jnp.argmin(jnp.where(mask, distance, jnp.iinfo(jnp.int32).max).ravel())
         applied = jnp.stack([flat // n_r, flat % n_r]).astype(jnp.int32)
         l = state.layer
+        root = jnp.asarray(self.space.root_group)[l]
+        out_bin = params.out_bin[l, applied[0], applied[1]]
+        out_bin = jnp.where(root < self.space.num_groups, out_bin, 0)
         new_state = EnvState(
             layer=l + 1,
-            in_bin=params.out_bin[l, applied[0], applied[1]],
+            group_bin=state.group_bin.at[root].set(out_bin),
             plan=state.plan.at[l].set(applied),
-            spent=state.spent + params.costs[l, applied[0], applied[1], state.in_bin],
+            spent=state.spent + params.costs[l, applied[0], applied[1], self._in_bin(state, l)],
             prev_action=applied,
         )
         return new_state, applied
+
+    def _in_bin(self, state: EnvState, l) -> Array:
+        """The ratio bin of the channels layer ``l``'s input group kept."""
+        return state.group_bin[jnp.asarray(self.space.in_group)[l]]
 
     def _finish(self, plan: Array, spent: Array, params: EnvParams):
         acc = self.accuracy(plan, params)
@@ -336,13 +344,14 @@ class CompressionEnv:
         n_t, n_r = self.spec.num_techniques, self.spec.num_ratios
         l = jnp.minimum(state.layer, self.spec.num_steps - 1)
         base = params.reward.base
-        rest = params.rest[l, state.in_bin, :3]
+        in_bin = self._in_bin(state, l)
+        rest = params.rest[l, in_bin, :3]
         slack = (params.reward.budgets - state.spent[:3] - rest) / base
         features = jnp.concatenate(
             [
                 params.static_features[l],
                 params.sensitivity[l].ravel(),
-                jax.nn.one_hot(state.in_bin, n_r),
+                jax.nn.one_hot(in_bin, n_r),
                 state.spent[:3] / base,
                 rest / base,
                 jnp.clip(slack, -1.0, 1.0),

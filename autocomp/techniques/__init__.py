@@ -15,6 +15,8 @@ from autocomp.techniques.base import (
     layer_forward,
     layer_out_mask,
     removed,
+    slice_outputs,
+    technique_fits,
 )
 from autocomp.techniques.dwsep import make_dwsep
 from autocomp.techniques.filter_prune import make_filter
@@ -112,4 +114,6 @@ __all__ = [
     "make_technique",
     "make_techniques",
     "removed",
+    "slice_outputs",
+    "technique_fits",
 ]

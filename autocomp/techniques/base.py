@@ -33,7 +33,7 @@ its deployed form; ``tests/test_techniques.py`` checks the counted ones against 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -191,6 +191,34 @@ def fits_weighted(layer: LayerInfo) -> str | None:
     return None if layer.kind in ("conv", "dense") else f"{layer.kind} has no weights"
 
 
+def technique_fits(tech: Technique, layer: LayerInfo) -> str | None:
+    """``tech.fits(layer)``, and where the layer's outputs follow its group's root (a residual
+    block's last conv), also that the technique's last op can lose output channels."""
+    reason = tech.fits(layer)
+    if reason is not None or layer.follows < 0:
+        return reason
+    last = tech.ops(layer, 0.5, layer.in_channels)[-1]
+    if last.kind not in ("conv", "dense") or last.groups != 1 or last.features != layer.features:
+        return (
+            "its output channels are pruned with its group's root, and this technique's last "
+            f"op ({last.kind}) cannot lose output channels"
+        )
+    return None
+
+
+def slice_outputs(out: Materialized, keep: np.ndarray) -> Materialized:
+    """A materialized layer keeping only the output channels ``keep`` of its last op."""
+    last = out.ops[-1]
+    params = dict(out.params)
+    p = params[last.name]
+    params[last.name] = {k: np.asarray(v)[..., keep] for k, v in p.items()}
+    masks = dict(out.masks)
+    if last.name in masks:
+        masks[last.name] = np.asarray(masks[last.name])[..., keep]
+    ops = (*out.ops[:-1], replace(last, features=len(keep)))
+    return Materialized(ops, params, masks, np.asarray(keep))
+
+
 def check_ratio(technique: str, layer: LayerInfo, ratio: float) -> None:
     """Raise a :class:`TechniqueError` for a ratio outside [0, 1)."""
     if not 0.0 <= float(ratio) < 1.0:
@@ -203,4 +231,4 @@ def check_ratio(technique: str, layer: LayerInfo, ratio: float) -> None:
 def same_layer_ops(layer: LayerInfo, in_channels: int, features: int, density: float = 1.0):
     """The layer's own op with fewer inputs/outputs (the deployed form of most techniques)."""
     del in_channels  # input width is implied by the shape walk
-    return (Op(layer.kind, layer.name, features, layer.kernel, layer.op.stride, True, density),)
+    return (replace(layer.op, features=features, use_bias=True, density=density),)

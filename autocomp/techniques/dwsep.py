@@ -79,7 +79,7 @@ def make_dwsep() -> Technique:
             if m == q:  # full rank: the closed form is exact
                 continue
             dw = jnp.asarray(init["d"][b, :, :, :, :m].reshape(k, k, 1, c * m))
-            hidden = conv_nhwc(x, dw, strides, groups=c)
+            hidden = conv_nhwc(x, dw, strides, groups=c, padding=layer.op.padding)
             pw, bias = least_squares_conv(hidden, y, 1)
             init["p"][b] = 0.0
             init["p"][b, :, :m] = pw.reshape(c, m, o)
@@ -87,7 +87,10 @@ def make_dwsep() -> Technique:
         fitted = distill(
             f"dwsep/{layer.name}",
             lambda x: apply_op(layer.op, {layer.name: params}, x),
-            lambda pb, x: conv_nhwc(x, _kernel(pb["d"], pb["p"]), strides) + pb["bias"],
+            lambda pb, x: (
+                conv_nhwc(x, _kernel(pb["d"], pb["p"]), strides, padding=layer.op.padding)
+                + pb["bias"]
+            ),
             init,
             masks,
             inputs,
@@ -106,7 +109,7 @@ def make_dwsep() -> Technique:
         m = _multiplier(layer, ratio)
         return (
             Op("dwconv", f"{layer.name}_dw", in_channels * m, layer.kernel, layer.op.stride,
-               use_bias=False),
+               use_bias=False, padding=layer.op.padding),
             Op("conv", f"{layer.name}_pw", layer.features, 1, 1),
         )  # fmt: skip
 

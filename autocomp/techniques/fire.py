@@ -15,12 +15,14 @@ H'*W'*(C_in*s + s*e1 + 9*s*e3); intermediate feature map H' x W' x s.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from autocomp.distill import distill, least_squares_conv, refit_sample
-from autocomp.models import Op, apply_op, conv_nhwc
+from autocomp.models import Op, apply_op, conv_nhwc, out_shape
 from autocomp.techniques.base import (
     Materialized,
     Technique,
@@ -37,6 +39,9 @@ def _fits(layer):
         return "a fire module replaces a convolution with a kernel of 3 or more"
     if layer.features < 2:
         return "a fire module needs at least two output channels"
+    same = replace(layer.op, padding=None)
+    if out_shape(layer.op, layer.in_shape) != out_shape(same, layer.in_shape):
+        return "its explicit padding gives another output size than the fire module's SAME"
     return None
 
 

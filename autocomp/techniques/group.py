@@ -16,11 +16,12 @@ H'*W'*k*k*(C_in/g)*C_out; no intermediate feature map.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import jax.numpy as jnp
 import numpy as np
 
-from autocomp.models import Op, conv_nhwc
+from autocomp.models import conv_nhwc
 from autocomp.techniques.base import Materialized, Technique, slice_rows
 
 MAX_GROUPS = 64
@@ -70,12 +71,12 @@ def make_group() -> Technique:
     def forward(layer, params, aux, ratio, x, in_keep):
         mask = block_mask(in_keep, layer.features, ratio)
         kernel = params["kernel"] * mask[None, None]
-        return conv_nhwc(x, kernel, layer.op.strides) + params["bias"]
+        return conv_nhwc(x, kernel, layer.op.strides, padding=layer.op.padding) + params["bias"]
 
     def ops(layer, ratio, in_channels):
         g = groups(ratio, in_channels, layer.features)
         op = layer.op
-        return (Op("conv", layer.name, layer.features, op.kernel, op.stride, groups=g),)
+        return (replace(op, groups=g),)
 
     def materialize(layer, params, aux, ratio, in_rows):
         n, o = len(in_rows), layer.features

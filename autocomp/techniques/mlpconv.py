@@ -14,6 +14,8 @@ H'*W'*(k*k*C_in*h + h*C_out); intermediate feature map H' x W' x h.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -48,7 +50,9 @@ def _rank(layer, ratio) -> int:
 
 
 def _apply(layer, pb, x):
-    h = jax.nn.relu(conv_nhwc(x, pb["kernel1"], layer.op.strides) + pb["bias1"])
+    h = jax.nn.relu(
+        conv_nhwc(x, pb["kernel1"], layer.op.strides, padding=layer.op.padding) + pb["bias1"]
+    )
     return conv_nhwc(h, pb["kernel2"]) + pb["bias"]
 
 
@@ -81,7 +85,8 @@ def make_mlpconv() -> Technique:
         for b, ratio in enumerate(ctx.ratios):
             if _rank(layer, ratio) == p:  # full rank: the initialization is exact
                 continue
-            hidden = jax.nn.relu(conv_nhwc(x, jnp.asarray(init["kernel1"][b]), layer.op.strides))
+            kernel1 = jnp.asarray(init["kernel1"][b])
+            hidden = jax.nn.relu(conv_nhwc(x, kernel1, layer.op.strides, padding=layer.op.padding))
             init["kernel2"][b], init["bias"][b] = least_squares_conv(hidden, y, 1)
         fitted = distill(
             f"mlpconv/{layer.name}",
@@ -103,7 +108,7 @@ def make_mlpconv() -> Technique:
     def ops(layer, ratio, in_channels):
         h = 2 * _rank(layer, ratio)
         return (
-            Op("conv", f"{layer.name}_mlp1", h, layer.kernel, layer.op.stride),
+            replace(layer.op, name=f"{layer.name}_mlp1", features=h),
             Op("relu"),
             Op("conv", f"{layer.name}_mlp2", layer.features, 1, 1),
         )

@@ -56,7 +56,7 @@ def make_sparse_conv() -> Technique:
         return (
             Op("conv", f"{layer.name}_p", _basis(layer), 1, 1, use_bias=False),
             Op("conv", f"{layer.name}_q", layer.features, layer.kernel, layer.op.stride,
-               density=density),
+               density=density, padding=layer.op.padding),
         )  # fmt: skip
 
     def aux_size(layer) -> int:

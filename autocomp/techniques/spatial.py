@@ -49,8 +49,14 @@ def make_spatial() -> Technique:
 
     def ops(layer, ratio, in_channels):
         r, k, s = _rank(layer, ratio), layer.kernel, layer.op.stride
-        vertical = Op("conv", f"{layer.name}_v", r, k, s, use_bias=False, kernel_w=1, stride_w=1)
-        horizontal = Op("conv", f"{layer.name}_h", layer.features, 1, 1, kernel_w=k, stride_w=s)
+        pad = layer.op.padding
+        v_pad, h_pad = (None, None) if pad is None else ((pad[0], (0, 0)), ((0, 0), pad[1]))
+        vertical = Op(
+            "conv", f"{layer.name}_v", r, k, s, False, kernel_w=1, stride_w=1, padding=v_pad
+        )
+        horizontal = Op(
+            "conv", f"{layer.name}_h", layer.features, 1, 1, kernel_w=k, stride_w=s, padding=h_pad
+        )
         return (vertical, horizontal)
 
     def materialize(layer, params, aux, ratio, in_rows):

@@ -8,6 +8,8 @@ r*(fan_in + out) (+ bias); it only saves when r < fan_in*out/(fan_in+out).
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import jax.numpy as jnp
 import numpy as np
 
@@ -43,7 +45,7 @@ def make_svd() -> Technique:
 
     def ops(layer, ratio, in_channels):
         r = _rank(layer, ratio)
-        first = Op(layer.kind, f"{layer.name}_u", r, layer.kernel, layer.op.stride, use_bias=False)
+        first = replace(layer.op, name=f"{layer.name}_u", features=r, use_bias=False)
         if layer.kind == "conv":
             second = Op("conv", f"{layer.name}_v", layer.features, 1, 1)
         else:

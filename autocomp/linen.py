@@ -1,0 +1,453 @@
+"""The linen front end: a user's own ``flax.linen`` model with its own trained variables.
+
+Discovery runs ``model.apply`` with the user's variables under :func:`jax.eval_shape` inside
+:func:`flax.linen.intercept_methods`, so every layer call is seen with its path, input and
+output shapes and attributes, and nothing is computed. ``nn.Conv`` (NHWC, no dilation, no
+mask, ungrouped, square kernel and strides) and ``nn.Dense`` on a (batch, features) input are
+compressible; every other layer with params is listed with the reason it stays as it is.
+
+Simulation intercepts those layers in the same way inside the environment's one compiled
+function. Channel groups come from the model's jaxpr (:mod:`autocomp.channels`), traced with
+each compressible layer as one named ``jit`` call. Materialization (:func:`materialize`) gives
+an ordinary linen module, :class:`Substituted`, that runs the user's module with the compressed
+layers put in (factorized layers as two layers), batch norms and depthwise convs of pruned
+groups sliced, and a plain ``apply`` that jit, grad and jax2tf accept.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from autocomp.channels import LAYER_PREFIX, Group, build_groups, trace_channels
+from autocomp.layers import LayerInfo
+from autocomp.models import Op, run_ops
+
+
+class ModelError(ValueError):
+    """A model autocomp cannot take as it is; the message names the layer and the way out."""
+
+
+@dataclass(frozen=True)
+class Found:
+    """One layer call seen while running the model.
+
+    Attributes:
+        path: module path in the variables (``("layers_3", "ConvBlock_0", "Conv_0")``).
+        kind: module class name.
+        in_shape, out_shape: shapes without the batch axis.
+        params: parameter count of the module itself.
+        calls: how many times the model calls it (more than one: a shared layer).
+        op: the layer as autocomp's op when it is compressible.
+        reason: why it is not compressible (``None``: it is).
+    """
+
+    path: tuple[str, ...]
+    kind: str
+    in_shape: tuple[int, ...]
+    out_shape: tuple[int, ...]
+    params: int
+    calls: int = 1
+    op: Op | None = None
+    reason: str | None = None
+
+    @property
+    def name(self) -> str:
+        return "/".join(self.path)
+
+
+def _pairs(value, n: int = 2) -> tuple[int, ...] | None:
+    if value is None:
+        return (1,) * n
+    if isinstance(value, int):
+        return (value,) * n
+    return tuple(int(v) for v in value)
+
+
+def _padding(padding, kernel: Sequence[int]):
+    """Explicit ((top, bottom), (left, right)) or ``None`` for SAME; a string for a reason."""
+    if isinstance(padding, str):
+        if padding.upper() == "SAME":
+            return None
+        if padding.upper() == "VALID":
+            return ((0, 0), (0, 0))
+        return f"padding {padding!r} is not zero padding"
+    if isinstance(padding, int):
+        return ((padding, padding), (padding, padding))
+    pads = [((p, p) if isinstance(p, int) else tuple(p)) for p in padding]
+    if len(pads) != 2:
+        return f"padding {padding!r} is not 2-D"
+    return (tuple(pads[0]), tuple(pads[1]))
+
+
+def _conv_op(mod: nn.Conv, name: str, x_shape: tuple[int, ...]) -> Op | str:
+    kernel = _pairs(mod.kernel_size)
+    strides = _pairs(mod.strides)
+    if len(x_shape) != 4 or len(kernel) != 2:
+        return (
+            f"a {len(kernel)}-D convolution on a rank-{len(x_shape)} input "
+            "(autocomp takes 2-D NHWC)"
+        )
+    if _pairs(mod.input_dilation) != (1, 1) or _pairs(mod.kernel_dilation) != (1, 1):
+        return "a dilated convolution"
+    if mod.mask is not None:
+        return "a masked convolution"
+    if mod.feature_group_count != 1:
+        if mod.feature_group_count == x_shape[-1] == mod.features:
+            return "a depthwise convolution: it passes channels through (sliced with its group)"
+        return f"a grouped convolution ({mod.feature_group_count} groups)"
+    if kernel[0] != kernel[1] or strides[0] != strides[1]:
+        return f"a non-square kernel {kernel} or strides {strides}"
+    padding = _padding(mod.padding, kernel)
+    if isinstance(padding, str):
+        return padding
+    return Op("conv", name, mod.features, kernel[0], strides[0], True, padding=padding)
+
+
+def _layer_op(mod: nn.Module, name: str, x_shape: tuple[int, ...]) -> Op | str:
+    if type(mod) is nn.Conv:
+        return _conv_op(mod, name, x_shape)
+    if type(mod) is nn.Dense:
+        if len(x_shape) != 2:
+            return (
+                f"a dense layer on a rank-{len(x_shape)} input (autocomp takes (batch, features))"
+            )
+        return Op("dense", name, mod.features, use_bias=True)
+    return f"{type(mod).__name__} is not a layer autocomp compresses"
+
+
+def _own_params(variables: Mapping) -> dict:
+    params = variables.get("params", {})
+    return {k: v for k, v in params.items() if not isinstance(v, Mapping)}
+
+
+def discover(model: nn.Module, variables: Mapping, x, apply_kwargs: Mapping) -> list[Found]:
+    """Every layer with params that ``model.apply(variables, x, **apply_kwargs)`` calls."""
+    seen: dict[tuple[str, ...], Found] = {}
+
+    def interceptor(next_fn, args, kwargs, ctx):
+        out = next_fn(*args, **kwargs)
+        own = _own_params(ctx.module.variables) if ctx.method_name == "__call__" else {}
+        if not own:
+            return out
+        path = tuple(ctx.module.path)
+        if path in seen:
+            prev = seen[path]
+            seen[path] = Found(
+                path, prev.kind, prev.in_shape, prev.out_shape, prev.params, prev.calls + 1,
+                None, f"a shared layer: the model calls it {prev.calls + 1} times",
+            )  # fmt: skip
+            return out
+        x_in = args[0] if args else None
+        in_shape = tuple(getattr(x_in, "shape", ()))
+        out_shape = tuple(getattr(out, "shape", ()))
+        op = _layer_op(ctx.module, "/".join(path), in_shape)
+        count = sum(math.prod(np.shape(v)) for v in jax.tree.leaves(own))
+        if not isinstance(op, str):
+            expected = 4 if op.kind == "conv" else 2
+            if np.ndim(own.get("kernel")) != expected:
+                op = "its kernel has an extra axis (inside nn.scan or vmap)"
+        seen[path] = Found(
+            path,
+            type(ctx.module).__name__,
+            in_shape[1:],
+            out_shape[1:],
+            int(count),
+            1,
+            None if isinstance(op, str) else op,
+            op if isinstance(op, str) else None,
+        )
+        return out
+
+    def run(v, x):
+        with nn.intercept_methods(interceptor):
+            return model.apply(v, x, **apply_kwargs)
+
+    try:
+        out = jax.eval_shape(run, variables, x)
+    except (TypeError, ValueError, nn.errors.FlaxError, jax.errors.JAXTypeError) as err:
+        raise ModelError(_trace_hint(err, apply_kwargs)) from err
+    return list(seen.values()), out
+
+
+def _trace_hint(err: Exception, apply_kwargs: Mapping) -> str:
+    text = str(err).splitlines()[0] if str(err) else type(err).__name__
+    if isinstance(err, jax.errors.ConcretizationTypeError | jax.errors.TracerBoolConversionError):
+        return (
+            f"the model cannot be traced: {text}. It takes Python branches on array values; "
+            "make them static (flags as module attributes or apply_kwargs)"
+        )
+    return (
+        f"running the model with its variables failed: {text}. If its __call__ needs "
+        f"arguments such as train=False or deterministic=True, pass them as apply_kwargs "
+        f"(given: {dict(apply_kwargs)})"
+    )
+
+
+@dataclass
+class LinenNetwork:
+    """A user's linen model as the environment walks it (see :mod:`autocomp.layers`).
+
+    Args:
+        model: the ``nn.Module``.
+        variables: its trained variables (``{"params": ..., "batch_stats": ...}``).
+        example: a batch of inputs (one example is enough).
+        apply_kwargs: keyword arguments of ``model.apply`` at inference (``train=False``).
+        output_fn: maps the model's output to the logits (``lambda out: out.logits``).
+        name: the model's name in plans.
+    """
+
+    model: nn.Module
+    variables: Mapping
+    example: Any
+    apply_kwargs: Mapping = field(default_factory=dict)
+    output_fn: Callable | None = None
+    name: str = ""
+
+    def __post_init__(self):
+        if not isinstance(self.variables, Mapping) or "params" not in self.variables:
+            raise ModelError(
+                "the variables have no 'params' collection; pass what model.init returns "
+                "(or the restored checkpoint), e.g. {'params': params, 'batch_stats': stats}"
+            )
+        self.name = self.name or type(self.model).__name__
+        self.apply_kwargs = dict(self.apply_kwargs)
+        found, out = discover(self.model, self.variables, self.example, self.apply_kwargs)
+        logits = self.output_fn(out) if self.output_fn is not None else out
+        if not hasattr(logits, "shape") or len(logits.shape) != 2:
+            raise ModelError(
+                f"the model's output is {type(logits).__name__} "
+                f"{getattr(logits, 'shape', '')}, not a (batch, classes) logits array; pass "
+                "output_fn (e.g. output_fn=lambda out: out.logits)"
+            )
+        self.found = found
+        compressible = [f for f in found if f.reason is None]
+        self._paths = tuple(f.path for f in compressible)
+        self.groups, wiring = self._analyze(compressible)
+        self.layers = tuple(
+            _layer_info(i, f, w, self.groups)
+            for i, (f, w) in enumerate(zip(compressible, wiring, strict=True))
+        )
+        self.by_path = {
+            layer_path: layer for layer_path, layer in zip(self._paths, self.layers, strict=True)
+        }
+        self.leaf_paths = [p for p, _ in jax.tree_util.tree_flatten_with_path(self.variables)[0]]
+
+    @property
+    def num_groups(self) -> int:
+        return len(self.groups)
+
+    # ---------------------------------------------------------------- params
+    def base_params(self) -> dict:
+        """The params pytree the environment carries: the user's variables."""
+        return {"variables": jax.tree.map(jnp.asarray, dict(self.variables))}
+
+    def layer_params(self, params: dict, layer: LayerInfo) -> dict:
+        node = params["variables"]["params"]
+        for key in self._paths[layer.index]:
+            node = node[key]
+        kernel = node["kernel"]
+        bias = node.get("bias")
+        return {
+            "kernel": kernel,
+            "bias": bias if bias is not None else jnp.zeros(kernel.shape[-1], kernel.dtype),
+        }
+
+    # --------------------------------------------------------------- forward
+    def forward(self, params: dict, x, hook=None):
+        """The model's logits, with ``hook(layer, h)`` replacing layer outputs where it
+        returns an array."""
+        busy = [False]
+
+        def interceptor(next_fn, args, kwargs, ctx):
+            if busy[0] or hook is None or ctx.method_name != "__call__":
+                return next_fn(*args, **kwargs)
+            layer = self.by_path.get(tuple(ctx.module.path))
+            if layer is None:
+                return next_fn(*args, **kwargs)
+            busy[0] = True  # the replacement runs modules of its own: not the user's
+            try:
+                y = hook(layer, args[0])
+            finally:
+                busy[0] = False
+            return next_fn(*args, **kwargs) if y is None else y
+
+        with nn.intercept_methods(interceptor):
+            out = self.model.apply(params["variables"], x, **self.apply_kwargs)
+        return self.output_fn(out) if self.output_fn is not None else out
+
+    def _analyze(self, compressible: Sequence[Found]) -> tuple[tuple[Group, ...], tuple]:
+        def marker(index: int, out_shape: tuple[int, ...]):
+            def fn(h):
+                return jnp.zeros((h.shape[0], *out_shape), h.dtype)
+
+            fn.__name__ = f"{LAYER_PREFIX}{index}"
+            return jax.jit(fn)
+
+        markers = {f.path: marker(i, f.out_shape) for i, f in enumerate(compressible)}
+        by_path = {f.path: i for i, f in enumerate(compressible)}
+        self.by_path = {p: _Index(i) for p, i in by_path.items()}
+
+        def hook(layer, h):
+            return markers[self._paths[layer.index]](h)
+
+        leaves = jax.tree.leaves(dict(self.variables))
+        closed = jax.make_jaxpr(lambda v, x: self.forward({"variables": v}, x, hook))(
+            dict(self.variables), self.example
+        )
+        trace = trace_channels(closed, len(leaves))
+        return build_groups(trace, len(compressible))
+
+
+@dataclass(frozen=True)
+class _Index:
+    """Stands for a layer while the channels are analysed (only its index is read)."""
+
+    index: int
+
+
+def _layer_info(index: int, found: Found, wiring, groups: Sequence[Group]) -> LayerInfo:
+    op = found.op
+    in_shape = found.in_shape
+    positions = wiring.in_positions
+    in_channels = in_shape[-1] // positions if op.kind == "dense" else in_shape[-1]
+    reason = wiring.reason
+    output = reason == "its channels reach the model output"
+    follows = -1
+    if wiring.out_group >= 0 and not wiring.root and groups[wiring.out_group].pinned is None:
+        follows = wiring.out_group
+    return LayerInfo(
+        index=index,
+        name=found.name,
+        op=op,
+        in_shape=in_shape,
+        trailing=(),
+        in_channels=in_channels,
+        in_positions=positions,
+        is_classifier=output,
+        coupled_out=not wiring.root,
+        pre_flatten=None,
+        in_group=wiring.in_group,
+        out_group=wiring.out_group if wiring.root else -1,
+        follows=follows,
+        out_reason=None if wiring.root else reason,
+    )
+
+
+# ------------------------------------------------------------------ materialization
+class Substituted(nn.Module):
+    """The user's module with compressed layers put in: a plain linen module.
+
+    Attributes:
+        base: the user's module (its variables live under ``base``).
+        replaced: (layer path, the ops that replace it); their params are stored under the
+            layer's path, keyed by op name.
+        resized: (path, channels) of depthwise convs whose group lost channels.
+    """
+
+    base: nn.Module
+    replaced: tuple[tuple[tuple[str, ...], tuple[Op, ...]], ...] = ()
+    resized: tuple[tuple[tuple[str, ...], int], ...] = ()
+
+    def __call__(self, *args, **kwargs):
+        replaced, resized = dict(self.replaced), dict(self.resized)
+        busy = [False]
+
+        def interceptor(next_fn, a, kw, ctx):
+            path = tuple(ctx.module.path)
+            if busy[0] or ctx.method_name != "__call__" or path[:1] != ("base",):
+                return next_fn(*a, **kw)
+            path = path[1:]
+            if path in replaced:
+                busy[0] = True
+                try:
+                    return run_ops(replaced[path], dict(ctx.module.variables["params"]), a[0])
+                finally:
+                    busy[0] = False
+            if path in resized:
+                n = resized[path]
+                clone = ctx.module.clone(parent=None, features=n, feature_group_count=n)
+                busy[0] = True
+                try:
+                    return clone.apply({"params": ctx.module.variables["params"]}, *a, **kw)
+                finally:
+                    busy[0] = False
+            return next_fn(*a, **kw)
+
+        with nn.intercept_methods(interceptor):
+            return self.base(*args, **kwargs)
+
+
+def _plain(tree):
+    if isinstance(tree, Mapping):
+        return {k: _plain(v) for k, v in tree.items()}
+    return np.asarray(tree)
+
+
+def _set(tree: dict, keys: Sequence[str], value) -> None:
+    for key in keys[:-1]:
+        tree = tree[key]
+    tree[keys[-1]] = value
+
+
+def _get(tree, keys: Sequence[str]):
+    for key in keys:
+        tree = tree[key]
+    return tree
+
+
+@dataclass(frozen=True)
+class MaterializedLinen:
+    """A compressed linen model: ``module.apply(variables, x, **apply_kwargs)`` runs it.
+
+    ``masks``: (layer path, op name) -> kernel mask of unstructured sparsity that fine-tuning
+    keeps; ``ops``: layer name -> its deployed ops.
+    """
+
+    module: Substituted
+    variables: dict
+    masks: dict[tuple[tuple[str, ...], str], np.ndarray]
+    ops: dict[str, tuple[Op, ...]]
+
+
+def materialize(net: LinenNetwork, aux, techniques, plan) -> MaterializedLinen:
+    """The really smaller model of ``plan`` in the user's world (see :class:`Substituted`)."""
+    from autocomp.plan import materialize_layers
+
+    variables = _plain(dict(net.variables))
+    source = {"variables": variables}
+    done, kept = materialize_layers(
+        net.layers, lambda layer: net.layer_params(source, layer), aux, techniques, plan
+    )
+    params = variables["params"]
+    new = {k: v for k, v in variables.items()}
+    new["params"] = _plain(params)
+    replaced, masks = [], {}
+    for path, layer in zip(net._paths, net.layers, strict=True):
+        out = done[layer.name]
+        _set(new["params"], path, {name: dict(p) for name, p in out.params.items()})
+        replaced.append((path, out.ops))
+        masks.update({(path, name): m for name, m in out.masks.items()})
+    depthwise = {f.path for f in net.found if f.reason and f.reason.startswith("a depthwise")}
+    resized = {}
+    for g, keep in kept.items():
+        group = net.groups[g]
+        if len(keep) == group.size:
+            continue
+        for leaf, (axis, channels) in group.leaves.items():
+            keys = [k.key for k in net.leaf_paths[leaf]]
+            sel = np.flatnonzero(np.isin(channels, keep))
+            _set(new[keys[0]], keys[1:], np.take(_get(new[keys[0]], keys[1:]), sel, axis=axis))
+            if tuple(keys[1:-1]) in depthwise and keys[0] == "params":
+                resized[tuple(keys[1:-1])] = len(sel)
+    module = Substituted(net.model, tuple(replaced), tuple(resized.items()))
+    wrapped = {col: {"base": tree} for col, tree in new.items()}
+    ops = {layer.name: done[layer.name].ops for layer in net.layers}
+    return MaterializedLinen(module, wrapped, masks, ops)
