@@ -532,7 +532,7 @@ def _wiring(trace, groups, group_of_class, n_layers):
             continue
         if len(hit) > 1 or any(w is None for w in where):
             for g in hit:
-                groups[g] = _pin(groups[g], f"layer {layer} reads these channels with others")
+                groups[g] = pin_group(groups[g], f"layer {layer} reads these channels with others")
             continue
         g = where[0][0]
         if any(w[0] != g for w in where):
@@ -543,7 +543,9 @@ def _wiring(trace, groups, group_of_class, n_layers):
         if positions * group.size != len(channels) or not np.array_equal(
             channels, np.tile(np.arange(group.size), positions)
         ):
-            groups[g] = _pin(group, f"layer {layer} reads the group's channels in another order")
+            groups[g] = pin_group(
+                group, f"layer {layer} reads the group's channels in another order"
+            )
             continue
         wiring[layer] = {"in_group": g, "in_positions": positions}
     out = []
@@ -571,7 +573,7 @@ def _wiring(trace, groups, group_of_class, n_layers):
     return tuple(groups), tuple(out)
 
 
-def _pin(group: Group, reason: str) -> Group:
+def pin_group(group: Group, reason: str) -> Group:
     return Group(
         group.index,
         group.producers,

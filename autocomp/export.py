@@ -82,12 +82,22 @@ def to_tflite(
     Layers with k-bit weights are converted with their quantized values (the float file holds
     them exactly; the int8 file quantizes them again with the converter's own scheme).
     """
+    ops, params = bake_quantized(ops, params)
+    model = SequentialNet(ops)
+    return function_to_tflite(
+        lambda x: model.apply({"params": params}, x), input_shape, calibration
+    )
+
+
+def function_to_tflite(
+    fn, input_shape: tuple[int, ...], calibration: np.ndarray | None = None
+) -> bytes:
+    """A batch-1 TFLite flatbuffer of a JAX function of a batch of inputs (any model: the
+    built-in op tuples and a user's materialized linen model); int8 with ``calibration``."""
     import tensorflow as tf
     from jax.experimental import jax2tf
 
-    ops, params = bake_quantized(ops, params)
-    model = SequentialNet(ops)
-    converted = jax2tf.convert(lambda x: model.apply({"params": params}, x), with_gradient=False)
+    converted = jax2tf.convert(fn, with_gradient=False)
     fn = tf.function(
         converted,
         input_signature=[tf.TensorSpec((1, *input_shape), tf.float32)],

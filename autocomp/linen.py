@@ -21,12 +21,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import flax.errors
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from autocomp.channels import LAYER_PREFIX, Group, build_groups, trace_channels
+from autocomp.channels import LAYER_PREFIX, Group, build_groups, pin_group, trace_channels
 from autocomp.layers import LayerInfo
 from autocomp.models import Op, run_ops
 
@@ -172,7 +173,7 @@ def discover(model: nn.Module, variables: Mapping, x, apply_kwargs: Mapping) -> 
 
     try:
         out = jax.eval_shape(run, variables, x)
-    except (TypeError, ValueError, nn.errors.FlaxError, jax.errors.JAXTypeError) as err:
+    except (TypeError, ValueError, flax.errors.FlaxError) as err:
         raise ModelError(_trace_hint(err, apply_kwargs)) from err
     return list(seen.values()), out
 
@@ -231,14 +232,53 @@ class LinenNetwork:
         compressible = [f for f in found if f.reason is None]
         self._paths = tuple(f.path for f in compressible)
         self.groups, wiring = self._analyze(compressible)
+        self.leaf_paths = [p for p, _ in jax.tree_util.tree_flatten_with_path(self.variables)[0]]
+        self._build(compressible, wiring)
+        self._confirm(compressible, wiring)
+
+    def _build(self, compressible, wiring) -> None:
         self.layers = tuple(
             _layer_info(i, f, w, self.groups)
             for i, (f, w) in enumerate(zip(compressible, wiring, strict=True))
         )
-        self.by_path = {
-            layer_path: layer for layer_path, layer in zip(self._paths, self.layers, strict=True)
-        }
-        self.leaf_paths = [p for p, _ in jax.tree_util.tree_flatten_with_path(self.variables)[0]]
+        self.by_path = dict(zip(self._paths, self.layers, strict=True))
+
+    def _confirm(self, compressible, wiring) -> None:
+        """Prune each group alone (half its channels) and check that the model's own code
+        runs the same operations: code that branches on a width (``if x.shape[-1] == n``)
+        or builds a layer from one would make another network. Such groups are pinned."""
+        from autocomp.plan import plan_from_indices, prepare_aux
+        from autocomp.techniques import make_techniques
+
+        techs = make_techniques(["keep", "filter"])
+        aux = prepare_aux(self.layers, self.base_params(), techs, ops=self)
+        zero = np.zeros((len(self.layers), 2), np.int32)
+
+        def structure(rows):
+            plan = plan_from_indices(self.name, self.layers, techs, (0.0, 0.5), rows)
+            mat = materialize(self, aux, techs, plan)
+            fn = lambda v, x: mat.module.apply(v, x, **self.apply_kwargs)  # noqa: E731
+            return _primitives(jax.make_jaxpr(fn)(mat.variables, self.example).jaxpr)
+
+        reference = structure(zero)
+        pins = {}
+        for layer in self.layers:
+            if layer.out_group < 0:
+                continue
+            rows = zero.copy()
+            rows[layer.index] = (1, 1)
+            try:
+                same = structure(rows) == reference
+                why = "the model's code runs other operations when this group loses channels"
+            except Exception as err:  # the user's code refuses the smaller widths
+                same, why = False, f"the model fails when this group loses channels ({err})"
+            if not same:
+                pins[layer.out_group] = why.splitlines()[0][:200]
+        if pins:
+            self.groups = tuple(
+                pin_group(g, pins[g.index]) if g.index in pins else g for g in self.groups
+            )
+            self._build(compressible, wiring)
 
     @property
     def num_groups(self) -> int:
@@ -313,16 +353,33 @@ class _Index:
     index: int
 
 
+def _primitives(jaxpr) -> list[str]:
+    names = []
+    for eqn in jaxpr.eqns:
+        names.append(eqn.primitive.name)
+        for key in ("jaxpr", "call_jaxpr", "fun_jaxpr"):
+            inner = eqn.params.get(key)
+            if inner is not None:
+                names.extend(_primitives(getattr(inner, "jaxpr", inner)))
+    return names
+
+
 def _layer_info(index: int, found: Found, wiring, groups: Sequence[Group]) -> LayerInfo:
     op = found.op
     in_shape = found.in_shape
     positions = wiring.in_positions
     in_channels = in_shape[-1] // positions if op.kind == "dense" else in_shape[-1]
-    reason = wiring.reason
+    group = groups[wiring.out_group] if wiring.out_group >= 0 else None
+    root = wiring.root and group is not None and group.pinned is None
+    reason = None if root else (group.pinned if group is not None else None) or wiring.reason
     output = reason == "its channels reach the model output"
     follows = -1
-    if wiring.out_group >= 0 and not wiring.root and groups[wiring.out_group].pinned is None:
+    if group is not None and not wiring.root and group.pinned is None:
         follows = wiring.out_group
+    in_group = wiring.in_group
+    if in_group >= 0 and groups[in_group].pinned is not None:
+        in_group, positions = -1, 1
+        in_channels = in_shape[-1]
     return LayerInfo(
         index=index,
         name=found.name,
@@ -332,12 +389,12 @@ def _layer_info(index: int, found: Found, wiring, groups: Sequence[Group]) -> La
         in_channels=in_channels,
         in_positions=positions,
         is_classifier=output,
-        coupled_out=not wiring.root,
+        coupled_out=not root,
         pre_flatten=None,
-        in_group=wiring.in_group,
-        out_group=wiring.out_group if wiring.root else -1,
+        in_group=in_group,
+        out_group=wiring.out_group if root else -1,
         follows=follows,
-        out_reason=None if wiring.root else reason,
+        out_reason=reason,
     )
 
 
@@ -436,7 +493,8 @@ def materialize(net: LinenNetwork, aux, techniques, plan) -> MaterializedLinen:
         replaced.append((path, out.ops))
         masks.update({(path, name): m for name, m in out.masks.items()})
     depthwise = {f.path for f in net.found if f.reason and f.reason.startswith("a depthwise")}
-    resized = {}
+    # every depthwise conv gets its width set: user code may derive it from its input's
+    resized = {path: _get(params, path)["kernel"].shape[-1] for path in depthwise}
     for g, keep in kept.items():
         group = net.groups[g]
         if len(keep) == group.size:
@@ -451,3 +509,19 @@ def materialize(net: LinenNetwork, aux, techniques, plan) -> MaterializedLinen:
     wrapped = {col: {"base": tree} for col, tree in new.items()}
     ops = {layer.name: done[layer.name].ops for layer in net.layers}
     return MaterializedLinen(module, wrapped, masks, ops)
+
+
+def export_form(mat: MaterializedLinen) -> tuple[Substituted, dict]:
+    """The module and variables with k-bit kernels baked to their quantized values, for a
+    converter (see :func:`autocomp.models.bake_quantized`)."""
+    from autocomp.models import bake_quantized
+
+    params = _plain(mat.variables["params"])
+    replaced = []
+    for path, ops in mat.module.replaced:
+        node = _get(params["base"], path)
+        baked_ops, baked = bake_quantized(ops, node)
+        _set(params["base"], path, baked)
+        replaced.append((path, baked_ops))
+    module = Substituted(mat.module.base, tuple(replaced), mat.module.resized)
+    return module, {**mat.variables, "params": params}

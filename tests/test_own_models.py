@@ -1,0 +1,197 @@
+"""Someone else's linen models (jax-resnet, Hugging Face transformers) and our own MobileNet-V2
+style fixture, with random weights: the channel analysis against a hand analysis, simulation
+equal to materialization under structured pruning of residual groups, and the TFLite export."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from own_models import ShapeBranching, TinyMobileNetV2
+
+from autocomp.config import RewardConfig
+from autocomp.costs import load_profile
+from autocomp.export import TfliteModel, function_to_tflite
+from autocomp.linen import LinenNetwork, export_form, materialize
+from autocomp.plan import plan_from_indices, prepare_aux
+from autocomp.reward import make_reward_params
+from autocomp.search_space import build_search_space
+from autocomp.techniques import make_techniques, technique_fits
+from envs.compression import CompressionEnv
+
+RATIOS = (0.0, 0.5)
+TECHS = make_techniques(["keep", "filter", "svd", "spatial", "magnitude"])
+
+
+def _jitter_stats(variables):
+    """Batch statistics away from (0, 1), so that a wrongly sliced batch norm shows."""
+    key = jax.random.key(1)
+
+    def f(path, a):
+        name = jax.tree_util.keystr(path)
+        k = jax.random.fold_in(key, hash(name) % 10_000)
+        if "var" in name:
+            return jnp.abs(a) + 0.5 + jax.random.uniform(k, a.shape)
+        if "batch_stats" in name or "scale" in name or "bias" in name:
+            return a + 0.3 * jax.random.normal(k, a.shape)
+        return a
+
+    return jax.tree_util.tree_map_with_path(f, variables)
+
+
+def _resnet18():
+    from jax_resnet import ResNet18
+
+    model = ResNet18(n_classes=10)
+    x = np.random.default_rng(0).normal(size=(16, 32, 32, 3)).astype(np.float32)
+    return LinenNetwork(model, _jitter_stats(model.init(jax.random.key(0), x[:1])), x[:1]), x
+
+
+def _hf_resnet():
+    from transformers import FlaxResNetForImageClassification, ResNetConfig
+
+    cfg = ResNetConfig(
+        embedding_size=16, hidden_sizes=[16, 32], depths=[1, 1], layer_type="basic", num_labels=10
+    )
+    hf = FlaxResNetForImageClassification(cfg, input_shape=(1, 32, 32, 3), seed=0)
+    x = np.random.default_rng(0).normal(size=(16, 32, 32, 3)).astype(np.float32)
+    net = LinenNetwork(
+        hf.module,
+        _jitter_stats(hf.params),
+        x[:1],
+        apply_kwargs={"deterministic": True},
+        output_fn=lambda out: out.logits,
+    )
+    return net, x
+
+
+def _mobilenet():
+    model = TinyMobileNetV2()
+    x = np.random.default_rng(0).normal(size=(16, 16, 16, 3)).astype(np.float32)
+    return LinenNetwork(model, _jitter_stats(model.init(jax.random.key(0), x[:1])), x[:1]), x
+
+
+MODELS = {"jax_resnet18": _resnet18, "hf_resnet": _hf_resnet, "mobilenet_v2": _mobilenet}
+
+
+@pytest.fixture(scope="module", params=sorted(MODELS))
+def built(request):
+    return request.param, *MODELS[request.param]()
+
+
+def _groups(net):
+    return [(g.producers, g.consumers, g.pinned is None) for g in net.groups]
+
+
+def test_resnet18_groups_match_a_hand_analysis():
+    net, _ = _resnet18()
+    assert len(net.layers) == 21  # 17 convs of the blocks and stem, 3 projections, 1 dense
+    # Stage s has one channel group through its residual adds: the stage's first producer
+    # (stem, or the first block's second conv), the projection shortcut and each block's
+    # second conv; every block's first conv is a group of its own; the classifier is pinned.
+    residual = [(0, 2, 4), (6, 7, 9), (11, 12, 14), (16, 17, 19)]
+    assert [g.producers for g in net.groups if len(g.producers) > 1] == residual
+    singles = [g.producers[0] for g in net.groups if len(g.producers) == 1]
+    assert singles == [1, 3, 5, 8, 10, 13, 15, 18, 20]
+    prunable = [la.index for la in net.layers if la.out_group >= 0]
+    assert prunable == [0, 1, 3, 5, 6, 8, 10, 11, 13, 15, 16, 18]
+    assert net.layers[20].is_classifier and "model output" in net.layers[20].out_reason
+    assert "follow the root" in net.layers[2].out_reason
+    # each residual group slices the batch norm after every producer (scale, bias, mean, var)
+    assert [len(g.leaves) for g in net.groups if len(g.producers) > 1] == [12, 12, 12, 12]
+
+
+def test_mobilenet_groups_match_a_hand_analysis():
+    net, _ = _mobilenet()
+    names = [la.name for la in net.layers]
+    assert names == [
+        "stem", "block1/expand", "block1/project", "block2/expand", "block2/se_reduce",
+        "block2/se_expand", "block2/project", "block3/expand", "block3/se_reduce",
+        "block3/se_expand", "block3/project", "branch_a", "branch_b", "head", "classifier",
+    ]  # fmt: skip
+    depthwise = [f for f in net.found if f.kind == "Conv" and f.reason]
+    assert [f.name for f in depthwise] == [f"block{i}/depthwise" for i in (1, 2, 3)]
+    assert _groups(net) == [
+        ((0, 2), (1, 3), True),  # stem + block1's residual
+        ((1,), (2,), True),  # block1's expand, through its depthwise conv
+        ((3, 5), (4, 6), True),  # block2's expand, the SE gate multiplies the same channels
+        ((4,), (5,), True),  # SE bottleneck
+        ((6, 10), (7, 11, 12), True),  # block2's project + block3's residual
+        ((7, 9), (8, 10), True),
+        ((8,), (9,), True),
+        ((11,), (13,), False),  # the concat: pinned (fail closed)
+        ((12,), (13,), False),
+        ((13,), (14,), True),
+        ((14,), (), False),  # the logits
+    ]
+    assert "several groups" in net.layers[11].out_reason
+    # expand's group slices its batch norm, the depthwise kernel and the depthwise batch norm
+    assert len(net.groups[1].leaves) == 9
+
+
+def test_hf_resnet_groups_match_a_hand_analysis():
+    net, _ = _hf_resnet()
+    assert [g.producers for g in net.groups] == [(0, 2), (1,), (3,), (4, 5), (6,)]
+    assert [la.out_group >= 0 for la in net.layers] == [True, True, False, True, True, False, False]
+
+
+def test_a_group_whose_width_the_code_branches_on_is_pinned():
+    model = ShapeBranching()
+    x = np.zeros((1, 8, 8, 3), np.float32)
+    net = LinenNetwork(model, model.init(jax.random.key(0), x), x)
+    stem = net.layers[0]
+    assert stem.out_group < 0 and "other operations" in stem.out_reason
+    assert technique_fits(TECHS[1], stem) is not None  # filter is not offered
+
+
+def _pruning_plan(net):
+    """filter 0.5 on every group root, svd 0.5 where it fits elsewhere, else keep."""
+    rows = []
+    for layer in net.layers:
+        if layer.out_group >= 0:
+            rows.append((1, 1))
+        elif technique_fits(TECHS[2], layer) is None:
+            rows.append((2, 1))
+        else:
+            rows.append((0, 0))
+    return np.array(rows)
+
+
+def _simulate(net, aux, plan, x):
+    profile = load_profile("analytic_cortex_a76")
+    space = build_search_space(
+        (), net.layers, TECHS, RATIOS, profile, x.shape[1:], [], net.num_groups
+    )
+    env = CompressionEnv(net, space)
+    reward = make_reward_params(RewardConfig(), tuple(space.base[:3]), 0.5)
+    params = env.make_params(net.base_params(), aux, x, np.zeros(len(x), int), reward)
+    return np.asarray(jax.jit(lambda x: env.logits(jnp.asarray(plan), params, x))(x))
+
+
+def test_structured_pruning_materializes_as_simulated(built):
+    name, net, x = built
+    aux = prepare_aux(net.layers, net.base_params(), TECHS, ops=net)
+    plan = _pruning_plan(net)
+    mat = materialize(net, aux, TECHS, plan_from_indices(name, net.layers, TECHS, RATIOS, plan))
+    real = mat.module.apply(mat.variables, x, **net.apply_kwargs)
+    real = np.asarray(net.output_fn(real) if net.output_fn else real)
+    sim = _simulate(net, aux, plan, x)
+    assert np.abs(real - sim).max() <= 1e-4 * (np.abs(sim).max() + 1)
+    # every producer of a pruned group really has half the output channels
+    for group in net.groups:
+        if group.pinned is None:
+            for producer in group.producers:
+                ops = mat.ops[net.layers[producer].name]
+                assert ops[-1].features == group.size // 2, (name, producer)
+    # the float TFLite file agrees with JAX
+    module, variables = export_form(mat)
+
+    def fn(xb):
+        out = module.apply(variables, xb, **net.apply_kwargs)
+        return net.output_fn(out) if net.output_fn else out
+
+    tflite = TfliteModel(function_to_tflite(fn, x.shape[1:]))
+    lite = np.stack([tflite(xi[None])[0] for xi in x])
+    assert np.mean(lite.argmax(-1) == real.argmax(-1)) >= 0.999
+    assert np.abs(lite - real).max() <= 1e-3 * (np.abs(real).max() + 1)
