@@ -13,3 +13,11 @@ def apply_plan(model, params, plan):
     from autocomp.plan import apply_plan as _apply_plan
 
     return _apply_plan(model, params, plan)
+
+
+def inspect(model, variables, example, apply_kwargs=None, output_fn=None) -> str:
+    """A table of what autocomp sees in a user's linen model; see
+    :func:`autocomp.inspection.inspect`."""
+    from autocomp.inspection import inspect as _inspect
+
+    return _inspect(model, variables, example, apply_kwargs, output_fn)

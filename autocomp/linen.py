@@ -121,6 +121,8 @@ def _layer_op(mod: nn.Module, name: str, x_shape: tuple[int, ...]) -> Op | str:
                 f"a dense layer on a rank-{len(x_shape)} input (autocomp takes (batch, features))"
             )
         return Op("dense", name, mod.features, use_bias=True)
+    if isinstance(mod, nn.BatchNorm):
+        return "batch norm: passes channels through (sliced with its group)"
     return f"{type(mod).__name__} is not a layer autocomp compresses"
 
 

@@ -4,6 +4,7 @@ equal to materialization under structured pruning of residual groups, and the TF
 
 from __future__ import annotations
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -195,3 +196,46 @@ def test_structured_pruning_materializes_as_simulated(built):
     lite = np.stack([tflite(xi[None])[0] for xi in x])
     assert np.mean(lite.argmax(-1) == real.argmax(-1)) >= 0.999
     assert np.abs(lite - real).max() <= 1e-3 * (np.abs(real).max() + 1)
+
+
+def test_inspect_lists_every_layer_with_what_fits_and_why_not():
+    import autocomp
+
+    model = TinyMobileNetV2()
+    x = np.zeros((1, 16, 16, 3), np.float32)
+    text = autocomp.inspect(model, model.init(jax.random.key(0), x), x)
+    assert "15 compressible layers" in text
+    assert "block2/depthwise" in text and "passes channels through" in text
+    assert "several groups" in text  # the concat's branches: no channel pruning, and why
+
+
+class _Train(nn.Module):
+    @nn.compact
+    def __call__(self, x, train: bool):
+        return nn.Dense(3)(nn.Dropout(0.5, deterministic=not train)(x.reshape(len(x), -1)))
+
+
+class _Branchy(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        y = nn.Dense(3)(x.reshape(len(x), -1))
+        return y if y.sum() > 0 else -y
+
+
+def test_bad_models_get_one_clear_error():
+    from autocomp.linen import ModelError
+
+    x = np.zeros((1, 4, 4, 1), np.float32)
+    model = TinyMobileNetV2()
+    variables = model.init(jax.random.key(0), np.zeros((1, 16, 16, 3), np.float32))
+    with pytest.raises(ModelError, match="no 'params' collection"):
+        LinenNetwork(model, variables["params"], x)
+    with pytest.raises(ModelError, match="apply_kwargs"):
+        LinenNetwork(_Train(), _Train().init(jax.random.key(0), x, False), x)
+    with pytest.raises(ModelError, match="Python branches on array values"):
+        LinenNetwork(_Branchy(), _Branchy().init(jax.random.key(0), x), x)
+    hf_like = lambda out: {"logits": out}  # noqa: E731
+    with pytest.raises(ModelError, match="output_fn"):
+        LinenNetwork(
+            _Train(), _Train().init(jax.random.key(0), x, False), x, {"train": False}, hf_like
+        )
