@@ -21,3 +21,11 @@ def inspect(model, variables, example, apply_kwargs=None, output_fn=None) -> str
     from autocomp.inspection import inspect as _inspect
 
     return _inspect(model, variables, example, apply_kwargs, output_fn)
+
+
+def compress(model, variables, data, overrides=(), **kwargs):
+    """Search, compress and fine-tune a user's own linen model; see
+    :func:`autocomp.api.compress`."""
+    from autocomp.api import compress as _compress
+
+    return _compress(model, variables, data, overrides, **kwargs)

@@ -35,6 +35,23 @@ class Dataset(NamedTuple):
         return h.hexdigest()[:16]
 
 
+def arrays(x_train, y_train, x_val, y_val, x_test, y_test, name: str = "arrays") -> Dataset:
+    """A data set from the user's own arrays (NHWC images, uint8 or float; integer labels)."""
+    splits = [np.asarray(a) for a in (x_train, y_train, x_val, y_val, x_test, y_test)]
+    for (label, x), y in zip(
+        (("train", splits[0]), ("val", splits[2]), ("test", splits[4])), splits[1::2], strict=True
+    ):
+        if len(x) != len(y) or len(x) == 0:
+            raise DataError(
+                f"the {label} split has {len(x)} inputs and {len(y)} labels; give each split "
+                "as many labels as inputs, at least one"
+            )
+    xs = [images(x) for x in splits[0::2]]
+    ys = [y.astype(np.int32) for y in splits[1::2]]
+    classes = int(max(y.max() for y in ys)) + 1
+    return Dataset(name, xs[0], ys[0], xs[1], ys[1], xs[2], ys[2], classes)
+
+
 def images(x: np.ndarray) -> np.ndarray:
     """NHWC float32 in [0, 1] from uint8 images (float features pass through)."""
     if x.ndim == 3:

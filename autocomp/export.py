@@ -188,7 +188,18 @@ def verify(
     progress: Callable[[str], None] | None = None,
 ) -> dict:
     """Run the TFLite files on the test split against the JAX model; measure host latency."""
-    reference = predict(ops, params, x_test)
+    return verify_logits(predict(ops, params, x_test), files, x_test, y_test, num_threads, progress)
+
+
+def verify_logits(
+    reference: np.ndarray,
+    files: dict[str, bytes],
+    x_test: np.ndarray,
+    y_test: np.ndarray,
+    num_threads: int = 1,
+    progress: Callable[[str], None] | None = None,
+) -> dict:
+    """:func:`verify` against the JAX model's test logits ``reference`` (any model)."""
     report: dict = {
         "examples": int(len(x_test)),
         "jax_test_accuracy": float(np.mean(reference.argmax(-1) == y_test)),

@@ -58,6 +58,7 @@ class Found:
     calls: int = 1
     op: Op | None = None
     reason: str | None = None
+    priced: Op | None = None
 
     @property
     def name(self) -> str:
@@ -110,6 +111,18 @@ def _conv_op(mod: nn.Conv, name: str, x_shape: tuple[int, ...]) -> Op | str:
     if isinstance(padding, str):
         return padding
     return Op("conv", name, mod.features, kernel[0], strides[0], True, padding=padding)
+
+
+def _depthwise_op(mod: nn.Module, name: str) -> Op | None:
+    """A depthwise conv as the op the cost table prices (it stays, but it costs)."""
+    if type(mod) is not nn.Conv or mod.feature_group_count == 1:
+        return None
+    kernel, strides = _pairs(mod.kernel_size), _pairs(mod.strides)
+    padding = _padding(mod.padding, kernel)
+    if isinstance(padding, str) or len(kernel) != 2:
+        return None
+    return Op("dwconv", name, 0, kernel[0], strides[0], padding=padding, kernel_w=kernel[1],
+              stride_w=strides[1])  # fmt: skip
 
 
 def _layer_op(mod: nn.Module, name: str, x_shape: tuple[int, ...]) -> Op | str:
@@ -166,6 +179,7 @@ def discover(model: nn.Module, variables: Mapping, x, apply_kwargs: Mapping) -> 
             1,
             None if isinstance(op, str) else op,
             op if isinstance(op, str) else None,
+            _depthwise_op(ctx.module, "/".join(path)) if isinstance(op, str) else None,
         )
         return out
 
@@ -285,6 +299,12 @@ class LinenNetwork:
     @property
     def num_groups(self) -> int:
         return len(self.groups)
+
+    def fixed_priced(self) -> list[tuple[Op, tuple[int, ...]]]:
+        """(op, input shape) of what the cost table prices outside the compressible layers:
+        the depthwise convs (batch norms fold into the conv before them; adds, pools and
+        activations are not priced yet)."""
+        return [(f.priced, f.in_shape) for f in self.found if f.priced is not None]
 
     # ---------------------------------------------------------------- params
     def base_params(self) -> dict:

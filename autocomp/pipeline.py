@@ -116,11 +116,16 @@ class Selection:
 
 def select(prepared: Prepared, history: dict[str, np.ndarray]) -> Selection:
     """Deduplicate evaluated plans, find the Pareto front, pick the best plan within budgets."""
+    return select_plans(prepared.space, history)
+
+
+def select_plans(space: SearchSpace, history: dict[str, np.ndarray]) -> Selection:
+    """:func:`select` for any model's search space."""
     flat = history["plan"].reshape(len(history["plan"]), -1)
     _, first = np.unique(flat, axis=0, return_index=True)
     first = np.sort(first)
     plans = history["plan"][first]
-    costs = np.stack([plan_cost(prepared.space, p) for p in plans])
+    costs = np.stack([plan_cost(space, p) for p in plans])
     reward, acc = history["reward"][first], history["accuracy"][first]
     violation = history["violation"][first]
     front = pareto_front(acc, costs[:, :3])

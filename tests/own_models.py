@@ -68,3 +68,55 @@ class TinyMobileNetV2(nn.Module):
         x = nn.Conv(48, (1, 1), name="head")(x)
         x = nn.relu(x).mean(axis=(1, 2))
         return nn.Dense(self.num_classes, name="classifier")(x)
+
+
+class SmallResNet(nn.Module):
+    """A small residual CNN with batch norm and a flatten before its dense head."""
+
+    num_classes: int = 10
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        def conv_bn(x, features, name, strides=1):
+            x = nn.Conv(features, (3, 3), strides=strides, use_bias=False, name=name)(x)
+            return nn.BatchNorm(use_running_average=not train, momentum=0.9, name=f"{name}_bn")(x)
+
+        x = nn.relu(conv_bn(x, 16, "stem"))
+        y = nn.relu(conv_bn(x, 16, "block_a"))
+        x = nn.relu(x + conv_bn(y, 16, "block_b"))
+        x = nn.relu(conv_bn(x, 32, "down", strides=2))
+        x = nn.relu(nn.Dense(64, name="fc")(x.reshape(x.shape[0], -1)))
+        return nn.Dense(self.num_classes, name="classifier")(x)
+
+
+def train_linen(model, x, y, epochs: int = 8, seed: int = 0):
+    """Plain optax training (Adam, cross-entropy, batch statistics), as a user would do it."""
+    import jax
+    import numpy as np
+    import optax
+
+    variables = model.init(jax.random.key(seed), x[:1])
+    tx = optax.adam(3e-3)
+    params, stats = variables["params"], variables["batch_stats"]
+    opt = tx.init(params)
+
+    @jax.jit
+    def step(params, stats, opt, xb, yb):
+        def loss_fn(p):
+            logits, new = model.apply(
+                {"params": p, "batch_stats": stats}, xb, train=True, mutable=["batch_stats"]
+            )
+            loss = optax.softmax_cross_entropy_with_integer_labels(logits, yb).mean()
+            return loss, new["batch_stats"]
+
+        (_, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        updates, opt = tx.update(grads, opt, params)
+        return optax.apply_updates(params, updates), stats, opt
+
+    rng = np.random.default_rng(seed)
+    for _ in range(epochs):
+        order = rng.permutation(len(x))
+        for i in range(0, len(x) - 63, 64):
+            sel = order[i : i + 64]
+            params, stats, opt = step(params, stats, opt, x[sel], y[sel])
+    return {"params": params, "batch_stats": stats}

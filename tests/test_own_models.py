@@ -239,3 +239,50 @@ def test_bad_models_get_one_clear_error():
         LinenNetwork(
             _Train(), _Train().init(jax.random.key(0), x, False), x, {"train": False}, hf_like
         )
+
+
+@pytest.fixture(scope="module")
+def trained_small_resnet():
+    from own_models import SmallResNet, train_linen
+    from sklearn.datasets import load_digits
+
+    from autocomp.data import arrays
+
+    digits = load_digits()
+    x = (digits.images[..., None] / 16.0).astype(np.float32)
+    y = digits.target
+    order = np.random.default_rng(0).permutation(len(x))
+    x, y = x[order], y[order]
+    data = arrays(x[:1200], y[:1200], x[1200:1500], y[1200:1500], x[1500:], y[1500:])
+    model = SmallResNet()
+    return model, train_linen(model, data.x_train, data.y_train), data
+
+
+def test_compress_a_trained_user_model_end_to_end(trained_small_resnet, tmp_path):
+    import autocomp
+
+    model, variables, data = trained_small_resnet
+    result = autocomp.compress(
+        model,
+        variables,
+        data,
+        [
+            "agent.episodes=128",
+            "finetune.epochs=3",
+            "device=analytic_cortex_a76",
+            "env.techniques=[keep,filter,svd,magnitude]",
+            "env.ratios=[0,0.5,0.75]",
+            "reward.max_latency_frac=0.6",
+        ],
+        apply_kwargs={"train": False},
+    )
+    m = result.metrics
+    assert m["base"]["test_accuracy"] > 0.9  # a really trained base model
+    assert m["compressed"]["latency_ms"] <= 0.6 * m["base"]["latency_ms"] * (1 + 1e-6)
+    assert m["compressed"]["test_accuracy"] > m["base"]["test_accuracy"] - 0.1
+    assert m["materialize_check"]["prediction_agreement"] == 1.0
+    assert [c.name for c in result.plan.layers] == [la.name for la in result.network.layers]
+    run_dir = result.save(tmp_path / "run")
+    assert {p.name for p in run_dir.iterdir()} >= {"plan.json", "metrics.json"}
+    report = result.export(tmp_path / "export", data, int8=False)
+    assert report["tflite_top1_agreement"] >= 0.999

@@ -1,0 +1,291 @@
+"""``autocomp.compress``: search, compress and fine-tune a user's own linen model.
+
+Like ``python -m autocomp.train``, this is an entry point: it puts the environment and the agent
+together (imported here, so that ``import autocomp`` loads neither).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import serialization
+
+from autocomp.config import FinetuneConfig, RootConfig
+from autocomp.data import Dataset
+from autocomp.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from autocomp.linen import LinenNetwork, MaterializedLinen, export_form, materialize
+from autocomp.plan import Plan, plan_from_indices, prepare_aux
+from autocomp.search_space import CHANNELS, build_search_space, plan_cost
+
+log = logging.getLogger(__name__)
+
+
+def compose(overrides: Sequence[str] = ()) -> RootConfig:
+    """The run config of ``experiments/`` with Hydra overrides, as the CLI composes it."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize
+
+    from autocomp.train import register, to_config
+
+    register()
+    with initialize(version_base="1.3", config_path="../experiments"):
+        return to_config(hydra_compose("config", overrides=["logger=none", *overrides]))
+
+
+def _predict(fn: Callable, params, x: np.ndarray, batch: int = 512) -> np.ndarray:
+    jitted = jax.jit(fn)
+    return np.concatenate(
+        [np.asarray(jitted(params, x[i : i + batch])) for i in range(0, len(x), batch)]
+    )
+
+
+@dataclass
+class Result:
+    """What :func:`compress` returns.
+
+    Attributes:
+        plan: the chosen per-layer plan (the same ``plan.json`` as a CLI run).
+        metrics: ``base`` and ``compressed`` (test accuracy, params, bytes, MACs, latency and
+            energy from the device table), their ratios, the materialization check.
+        model: the compressed model, an ordinary linen module (:class:`autocomp.linen.Substituted`).
+        variables: its variables: ``model.apply(variables, x, **network.apply_kwargs)``.
+        network: what autocomp saw in the original model.
+    """
+
+    plan: Plan
+    metrics: dict
+    model: Any
+    variables: dict
+    network: LinenNetwork
+    materialized: MaterializedLinen
+
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        net = self.network
+
+        def fn(v, xb):
+            out = self.model.apply(v, xb, **net.apply_kwargs)
+            return net.output_fn(out) if net.output_fn is not None else out
+
+        return _predict(fn, self.variables, np.asarray(x, np.float32))
+
+    def save(self, run_dir: str | Path) -> Path:
+        """``plan.json``, ``metrics.json`` and ``compressed_variables.msgpack`` (atomically)."""
+        run_dir = Path(run_dir)
+        atomic_write_text(run_dir / "plan.json", self.plan.to_json())
+        blob = serialization.msgpack_serialize(jax.tree.map(np.asarray, self.variables))
+        atomic_write_bytes(run_dir / "compressed_variables.msgpack", blob)
+        atomic_write_json(run_dir / "metrics.json", self.metrics)
+        return run_dir
+
+    def export(self, out_dir: str | Path, data: Dataset, int8: bool = True) -> dict:
+        """``model.tflite`` (float32), ``model_int8.tflite`` and ``verify.json``: both files run
+        in the LiteRT interpreter on the test split against the JAX model."""
+        from autocomp.export import function_to_tflite, verify_logits
+
+        out_dir = Path(out_dir)
+        module, variables = export_form(self.materialized)
+        net = self.network
+
+        def fn(xb):
+            out = module.apply(variables, xb, **net.apply_kwargs)
+            return net.output_fn(out) if net.output_fn is not None else out
+
+        shape = data.x_test.shape[1:]
+        files = {"float32": function_to_tflite(fn, shape)}
+        if int8:
+            files["int8"] = function_to_tflite(fn, shape, data.x_train[:200])
+        for kind, content in files.items():
+            name = "model.tflite" if kind == "float32" else "model_int8.tflite"
+            atomic_write_bytes(out_dir / name, content)
+        report = verify_logits(self.logits(data.x_test), files, data.x_test, data.y_test)
+        atomic_write_json(out_dir / "verify.json", report)
+        return report
+
+
+def compress(
+    model,
+    variables: Mapping,
+    data: Dataset,
+    overrides: Sequence[str] = (),
+    apply_kwargs: Mapping | None = None,
+    output_fn: Callable | None = None,
+    name: str | None = None,
+    show_progress: bool = False,
+) -> Result:
+    """Search a per-layer compression plan for a user's trained linen model, materialize it
+    into a really smaller linen model and fine-tune it by distillation from the original.
+
+    Args:
+        model: the ``flax.linen`` module.
+        variables: its trained variables (``{"params": ..., "batch_stats": ...}``).
+        data: :func:`autocomp.data.arrays` (or any :class:`autocomp.data.Dataset`).
+        overrides: Hydra overrides as for ``python -m autocomp.train`` (``agent.episodes=256``,
+            ``reward.max_latency_frac=0.3``, ``device=analytic_cortex_a76``, ...).
+        apply_kwargs: keyword arguments of ``model.apply`` at inference (``train=False``).
+        output_fn: maps the model's output to logits (``lambda out: out.logits``).
+        name: the model's name in the plan.
+        show_progress: progress bars for the search and the fine-tuning.
+    """
+    from agents.compressor_critic import make_policy, make_train
+    from autocomp.pipeline import merge_history, prepare_context, select_plans, validate
+    from autocomp.reward import make_reward_params
+    from autocomp.search import run_search
+    from autocomp.tracking import NullTracker
+    from envs.compression import CompressionEnv
+
+    started = time.perf_counter()
+    config = compose(overrides)
+    profile, techniques = validate(config)
+    net = LinenNetwork(
+        model, variables, data.x_train[:1], apply_kwargs or {}, output_fn, name or ""
+    )
+    ratios = tuple(config.env.ratios)
+    shape = data.x_train.shape[1:]
+    space = build_search_space(
+        (), net.layers, techniques, ratios, profile, shape, net.fixed_priced(), net.num_groups
+    )
+    base_params = net.base_params()
+    aux = prepare_aux(
+        net.layers, base_params, techniques, prepare_context(config), net, data.x_train
+    )
+    n_val = config.env.val_examples or len(data.x_val)
+    x_val, y_val = data.x_val[:n_val], data.y_val[:n_val]
+    base_val = float(np.mean(_predict(net.forward, base_params, x_val).argmax(-1) == y_val))
+    reward = make_reward_params(config.reward, tuple(space.base[:3]), base_val)
+    env = CompressionEnv(net, space)
+    env_params = env.make_params(base_params, aux, x_val, y_val, reward)
+    train = make_train(config.agent, env, env_params)
+    episodes = config.agent.batch_episodes * config.agent.updates_per_chunk
+    state, history, timings = run_search(
+        train, jax.random.key(config.seed), episodes, NullTracker(), None, "", show_progress
+    )
+    greedy = make_policy(config.agent, env, env_params)(state.params)
+    greedy_hist = jax.device_get(env.evaluate_plans(greedy[None], env_params))
+    history = merge_history(history, {k: v[None] for k, v in greedy_hist.items()})
+    sel = select_plans(space, history)
+    indices = sel.plans[sel.chosen]
+    plan = plan_from_indices(net.name, net.layers, techniques, ratios, indices)
+    mat = materialize(net, aux, techniques, plan)
+    check = _check(net, mat, env, env_params, indices, x_val)
+    variables_ft = finetune(net, mat, data, config.finetune, config.seed, base_params)
+    mat = MaterializedLinen(mat.module, variables_ft, mat.masks, mat.ops)
+    result = Result(plan, {}, mat.module, variables_ft, net, mat)
+    base_test = float(
+        np.mean(_predict(net.forward, base_params, data.x_test).argmax(-1) == data.y_test)
+    )
+    test = float(np.mean(result.logits(data.x_test).argmax(-1) == data.y_test))
+    base = _costs(space.base) | {"test_accuracy": base_test, "val_accuracy": base_val}
+    compressed = _costs(plan_cost(space, indices)) | {
+        "test_accuracy": test,
+        "val_accuracy_before_finetune": float(sel.accuracy[sel.chosen]),
+        "reward": float(sel.reward[sel.chosen]),
+    }
+    result.metrics = {
+        "model": net.name,
+        "base": base,
+        "compressed": compressed,
+        "ratios": {
+            f"{k}_x": base[k] / max(compressed[k], 1e-12) for k in ("params", "bytes", "latency_ms")
+        }
+        | {"accuracy_drop_points": 100 * (base_test - test)},
+        "materialize_check": check,
+        "search": {
+            "episodes": int(len(history["reward"])),
+            "unique_plans": int(len(sel.plans)),
+            **timings,
+        },
+        "device_table": profile.name,
+        "wall_time_s": time.perf_counter() - started,
+    }
+    return result
+
+
+def _costs(row: np.ndarray) -> dict:
+    return {c: float(v) for c, v in zip(CHANNELS, row, strict=True)}
+
+
+def _check(net, mat, env, env_params, indices, x) -> dict:
+    """The materialized model against the environment's simulation of the plan."""
+    sim = np.asarray(jax.jit(lambda xb: env.logits(jnp.asarray(indices), env_params, xb))(x))
+
+    def fn(v, xb):
+        out = mat.module.apply(v, xb, **net.apply_kwargs)
+        return net.output_fn(out) if net.output_fn is not None else out
+
+    real = _predict(fn, mat.variables, x)
+    check = {
+        "max_abs_logit_diff": float(np.abs(real - sim).max()),
+        "prediction_agreement": float(np.mean(real.argmax(-1) == sim.argmax(-1))),
+    }
+    if check["max_abs_logit_diff"] > 1e-3 * (float(np.abs(sim).max()) + 1.0):
+        raise RuntimeError(
+            f"the materialized model disagrees with its simulation ({check}); please report "
+            "the model: a channel group was analysed wrongly"
+        )
+    return check
+
+
+def finetune(
+    net: LinenNetwork,
+    mat: MaterializedLinen,
+    data: Dataset,
+    cfg: FinetuneConfig,
+    seed: int,
+    base_params: dict,
+) -> dict:
+    """Knowledge distillation from the original model into the compressed one (Hinton et
+    al., 2015), batch statistics as they are, sparsity masks kept."""
+    from autocomp.training import _kd_loss, augment_batch, make_optimizer
+
+    if cfg.epochs == 0:
+        return mat.variables
+    teacher = _predict(net.forward, base_params, data.x_train)
+    batch = min(cfg.batch_size, len(data.x_train))
+    steps_per_epoch = max(1, len(data.x_train) // batch)
+    tx = make_optimizer("adamw", cfg.learning_rate, 0.0, cfg.epochs * steps_per_epoch)
+    rest = {k: v for k, v in mat.variables.items() if k != "params"}
+    masks = {path: jnp.asarray(m) for path, m in mat.masks.items()}
+
+    def keep_masks(p):
+        for (path, op_name), m in masks.items():
+            node = p["base"]
+            for key in path:
+                node = node[key]
+            node[op_name] = {**node[op_name], "kernel": node[op_name]["kernel"] * m}
+        return p
+
+    def logits(p, x):
+        out = mat.module.apply({"params": p, **rest}, x, **net.apply_kwargs)
+        return net.output_fn(out) if net.output_fn is not None else out
+
+    @jax.jit
+    def step(p, s, x, y, t, key):
+        if cfg.augment:
+            x = augment_batch(key, x)
+        loss, grads = jax.value_and_grad(
+            lambda p: _kd_loss(logits(p, x), y, t, cfg.temperature, cfg.alpha)
+        )(p)
+        updates, s = tx.update(grads, s, p)
+        return keep_masks(jax.tree.map(lambda a: a, optax.apply_updates(p, updates))), s, loss
+
+    params = jax.tree.map(jnp.asarray, mat.variables["params"])
+    state = tx.init(params)
+    key = jax.random.key(seed + 1)
+    for epoch in range(cfg.epochs):
+        order = np.random.default_rng([seed, epoch]).permutation(len(data.x_train))
+        for b in range(steps_per_epoch):
+            sel = order[b * batch : (b + 1) * batch]
+            params, state, _ = step(
+                params, state, data.x_train[sel], data.y_train[sel], teacher[sel],
+                jax.random.fold_in(key, epoch * steps_per_epoch + b),
+            )  # fmt: skip
+    return {"params": jax.tree.map(np.asarray, params), **rest}
