@@ -135,6 +135,23 @@ def compress(
         name: the model's name in the plan.
         show_progress: progress bars for the search and the fine-tuning.
     """
+    config = compose(overrides)
+    return compress_config(
+        model, variables, data, config, apply_kwargs, output_fn, name, show_progress
+    )
+
+
+def compress_config(
+    model,
+    variables: Mapping,
+    data: Dataset,
+    config: RootConfig,
+    apply_kwargs: Mapping | None = None,
+    output_fn: Callable | None = None,
+    name: str | None = None,
+    show_progress: bool = False,
+) -> Result:
+    """:func:`compress` with a composed config (the CLI's path for ``model._target_``)."""
     from agents.compressor_critic import make_policy, make_train
     from autocomp.pipeline import merge_history, prepare_context, select_plans, validate
     from autocomp.reward import make_reward_params
@@ -143,7 +160,6 @@ def compress(
     from envs.compression import CompressionEnv
 
     started = time.perf_counter()
-    config = compose(overrides)
     profile, techniques = validate(config)
     net = LinenNetwork(
         model, variables, data.x_train[:1], apply_kwargs or {}, output_fn, name or ""
@@ -175,6 +191,7 @@ def compress(
     indices = sel.plans[sel.chosen]
     plan = plan_from_indices(net.name, net.layers, techniques, ratios, indices)
     mat = materialize(net, aux, techniques, plan)
+    plan = _annotate(space, plan, indices, mat, net)
     check = _check(net, mat, env, env_params, indices, x_val)
     variables_ft = finetune(net, mat, data, config.finetune, config.seed, base_params)
     mat = MaterializedLinen(mat.module, variables_ft, mat.masks, mat.ops)
@@ -194,7 +211,8 @@ def compress(
         "base": base,
         "compressed": compressed,
         "ratios": {
-            f"{k}_x": base[k] / max(compressed[k], 1e-12) for k in ("params", "bytes", "latency_ms")
+            f"{k}_x": base[k] / max(compressed[k], 1e-12)
+            for k in ("params", "bytes", "macs", "latency_ms", "energy_mj")
         }
         | {"accuracy_drop_points": 100 * (base_test - test)},
         "materialize_check": check,
@@ -207,6 +225,53 @@ def compress(
         "wall_time_s": time.perf_counter() - started,
     }
     return result
+
+
+def _annotate(space, plan: Plan, indices, mat: MaterializedLinen, net: LinenNetwork) -> Plan:
+    """Each layer's resulting kernel shapes and cost-table row, as a CLI run's plan has."""
+    from autocomp.plan import LayerChoice
+    from autocomp.search_space import plan_bins
+
+    bins = plan_bins(space, indices)
+    layers = []
+    for layer, choice, (t, r) in zip(net.layers, plan.layers, indices, strict=True):
+        row = space.costs[layer.index, t, r, bins[layer.index]]
+        node = mat.variables["params"]["base"]
+        for key in net.by_path_of(layer):
+            node = node[key]
+        shapes = [list(np.shape(p["kernel"])) for _, p in sorted(node.items()) if "kernel" in p]
+        layers.append(
+            LayerChoice(choice.name, choice.technique, choice.ratio, shapes, float(row[0]),
+                        float(row[1]), int(row[3]), int(row[2]))
+        )  # fmt: skip
+    return Plan(plan.model, tuple(layers))
+
+
+def run_custom(config: RootConfig, run_dir: Path, resolved: dict, show_progress: bool = True):
+    """``python -m autocomp.train model._target_=...``: the user's model from config, its
+    checkpoint (or a trained one), compressed; the run directory as :meth:`Result.save` and
+    ``run.json``; the export with ``export=true``."""
+    from autocomp.custom import build_model, load_or_train, output_fn
+    from autocomp.data import load_dataset
+    from autocomp.io import git_sha
+    from autocomp.report import print_report
+
+    data = load_dataset(config.data)
+    model = build_model(config.model)
+    variables = load_or_train(model, config.model, data, config.base, config.seed)
+    result = compress_config(
+        model, variables, data, config, config.model.apply_kwargs, output_fn(config.model),
+        config.model.name, show_progress,
+    )  # fmt: skip
+    result.save(run_dir)
+    atomic_write_json(
+        run_dir / "run.json", {"git_sha": git_sha(), "seed": config.seed, "config": resolved}
+    )
+    if config.export:
+        result.metrics["export"] = result.export(run_dir / "export", data)
+        atomic_write_json(run_dir / "metrics.json", result.metrics)
+    print_report(result.metrics, result.plan, result.metrics["device_table"])
+    return result.metrics
 
 
 def _costs(row: np.ndarray) -> dict:

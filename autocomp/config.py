@@ -72,14 +72,32 @@ class LayerConfig:
 
 @dataclass
 class ModelConfig:
-    """A sequential CNN. ``input_shape`` is (H, W, C) and ``num_classes`` the last layer's width."""
+    """A built-in sequential CNN (``layers``), or a user's own linen model (``_target_``).
+
+    ``input_shape`` is (H, W, C) and ``num_classes`` the last layer's width.
+
+    A user's model: ``_target_`` is the import path of its ``nn.Module`` class (or of a
+    function returning one), called with ``kwargs``; ``checkpoint`` an orbax checkpoint of its
+    variables (empty: autocomp trains it first, with ``base``); ``apply_kwargs`` the keyword
+    arguments of ``apply`` at inference (``{train: false}``), ``train_kwargs`` those of
+    training; ``output`` the attribute or key of the model's output that holds the logits
+    (empty: the output is the logits).
+    """
 
     name: str = MISSING
     input_shape: list[int] = field(default_factory=lambda: [8, 8, 1])
     num_classes: int = 10
     layers: list[LayerConfig] = field(default_factory=list)
+    _target_: str = ""
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    checkpoint: str = ""
+    apply_kwargs: dict[str, Any] = field(default_factory=dict)
+    train_kwargs: dict[str, Any] = field(default_factory=dict)
+    output: str = ""
 
     def __post_init__(self) -> None:
+        if self._target_:
+            return
         names = [layer.name for layer in self.layers if layer.name]
         if len(names) != len(set(names)):
             raise ConfigError(f"model.layers: layer names must be unique, got {names}")

@@ -300,6 +300,10 @@ class LinenNetwork:
     def num_groups(self) -> int:
         return len(self.groups)
 
+    def by_path_of(self, layer: LayerInfo) -> tuple[str, ...]:
+        """The module path of a compressible layer."""
+        return self._paths[layer.index]
+
     def fixed_priced(self) -> list[tuple[Op, tuple[int, ...]]]:
         """(op, input shape) of what the cost table prices outside the compressible layers:
         the depthwise convs (batch norms fold into the conv before them; adds, pools and

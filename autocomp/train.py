@@ -23,6 +23,7 @@ from autocomp.config import ConfigError, RootConfig, register_configs
 from autocomp.costs import CostTableError, format_shares, source_shares
 from autocomp.data import DataError
 from autocomp.export import ExportError, export_run
+from autocomp.linen import ModelError
 from autocomp.outputs import write_run
 from autocomp.plan import PlanError
 from autocomp.report import EpochBar, print_report
@@ -35,7 +36,8 @@ from envs.compression import CompressionEnv
 
 log = logging.getLogger("autocomp.train")
 USER_ERRORS = (
-    ConfigError, CostTableError, DataError, TechniqueError, PlanError, CheckpointError, ExportError
+    ConfigError, CostTableError, DataError, TechniqueError, PlanError, CheckpointError, ExportError,
+    ModelError,
 )  # fmt: skip
 AGENTS = {"compressor_critic": (CompressorCriticConfig, cc_train, cc_policy)}
 
@@ -69,6 +71,10 @@ def run(
 
     With ``config.export``, the run ends with :func:`autocomp.export.export_run`.
     """
+    if config.model._target_:  # a user's own linen model
+        from autocomp.api import run_custom
+
+        return run_custom(config, run_dir, resolved, show_progress)
     _, make_train, make_policy = AGENTS[config.agent.name]
     started = time.perf_counter()
     with EpochBar("base model", config.base.epochs, show_progress) as bar:

@@ -286,3 +286,53 @@ def test_compress_a_trained_user_model_end_to_end(trained_small_resnet, tmp_path
     assert {p.name for p in run_dir.iterdir()} >= {"plan.json", "metrics.json"}
     report = result.export(tmp_path / "export", data, int8=False)
     assert report["tflite_top1_agreement"] >= 0.999
+
+
+def test_cli_compresses_a_user_model_from_its_orbax_checkpoint(trained_small_resnet, tmp_path):
+    import orbax.checkpoint as ocp
+    from hydra import compose, initialize
+    from omegaconf import OmegaConf
+
+    from autocomp.train import register, run, to_config
+
+    _, variables, _ = trained_small_resnet
+    ckpt = tmp_path / "ckpt"
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save(ckpt, jax.tree.map(np.asarray, variables))
+    checkpointer.wait_until_finished()
+    register()
+    with initialize(version_base="1.3", config_path="../experiments"):
+        cfg = compose(
+            "config",
+            overrides=[
+                "experiment=custom",
+                "model._target_=own_models.SmallResNet",
+                f"model.checkpoint={ckpt}",
+                "model.input_shape=[8,8,1]",
+                "+model.apply_kwargs.train=false",
+                "data=digits",
+                "logger=none",
+                "agent.episodes=64",
+                "finetune.epochs=1",
+                "device=analytic_cortex_a76",
+                "env.techniques=[keep,filter,svd]",
+                "env.ratios=[0,0.5]",
+                "reward.max_latency_frac=0.7",
+            ],
+        )
+    run_dir = tmp_path / "run"
+    metrics = run(to_config(cfg), run_dir, OmegaConf.to_container(cfg, resolve=True), False)
+    assert metrics["base"]["test_accuracy"] > 0.9  # the checkpoint's weights, not fresh ones
+    assert metrics["compressed"]["latency_ms"] < metrics["base"]["latency_ms"]
+    assert {"plan.json", "metrics.json", "run.json", "compressed_variables.msgpack"} <= {
+        p.name for p in run_dir.iterdir()
+    }
+    # a checkpoint of another model is refused with the leaf that does not fit
+    from own_models import TinyMobileNetV2
+
+    from autocomp.custom import load_checkpoint, template
+    from autocomp.linen import ModelError
+
+    with pytest.raises(ModelError, match="another model"):
+        model_cfg = to_config(cfg).model
+        load_checkpoint(str(ckpt), template(TinyMobileNetV2(), model_cfg, np.zeros((1, 8, 8, 1))))

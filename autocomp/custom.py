@@ -1,0 +1,136 @@
+"""A user's own linen model from config (``model._target_``): build it, load its orbax
+checkpoint or train it, and hand it to :func:`autocomp.api.compress_config`."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import jax
+import numpy as np
+import optax
+
+from autocomp.config import ModelConfig, TrainConfig
+from autocomp.data import Dataset
+from autocomp.linen import ModelError
+
+log = logging.getLogger(__name__)
+
+
+def import_target(path: str) -> Callable:
+    """The object at ``package.module.Name``; a clear error where it cannot be imported."""
+    module_name, _, attr = path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError, ValueError) as err:
+        raise ModelError(
+            f"model._target_={path!r} cannot be imported ({err}); give the import path of your "
+            "nn.Module class, e.g. model._target_=my_pkg.nets.ResNet18, with my_pkg importable "
+            "(installed, or on PYTHONPATH)"
+        ) from err
+
+
+def build_model(cfg: ModelConfig):
+    model = import_target(cfg._target_)(**dict(cfg.kwargs))
+    if not hasattr(model, "apply") or not hasattr(model, "init"):
+        raise ModelError(
+            f"model._target_={cfg._target_!r} gave a {type(model).__name__}, not a flax.linen "
+            "Module; point it at the module class (or a function returning one)"
+        )
+    return model
+
+
+def output_fn(cfg: ModelConfig) -> Callable | None:
+    """The logits out of the model's output, by ``model.output`` (attribute or key)."""
+    if not cfg.output:
+        return None
+    name = cfg.output
+
+    def pick(out):
+        return out[name] if isinstance(out, Mapping) else getattr(out, name)
+
+    return pick
+
+
+def template(model, cfg: ModelConfig, example: np.ndarray) -> dict:
+    """The variables' shapes, as ``model.init`` makes them (nothing computed)."""
+    return jax.eval_shape(
+        lambda k, x: model.init(k, x, **dict(cfg.apply_kwargs)), jax.random.key(0), example
+    )
+
+
+def load_checkpoint(path: str, like: dict) -> dict:
+    """Variables from an orbax checkpoint, checked leaf by leaf against the model's."""
+    import orbax.checkpoint as ocp
+
+    where = Path(path).expanduser().resolve()
+    if not where.exists():
+        raise ModelError(f"model.checkpoint={path!r} does not exist; give the orbax checkpoint dir")
+    try:
+        restored = ocp.StandardCheckpointer().restore(where)
+    except Exception as err:  # orbax raises many types on a directory that is not its own
+        raise ModelError(f"model.checkpoint={path!r} is not an orbax checkpoint ({err})") from err
+    want = {jax.tree_util.keystr(p): a.shape for p, a in jax.tree_util.tree_leaves_with_path(like)}
+    got = {
+        jax.tree_util.keystr(p): np.shape(a)
+        for p, a in jax.tree_util.tree_leaves_with_path(restored)
+    }
+    for key, shape in want.items():
+        if key not in got:
+            raise ModelError(f"model.checkpoint={path!r} has no {key}: it is of another model")
+        if tuple(got[key]) != tuple(shape):
+            raise ModelError(
+                f"model.checkpoint={path!r}: {key} has shape {tuple(got[key])}, the model "
+                f"wants {tuple(shape)}; the checkpoint is of another configuration"
+            )
+    return jax.tree.map(np.asarray, restored)
+
+
+def train_base(model, cfg: ModelConfig, data: Dataset, train: TrainConfig, seed: int) -> dict:
+    """Train the user's model from scratch when no checkpoint is given (Adam with cosine
+    decay, cross-entropy, batch statistics updated where the model has them)."""
+    variables = model.init(jax.random.key(seed), data.x_train[:1], **dict(cfg.apply_kwargs))
+    params = variables["params"]
+    stats = {k: v for k, v in variables.items() if k != "params"}
+    mutable = [k for k in stats]
+    batch = min(train.batch_size, len(data.x_train))
+    steps = max(1, train.epochs * (len(data.x_train) // batch))
+    tx = optax.adamw(
+        optax.cosine_decay_schedule(train.learning_rate, steps), weight_decay=train.weight_decay
+    )
+    opt = tx.init(params)
+    kwargs = dict(cfg.train_kwargs) or dict(cfg.apply_kwargs)
+    pick = output_fn(cfg) or (lambda out: out)
+
+    @jax.jit
+    def step(params, stats, opt, x, y):
+        def loss_fn(p):
+            out = model.apply({"params": p, **stats}, x, **kwargs, mutable=mutable)
+            logits, new = out if mutable else (out, {})
+            loss = optax.softmax_cross_entropy_with_integer_labels(pick(logits), y).mean()
+            return loss, {**stats, **new}
+
+        (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        updates, opt = tx.update(grads, opt, params)
+        return optax.apply_updates(params, updates), stats, opt, loss
+
+    for epoch in range(train.epochs):
+        order = np.random.default_rng([seed, epoch]).permutation(len(data.x_train))
+        for b in range(len(data.x_train) // batch):
+            sel = order[b * batch : (b + 1) * batch]
+            params, stats, opt, loss = step(
+                params, stats, opt, data.x_train[sel], data.y_train[sel]
+            )
+        log.info("base model epoch %d/%d: loss %.4f", epoch + 1, train.epochs, float(loss))
+    return jax.tree.map(np.asarray, {"params": params, **stats})
+
+
+def load_or_train(model, cfg: ModelConfig, data: Dataset, train: TrainConfig, seed: int) -> dict:
+    if cfg.checkpoint:
+        return load_checkpoint(cfg.checkpoint, template(model, cfg, data.x_train[:1]))
+    log.info(
+        "model.checkpoint is empty: training %s for %d epochs first", cfg._target_, train.epochs
+    )
+    return train_base(model, cfg, data, train, seed)
