@@ -89,7 +89,9 @@ def _padding(padding, kernel: Sequence[int]):
     return (tuple(pads[0]), tuple(pads[1]))
 
 
-def _conv_op(mod: nn.Conv, name: str, x_shape: tuple[int, ...]) -> Op | str:
+def conv_op(mod, name: str, x_shape: tuple[int, ...], features: int) -> Op | str:
+    """A conv layer (linen's ``nn.Conv`` or NNX's ``nnx.Conv``: the same attributes) as
+    autocomp's op, or why it is not compressible."""
     kernel = _pairs(mod.kernel_size)
     strides = _pairs(mod.strides)
     if len(x_shape) != 4 or len(kernel) != 2:
@@ -102,7 +104,7 @@ def _conv_op(mod: nn.Conv, name: str, x_shape: tuple[int, ...]) -> Op | str:
     if mod.mask is not None:
         return "a masked convolution"
     if mod.feature_group_count != 1:
-        if mod.feature_group_count == x_shape[-1] == mod.features:
+        if mod.feature_group_count == x_shape[-1] == features:
             return "a depthwise convolution: it passes channels through (sliced with its group)"
         return f"a grouped convolution ({mod.feature_group_count} groups)"
     if kernel[0] != kernel[1] or strides[0] != strides[1]:
@@ -110,12 +112,12 @@ def _conv_op(mod: nn.Conv, name: str, x_shape: tuple[int, ...]) -> Op | str:
     padding = _padding(mod.padding, kernel)
     if isinstance(padding, str):
         return padding
-    return Op("conv", name, mod.features, kernel[0], strides[0], True, padding=padding)
+    return Op("conv", name, features, kernel[0], strides[0], True, padding=padding)
 
 
-def _depthwise_op(mod: nn.Module, name: str) -> Op | None:
+def depthwise_op(mod, name: str) -> Op | None:
     """A depthwise conv as the op the cost table prices (it stays, but it costs)."""
-    if type(mod) is not nn.Conv or mod.feature_group_count == 1:
+    if mod.feature_group_count == 1:
         return None
     kernel, strides = _pairs(mod.kernel_size), _pairs(mod.strides)
     padding = _padding(mod.padding, kernel)
@@ -127,7 +129,7 @@ def _depthwise_op(mod: nn.Module, name: str) -> Op | None:
 
 def _layer_op(mod: nn.Module, name: str, x_shape: tuple[int, ...]) -> Op | str:
     if type(mod) is nn.Conv:
-        return _conv_op(mod, name, x_shape)
+        return conv_op(mod, name, x_shape, mod.features)
     if type(mod) is nn.Dense:
         if len(x_shape) != 2:
             return (
@@ -179,7 +181,9 @@ def discover(model: nn.Module, variables: Mapping, x, apply_kwargs: Mapping) -> 
             1,
             None if isinstance(op, str) else op,
             op if isinstance(op, str) else None,
-            _depthwise_op(ctx.module, "/".join(path)) if isinstance(op, str) else None,
+            depthwise_op(ctx.module, "/".join(path))
+            if isinstance(op, str) and type(ctx.module) is nn.Conv
+            else None,
         )
         return out
 
@@ -208,47 +212,21 @@ def _trace_hint(err: Exception, apply_kwargs: Mapping) -> str:
     )
 
 
-@dataclass
-class LinenNetwork:
-    """A user's linen model as the environment walks it (see :mod:`autocomp.layers`).
+class GraphNetwork:
+    """What the front ends share: the channel analysis, its confirmation, the layer inventory.
 
-    Args:
-        model: the ``nn.Module``.
-        variables: its trained variables (``{"params": ..., "batch_stats": ...}``).
-        example: a batch of inputs (one example is enough).
-        apply_kwargs: keyword arguments of ``model.apply`` at inference (``train=False``).
-        output_fn: maps the model's output to the logits (``lambda out: out.logits``).
-        name: the model's name in plans.
+    A front end sets ``name``, ``example``, ``output_fn``, ``found`` and implements
+    ``forward(params, x, hook)``, ``base_params()``, ``layer_params(params, layer)``,
+    ``_leaf_tree()`` (the pytree whose leaves the analysis traces, ``params`` built from it by
+    ``_as_params``) and ``_trial(aux, techniques, plan) -> (fn(v, x), v)`` (a materialized
+    model as a function of its variables).
     """
 
-    model: nn.Module
-    variables: Mapping
-    example: Any
-    apply_kwargs: Mapping = field(default_factory=dict)
-    output_fn: Callable | None = None
-    name: str = ""
-
-    def __post_init__(self):
-        if not isinstance(self.variables, Mapping) or "params" not in self.variables:
-            raise ModelError(
-                "the variables have no 'params' collection; pass what model.init returns "
-                "(or the restored checkpoint), e.g. {'params': params, 'batch_stats': stats}"
-            )
-        self.name = self.name or type(self.model).__name__
-        self.apply_kwargs = dict(self.apply_kwargs)
-        found, out = discover(self.model, self.variables, self.example, self.apply_kwargs)
-        logits = self.output_fn(out) if self.output_fn is not None else out
-        if not hasattr(logits, "shape") or len(logits.shape) != 2:
-            raise ModelError(
-                f"the model's output is {type(logits).__name__} "
-                f"{getattr(logits, 'shape', '')}, not a (batch, classes) logits array; pass "
-                "output_fn (e.g. output_fn=lambda out: out.logits)"
-            )
-        self.found = found
-        compressible = [f for f in found if f.reason is None]
+    def _setup(self) -> None:
+        compressible = [f for f in self.found if f.reason is None]
         self._paths = tuple(f.path for f in compressible)
         self.groups, wiring = self._analyze(compressible)
-        self.leaf_paths = [p for p, _ in jax.tree_util.tree_flatten_with_path(self.variables)[0]]
+        self.leaf_paths = [p for p, _ in jax.tree_util.tree_flatten_with_path(self._leaf_tree())[0]]
         self._build(compressible, wiring)
         self._confirm(compressible, wiring)
 
@@ -272,9 +250,8 @@ class LinenNetwork:
 
         def structure(rows):
             plan = plan_from_indices(self.name, self.layers, techs, (0.0, 0.5), rows)
-            mat = materialize(self, aux, techs, plan)
-            fn = lambda v, x: mat.module.apply(v, x, **self.apply_kwargs)  # noqa: E731
-            return _primitives(jax.make_jaxpr(fn)(mat.variables, self.example).jaxpr)
+            fn, v = self._trial(aux, techs, plan)
+            return _primitives(jax.make_jaxpr(fn)(v, self.example).jaxpr)
 
         reference = structure(zero)
         pins = {}
@@ -310,6 +287,79 @@ class LinenNetwork:
         activations are not priced yet)."""
         return [(f.priced, f.in_shape) for f in self.found if f.priced is not None]
 
+    def _check_output(self, out) -> None:
+        logits = self.output_fn(out) if self.output_fn is not None else out
+        if not hasattr(logits, "shape") or len(logits.shape) != 2:
+            raise ModelError(
+                f"the model's output is {type(logits).__name__} "
+                f"{getattr(logits, 'shape', '')}, not a (batch, classes) logits array; pass "
+                "output_fn (e.g. output_fn=lambda out: out.logits)"
+            )
+
+    def _analyze(self, compressible: Sequence[Found]) -> tuple[tuple[Group, ...], tuple]:
+        def marker(index: int, out_shape: tuple[int, ...]):
+            def fn(h):
+                return jnp.zeros((h.shape[0], *out_shape), h.dtype)
+
+            fn.__name__ = f"{LAYER_PREFIX}{index}"
+            return jax.jit(fn)
+
+        markers = {f.path: marker(i, f.out_shape) for i, f in enumerate(compressible)}
+        self.by_path = {f.path: _Index(i) for i, f in enumerate(compressible)}
+
+        def hook(layer, h):
+            return markers[self._paths[layer.index]](h)
+
+        tree = self._leaf_tree()
+        closed = jax.make_jaxpr(lambda v, x: self.forward(self._as_params(v), x, hook))(
+            tree, self.example
+        )
+        trace = trace_channels(closed, len(jax.tree.leaves(tree)))
+        return build_groups(trace, len(compressible))
+
+
+@dataclass
+class LinenNetwork(GraphNetwork):
+    """A user's linen model as the environment walks it (see :mod:`autocomp.layers`).
+
+    Args:
+        model: the ``nn.Module``.
+        variables: its trained variables (``{"params": ..., "batch_stats": ...}``).
+        example: a batch of inputs (one example is enough).
+        apply_kwargs: keyword arguments of ``model.apply`` at inference (``train=False``).
+        output_fn: maps the model's output to the logits (``lambda out: out.logits``).
+        name: the model's name in plans.
+    """
+
+    model: nn.Module
+    variables: Mapping
+    example: Any
+    apply_kwargs: Mapping = field(default_factory=dict)
+    output_fn: Callable | None = None
+    name: str = ""
+
+    def __post_init__(self):
+        if not isinstance(self.variables, Mapping) or "params" not in self.variables:
+            raise ModelError(
+                "the variables have no 'params' collection; pass what model.init returns "
+                "(or the restored checkpoint), e.g. {'params': params, 'batch_stats': stats}"
+            )
+        self.name = self.name or type(self.model).__name__
+        self.apply_kwargs = dict(self.apply_kwargs)
+        self.found, out = discover(self.model, self.variables, self.example, self.apply_kwargs)
+        self._check_output(out)
+        self._setup()
+
+    def _leaf_tree(self):
+        return dict(self.variables)
+
+    def _as_params(self, tree) -> dict:
+        return {"variables": tree}
+
+    def _trial(self, aux, techniques, plan):
+        mat = materialize(self, aux, techniques, plan)
+        return (lambda v, x: mat.module.apply(v, x, **self.apply_kwargs)), mat.variables
+
     # ---------------------------------------------------------------- params
     def base_params(self) -> dict:
         """The params pytree the environment carries: the user's variables."""
@@ -319,12 +369,7 @@ class LinenNetwork:
         node = params["variables"]["params"]
         for key in self._paths[layer.index]:
             node = node[key]
-        kernel = node["kernel"]
-        bias = node.get("bias")
-        return {
-            "kernel": kernel,
-            "bias": bias if bias is not None else jnp.zeros(kernel.shape[-1], kernel.dtype),
-        }
+        return with_bias(node["kernel"], node.get("bias"))
 
     # --------------------------------------------------------------- forward
     def forward(self, params: dict, x, hook=None):
@@ -349,27 +394,13 @@ class LinenNetwork:
             out = self.model.apply(params["variables"], x, **self.apply_kwargs)
         return self.output_fn(out) if self.output_fn is not None else out
 
-    def _analyze(self, compressible: Sequence[Found]) -> tuple[tuple[Group, ...], tuple]:
-        def marker(index: int, out_shape: tuple[int, ...]):
-            def fn(h):
-                return jnp.zeros((h.shape[0], *out_shape), h.dtype)
 
-            fn.__name__ = f"{LAYER_PREFIX}{index}"
-            return jax.jit(fn)
-
-        markers = {f.path: marker(i, f.out_shape) for i, f in enumerate(compressible)}
-        by_path = {f.path: i for i, f in enumerate(compressible)}
-        self.by_path = {p: _Index(i) for p, i in by_path.items()}
-
-        def hook(layer, h):
-            return markers[self._paths[layer.index]](h)
-
-        leaves = jax.tree.leaves(dict(self.variables))
-        closed = jax.make_jaxpr(lambda v, x: self.forward({"variables": v}, x, hook))(
-            dict(self.variables), self.example
-        )
-        trace = trace_channels(closed, len(leaves))
-        return build_groups(trace, len(compressible))
+def with_bias(kernel, bias) -> dict:
+    """A layer's params as the techniques take them (a zero bias where it has none)."""
+    return {
+        "kernel": kernel,
+        "bias": bias if bias is not None else jnp.zeros(kernel.shape[-1], kernel.dtype),
+    }
 
 
 @dataclass(frozen=True)

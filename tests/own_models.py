@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import flax.linen as nn
 import jax.numpy as jnp
+from flax import nnx
 
 
 class InvertedResidual(nn.Module):
@@ -120,3 +121,55 @@ def train_linen(model, x, y, epochs: int = 8, seed: int = 0):
             sel = order[i : i + 64]
             params, stats, opt = step(params, stats, opt, x[sel], y[sel])
     return {"params": params, "batch_stats": stats}
+
+
+class NnxInvertedResidual(nnx.Module):
+    """:class:`InvertedResidual` in NNX."""
+
+    def __init__(self, in_features, features, expand, stride=1, se=False, *, rngs):
+        hidden = in_features * expand
+        self.expand = nnx.Conv(in_features, hidden, (1, 1), use_bias=False, rngs=rngs)
+        self.expand_bn = nnx.BatchNorm(hidden, rngs=rngs)
+        self.depthwise = nnx.Conv(
+            hidden, hidden, (3, 3), strides=stride, padding=1, feature_group_count=hidden,
+            use_bias=False, rngs=rngs,
+        )  # fmt: skip
+        self.depthwise_bn = nnx.BatchNorm(hidden, rngs=rngs)
+        self.se = se
+        if se:
+            self.se_reduce = nnx.Linear(hidden, max(1, hidden // 4), rngs=rngs)
+            self.se_expand = nnx.Linear(max(1, hidden // 4), hidden, rngs=rngs)
+        self.project = nnx.Conv(hidden, features, (1, 1), use_bias=False, rngs=rngs)
+        self.project_bn = nnx.BatchNorm(features, rngs=rngs)
+        self.residual = stride == 1 and in_features == features
+
+    def __call__(self, x):
+        y = nnx.relu6(self.expand_bn(self.expand(x)))
+        y = nnx.relu6(self.depthwise_bn(self.depthwise(y)))
+        if self.se:
+            s = nnx.sigmoid(self.se_expand(nnx.relu(self.se_reduce(y.mean(axis=(1, 2))))))
+            y = y * s[:, None, None, :]
+        y = self.project_bn(self.project(y))
+        return y + x if self.residual else y
+
+
+class NnxTinyMobileNetV2(nnx.Module):
+    """:class:`TinyMobileNetV2` in NNX."""
+
+    def __init__(self, num_classes: int = 10, *, rngs):
+        self.stem = nnx.Conv(3, 16, (3, 3), use_bias=False, rngs=rngs)
+        self.stem_bn = nnx.BatchNorm(16, rngs=rngs)
+        self.block1 = NnxInvertedResidual(16, 16, 2, rngs=rngs)
+        self.block2 = NnxInvertedResidual(16, 24, 4, stride=2, se=True, rngs=rngs)
+        self.block3 = NnxInvertedResidual(24, 24, 4, se=True, rngs=rngs)
+        self.branch_a = nnx.Conv(24, 16, (1, 1), rngs=rngs)
+        self.branch_b = nnx.Conv(24, 16, (3, 3), rngs=rngs)
+        self.head = nnx.Conv(32, 48, (1, 1), rngs=rngs)
+        self.classifier = nnx.Linear(48, num_classes, rngs=rngs)
+
+    def __call__(self, x):
+        x = nnx.relu6(self.stem_bn(self.stem(x)))
+        x = self.block3(self.block2(self.block1(x)))
+        x = nnx.relu(jnp.concatenate([self.branch_a(x), self.branch_b(x)], axis=-1))
+        x = nnx.relu(self.head(x)).mean(axis=(1, 2))
+        return self.classifier(x)

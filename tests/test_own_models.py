@@ -4,6 +4,8 @@ equal to materialization under structured pruning of residual groups, and the TF
 
 from __future__ import annotations
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -41,6 +43,7 @@ def _jitter_stats(variables):
     return jax.tree_util.tree_map_with_path(f, variables)
 
 
+@functools.cache  # one analysis per model for the whole module
 def _resnet18():
     from jax_resnet import ResNet18
 
@@ -49,6 +52,7 @@ def _resnet18():
     return LinenNetwork(model, _jitter_stats(model.init(jax.random.key(0), x[:1])), x[:1]), x
 
 
+@functools.cache  # one analysis per model for the whole module
 def _hf_resnet():
     from transformers import FlaxResNetForImageClassification, ResNetConfig
 
@@ -67,6 +71,7 @@ def _hf_resnet():
     return net, x
 
 
+@functools.cache  # one analysis per model for the whole module
 def _mobilenet():
     model = TinyMobileNetV2()
     x = np.random.default_rng(0).normal(size=(16, 16, 16, 3)).astype(np.float32)
@@ -336,3 +341,44 @@ def test_cli_compresses_a_user_model_from_its_orbax_checkpoint(trained_small_res
     with pytest.raises(ModelError, match="another model"):
         model_cfg = to_config(cfg).model
         load_checkpoint(str(ckpt), template(TinyMobileNetV2(), model_cfg, np.zeros((1, 8, 8, 1))))
+
+
+def test_nnx_model_analysed_pruned_and_exported_like_its_linen_twin():
+    from flax import nnx
+    from own_models import NnxTinyMobileNetV2
+
+    from autocomp.nnx_model import NnxNetwork
+    from autocomp.nnx_model import materialize as materialize_nnx
+
+    model = NnxTinyMobileNetV2(rngs=nnx.Rngs(0))
+    for path, mod in nnx.iter_modules(model):  # batch statistics away from (0, 1)
+        if isinstance(mod, nnx.BatchNorm):
+            n = mod.num_features
+            k = jax.random.key(len(path))
+            mod.mean.set_value(0.3 * jax.random.normal(k, (n,)))
+            mod.var.set_value(0.5 + jax.random.uniform(k, (n,)))
+            mod.bias.set_value(0.3 * jax.random.normal(jax.random.fold_in(k, 1), (n,)))
+    before = jax.tree.map(np.asarray, nnx.state(model))
+    x = np.random.default_rng(0).normal(size=(16, 16, 16, 3)).astype(np.float32)
+    net = NnxNetwork(model, x[:1])
+    linen_net, _ = _mobilenet()
+    assert [la.name for la in net.layers] == [la.name for la in linen_net.layers]
+    assert _groups(net) == _groups(linen_net)
+    aux = prepare_aux(net.layers, net.base_params(), TECHS, ops=net)
+    plan = _pruning_plan(net)
+    small = materialize_nnx(
+        net, aux, TECHS, plan_from_indices("m", net.layers, TECHS, RATIOS, plan)
+    )
+    assert isinstance(small, nnx.Module)
+    graphdef, state = nnx.split(small)
+    real = np.asarray(jax.jit(lambda s, x: nnx.merge(graphdef, s)(x))(state, x))
+    sim = _simulate(net, aux, plan, x)
+    assert np.abs(real - sim).max() <= 1e-4 * (np.abs(sim).max() + 1)
+    assert small.block1.expand_bn.mean[...].shape == (16,)  # 32 channels, half pruned
+    assert small.block1.depthwise.kernel[...].shape == (3, 3, 1, 16)
+    # the user's object is untouched
+    after = jax.tree.map(np.asarray, nnx.state(model))
+    assert jax.tree.all(jax.tree.map(np.array_equal, before, after))
+    tflite = TfliteModel(function_to_tflite(lambda xb: nnx.merge(graphdef, state)(xb), x.shape[1:]))
+    lite = np.stack([tflite(xi[None])[0] for xi in x])
+    assert np.mean(lite.argmax(-1) == real.argmax(-1)) >= 0.999
