@@ -22,7 +22,8 @@ from flax import serialization
 from autocomp.config import FinetuneConfig, RootConfig
 from autocomp.data import Dataset
 from autocomp.io import atomic_write_bytes, atomic_write_json, atomic_write_text
-from autocomp.linen import LinenNetwork, MaterializedLinen, export_form, materialize
+from autocomp.linen import Compressed, LinenNetwork, keep_masks, leaf_names
+from autocomp.linen import compressed as linen_compressed
 from autocomp.plan import Plan, plan_from_indices, prepare_aux
 from autocomp.search_space import CHANNELS, build_search_space, plan_cost
 
@@ -56,33 +57,35 @@ class Result:
         plan: the chosen per-layer plan (the same ``plan.json`` as a CLI run).
         metrics: ``base`` and ``compressed`` (test accuracy, params, bytes, MACs, latency and
             energy from the device table), their ratios, the materialization check.
-        model: the compressed model, an ordinary linen module (:class:`autocomp.linen.Substituted`).
-        variables: its variables: ``model.apply(variables, x, **network.apply_kwargs)``.
+        model: the compressed model: an ordinary linen module
+            (:class:`autocomp.linen.Substituted`) for a linen model, a real ``nnx.Module``
+            for an NNX one.
+        variables: linen: its variables, ``model.apply(variables, x, **apply_kwargs)``;
+            NNX: ``None`` (the weights are in ``model``).
         network: what autocomp saw in the original model.
+        compressed: the compressed model as functions of ``params``, its trainable params.
     """
 
     plan: Plan
     metrics: dict
     model: Any
-    variables: dict
-    network: LinenNetwork
-    materialized: MaterializedLinen
+    variables: dict | None
+    network: Any
+    compressed: Compressed
+    params: Any
 
     def logits(self, x: np.ndarray) -> np.ndarray:
-        net = self.network
-
-        def fn(v, xb):
-            out = self.model.apply(v, xb, **net.apply_kwargs)
-            return net.output_fn(out) if net.output_fn is not None else out
-
-        return _predict(fn, self.variables, np.asarray(x, np.float32))
+        return _predict(self.compressed.logits, self.params, np.asarray(x, np.float32))
 
     def save(self, run_dir: str | Path) -> Path:
-        """``plan.json``, ``metrics.json`` and ``compressed_variables.msgpack`` (atomically)."""
+        """``plan.json``, ``metrics.json`` and ``compressed_params.msgpack`` (the trainable
+        params, and for linen the other collections too), written atomically."""
         run_dir = Path(run_dir)
         atomic_write_text(run_dir / "plan.json", self.plan.to_json())
-        blob = serialization.msgpack_serialize(jax.tree.map(np.asarray, self.variables))
-        atomic_write_bytes(run_dir / "compressed_variables.msgpack", blob)
+        tree = self.variables if self.variables is not None else self.params
+        tree = tree.to_pure_dict() if hasattr(tree, "to_pure_dict") else tree
+        blob = serialization.msgpack_serialize(jax.tree.map(np.asarray, tree))
+        atomic_write_bytes(run_dir / "compressed_params.msgpack", blob)
         atomic_write_json(run_dir / "metrics.json", self.metrics)
         return run_dir
 
@@ -92,13 +95,7 @@ class Result:
         from autocomp.export import function_to_tflite, verify_logits
 
         out_dir = Path(out_dir)
-        module, variables = export_form(self.materialized)
-        net = self.network
-
-        def fn(xb):
-            out = module.apply(variables, xb, **net.apply_kwargs)
-            return net.output_fn(out) if net.output_fn is not None else out
-
+        fn = self.compressed.export_fn(self.params)
         shape = data.x_test.shape[1:]
         files = {"float32": function_to_tflite(fn, shape)}
         if int8:
@@ -109,6 +106,17 @@ class Result:
         report = verify_logits(self.logits(data.x_test), files, data.x_test, data.y_test)
         atomic_write_json(out_dir / "verify.json", report)
         return report
+
+
+def network(model, variables, example, apply_kwargs=None, output_fn=None, name=None):
+    """The front end that fits ``model``: NNX for an ``nnx.Module``, else linen."""
+    from flax import nnx
+
+    if isinstance(model, nnx.Module):
+        from autocomp.nnx_model import NnxNetwork
+
+        return NnxNetwork(model, example, dict(apply_kwargs or {}), output_fn, name or "")
+    return LinenNetwork(model, variables, example, apply_kwargs or {}, output_fn, name or "")
 
 
 def compress(
@@ -190,15 +198,14 @@ def compress_config(
     sel = select_plans(space, history)
     indices = sel.plans[sel.chosen]
     plan = plan_from_indices(net.name, net.layers, techniques, ratios, indices)
-    mat = materialize(net, aux, techniques, plan)
-    plan = _annotate(space, plan, indices, mat, net)
-    check = _check(net, mat, env, env_params, indices, x_val)
-    variables_ft = finetune(net, mat, data, config.finetune, config.seed, base_params)
-    mat = MaterializedLinen(mat.module, variables_ft, mat.masks, mat.ops)
-    result = Result(plan, {}, mat.module, variables_ft, net, mat)
-    base_test = float(
-        np.mean(_predict(net.forward, base_params, data.x_test).argmax(-1) == data.y_test)
-    )
+    cmp = _compressed(net, aux, techniques, plan)
+    plan = _annotate(space, plan, indices, cmp, net)
+    check = _check(cmp, env, env_params, indices, x_val)
+    params = finetune(net, cmp, data, config.finetune, config.seed, base_params)
+    small, small_variables = cmp.build(params)
+    result = Result(plan, {}, small, small_variables, net, cmp, params)
+    base_logits = _predict(net.forward, base_params, data.x_test)
+    base_test = float(np.mean(base_logits.argmax(-1) == data.y_test))
     test = float(np.mean(result.logits(data.x_test).argmax(-1) == data.y_test))
     base = _costs(space.base) | {"test_accuracy": base_test, "val_accuracy": base_val}
     compressed = _costs(plan_cost(space, indices)) | {
@@ -227,21 +234,35 @@ def compress_config(
     return result
 
 
-def _annotate(space, plan: Plan, indices, mat: MaterializedLinen, net: LinenNetwork) -> Plan:
+def _compressed(net, aux, techniques, plan) -> Compressed:
+    if hasattr(net, "variables"):
+        return linen_compressed(net, aux, techniques, plan)
+    from autocomp.nnx_model import compressed as nnx_compressed
+
+    return nnx_compressed(net, aux, techniques, plan)
+
+
+def _annotate(space, plan: Plan, indices, cmp: Compressed, net) -> Plan:
     """Each layer's resulting kernel shapes and cost-table row, as a CLI run's plan has."""
     from autocomp.plan import LayerChoice
     from autocomp.search_space import plan_bins
 
+    shapes = {
+        leaf_names(path): list(np.shape(leaf))
+        for path, leaf in jax.tree_util.tree_leaves_with_path(cmp.params)
+    }
     bins = plan_bins(space, indices)
     layers = []
     for layer, choice, (t, r) in zip(net.layers, plan.layers, indices, strict=True):
         row = space.costs[layer.index, t, r, bins[layer.index]]
-        node = mat.variables["params"]["base"]
-        for key in net.by_path_of(layer):
-            node = node[key]
-        shapes = [list(np.shape(p["kernel"])) for _, p in sorted(node.items()) if "kernel" in p]
+        path = tuple(map(str, net.by_path_of(layer)))
+        kernels = [
+            shapes[key]
+            for op in cmp.ops[layer.name]
+            if (key := (*path, str(op.name), "kernel")) in shapes
+        ]
         layers.append(
-            LayerChoice(choice.name, choice.technique, choice.ratio, shapes, float(row[0]),
+            LayerChoice(choice.name, choice.technique, choice.ratio, kernels, float(row[0]),
                         float(row[1]), int(row[3]), int(row[2]))
         )  # fmt: skip
     return Plan(plan.model, tuple(layers))
@@ -278,15 +299,10 @@ def _costs(row: np.ndarray) -> dict:
     return {c: float(v) for c, v in zip(CHANNELS, row, strict=True)}
 
 
-def _check(net, mat, env, env_params, indices, x) -> dict:
+def _check(cmp: Compressed, env, env_params, indices, x) -> dict:
     """The materialized model against the environment's simulation of the plan."""
     sim = np.asarray(jax.jit(lambda xb: env.logits(jnp.asarray(indices), env_params, xb))(x))
-
-    def fn(v, xb):
-        out = mat.module.apply(v, xb, **net.apply_kwargs)
-        return net.output_fn(out) if net.output_fn is not None else out
-
-    real = _predict(fn, mat.variables, x)
+    real = _predict(cmp.logits, cmp.params, x)
     check = {
         "max_abs_logit_diff": float(np.abs(real - sim).max()),
         "prediction_agreement": float(np.mean(real.argmax(-1) == sim.argmax(-1))),
@@ -299,50 +315,31 @@ def _check(net, mat, env, env_params, indices, x) -> dict:
     return check
 
 
-def finetune(
-    net: LinenNetwork,
-    mat: MaterializedLinen,
-    data: Dataset,
-    cfg: FinetuneConfig,
-    seed: int,
-    base_params: dict,
-) -> dict:
+def finetune(net, cmp: Compressed, data: Dataset, cfg: FinetuneConfig, seed: int, base_params):
     """Knowledge distillation from the original model into the compressed one (Hinton et
-    al., 2015), batch statistics as they are, sparsity masks kept."""
+    al., 2015); batch statistics stay as they are, sparsity masks are kept. Returns the
+    trained params."""
     from autocomp.training import _kd_loss, augment_batch, make_optimizer
 
     if cfg.epochs == 0:
-        return mat.variables
+        return cmp.params
     teacher = _predict(net.forward, base_params, data.x_train)
     batch = min(cfg.batch_size, len(data.x_train))
     steps_per_epoch = max(1, len(data.x_train) // batch)
     tx = make_optimizer("adamw", cfg.learning_rate, 0.0, cfg.epochs * steps_per_epoch)
-    rest = {k: v for k, v in mat.variables.items() if k != "params"}
-    masks = {path: jnp.asarray(m) for path, m in mat.masks.items()}
-
-    def keep_masks(p):
-        for (path, op_name), m in masks.items():
-            node = p["base"]
-            for key in path:
-                node = node[key]
-            node[op_name] = {**node[op_name], "kernel": node[op_name]["kernel"] * m}
-        return p
-
-    def logits(p, x):
-        out = mat.module.apply({"params": p, **rest}, x, **net.apply_kwargs)
-        return net.output_fn(out) if net.output_fn is not None else out
+    masks = {k: jnp.asarray(m) for k, m in cmp.masks.items()}
 
     @jax.jit
     def step(p, s, x, y, t, key):
         if cfg.augment:
             x = augment_batch(key, x)
         loss, grads = jax.value_and_grad(
-            lambda p: _kd_loss(logits(p, x), y, t, cfg.temperature, cfg.alpha)
+            lambda p: _kd_loss(cmp.logits(p, x), y, t, cfg.temperature, cfg.alpha)
         )(p)
         updates, s = tx.update(grads, s, p)
-        return keep_masks(jax.tree.map(lambda a: a, optax.apply_updates(p, updates))), s, loss
+        return keep_masks(optax.apply_updates(p, updates), masks), s, loss
 
-    params = jax.tree.map(jnp.asarray, mat.variables["params"])
+    params = jax.tree.map(jnp.asarray, cmp.params)
     state = tx.init(params)
     key = jax.random.key(seed + 1)
     for epoch in range(cfg.epochs):
@@ -353,4 +350,4 @@ def finetune(
                 params, state, data.x_train[sel], data.y_train[sel], teacher[sel],
                 jax.random.fold_in(key, epoch * steps_per_epoch + b),
             )  # fmt: skip
-    return {"params": jax.tree.map(np.asarray, params), **rest}
+    return jax.tree.map(np.asarray, params)

@@ -582,3 +582,71 @@ def export_form(mat: MaterializedLinen) -> tuple[Substituted, dict]:
         replaced.append((path, baked_ops))
     module = Substituted(mat.module.base, tuple(replaced), mat.module.resized)
     return module, {**mat.variables, "params": params}
+
+
+@dataclass(frozen=True)
+class Compressed:
+    """A compressed model of either front end, as functions of its trainable params.
+
+    Attributes:
+        params: the trainable params (a pytree).
+        logits: ``logits(params, x)``.
+        build: ``build(params) -> (model, variables)`` as the user gets it back (NNX: the
+            ``nnx.Module`` and ``None``).
+        export_fn: ``export_fn(params) -> f(x)``, k-bit kernels baked, for a converter.
+        masks: (layer path, op name) -> kernel mask that fine-tuning keeps.
+        ops: layer name -> its deployed ops.
+    """
+
+    params: Any
+    logits: Callable
+    build: Callable
+    export_fn: Callable
+    masks: dict
+    ops: dict
+
+
+def keep_masks(params, masks: dict):
+    """``params`` with every masked kernel multiplied by its mask (found by the layer path,
+    op name and ``kernel`` at the end of the leaf's path, whatever the front end nests)."""
+    if not masks:
+        return params
+    wanted = {(*map(str, path), op, "kernel"): m for (path, op), m in masks.items()}
+
+    def apply(path, leaf):
+        m = wanted.get(leaf_names(path))
+        return leaf if m is None else leaf * m
+
+    return jax.tree_util.tree_map_with_path(apply, params)
+
+
+def leaf_names(path) -> tuple[str, ...]:
+    """A params leaf's key path as names, without the front ends' own nesting (linen's
+    ``base``, NNX's ``p`` and ``value``): (layer path..., op name, ``kernel``)."""
+    out = []
+    for k in path:
+        name = getattr(k, "key", getattr(k, "idx", getattr(k, "name", None)))
+        if name not in ("value", "base", "p"):
+            out.append(str(name))
+    return tuple(out)
+
+
+def compressed(net: LinenNetwork, aux, techniques, plan) -> Compressed:
+    """:func:`materialize` as a :class:`Compressed`."""
+    mat = materialize(net, aux, techniques, plan)
+    rest = {k: v for k, v in mat.variables.items() if k != "params"}
+    out_fn = net.output_fn or (lambda out: out)
+
+    def logits(p, x):
+        return out_fn(mat.module.apply({"params": p, **rest}, x, **net.apply_kwargs))
+
+    def build(p):
+        return mat.module, {"params": p, **rest}
+
+    def export_fn(p):
+        module, variables = export_form(
+            MaterializedLinen(mat.module, build(p)[1], mat.masks, mat.ops)
+        )
+        return lambda x: out_fn(module.apply(variables, x, **net.apply_kwargs))
+
+    return Compressed(mat.variables["params"], logits, build, export_fn, mat.masks, mat.ops)

@@ -232,6 +232,11 @@ class NnxNetwork(GraphNetwork):
 def materialize(net: NnxNetwork, aux, techniques, plan) -> nnx.Module:
     """The really smaller model of ``plan``: a real ``nnx.Module`` made by surgery on a clone
     of the user's model (consumers of pruned channels rebuilt, batch norms sliced)."""
+    return _materialize(net, aux, techniques, plan)[0]
+
+
+def _materialize(net: NnxNetwork, aux, techniques, plan) -> tuple[nnx.Module, dict]:
+    """:func:`materialize` and the sparsity masks ((layer path, op name) -> kernel mask)."""
     from autocomp.plan import materialize_layers
 
     params = jax.tree.map(np.asarray, net.base_params())
@@ -240,9 +245,11 @@ def materialize(net: NnxNetwork, aux, techniques, plan) -> nnx.Module:
     )
     model = nnx.clone(net.model)
     model.eval()
+    masks = {}
     for path, layer in zip(net._paths, net.layers, strict=True):
         out = done[layer.name]
         _set_child(_module_at(model, path[:-1]), path[-1], Replaced(out.ops, out.params))
+        masks.update({(path, name): m for name, m in out.masks.items()})
     for g, keep in kept.items():
         group = net.groups[g]
         if len(keep) == group.size:
@@ -254,7 +261,7 @@ def materialize(net: NnxNetwork, aux, techniques, plan) -> nnx.Module:
             variable = getattr(mod, var)
             variable.set_value(jnp.asarray(np.take(np.asarray(variable[...]), sel, axis=axis)))
             _resize(mod, len(sel))
-    return model
+    return model, masks
 
 
 def _resize(mod, n: int) -> None:
@@ -264,3 +271,28 @@ def _resize(mod, n: int) -> None:
     elif isinstance(mod, nnx.Conv):
         mod.in_features = mod.out_features = mod.feature_group_count = n
         mod.kernel_shape = (*mod.kernel_shape[:-2], 1, n)
+
+
+def compressed(net: NnxNetwork, aux, techniques, plan):
+    """:func:`materialize` as a :class:`autocomp.linen.Compressed` (params: the ``nnx.Param``
+    state; k-bit layers export with their fake quantization traced)."""
+    from autocomp.linen import Compressed
+
+    model, masks = _materialize(net, aux, techniques, plan)
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    out_fn = net.output_fn or (lambda out: out)
+    ops = {
+        la.name: _module_at(model, path).ops
+        for path, la in zip(net._paths, net.layers, strict=True)
+    }
+
+    def logits(p, x):
+        return out_fn(nnx.merge(graphdef, p, rest)(x, **net.apply_kwargs))
+
+    def build(p):
+        return nnx.merge(graphdef, p, rest), None
+
+    def export_fn(p):
+        return lambda x: logits(p, x)
+
+    return Compressed(params, logits, build, export_fn, masks, ops)

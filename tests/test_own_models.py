@@ -329,7 +329,7 @@ def test_cli_compresses_a_user_model_from_its_orbax_checkpoint(trained_small_res
     metrics = run(to_config(cfg), run_dir, OmegaConf.to_container(cfg, resolve=True), False)
     assert metrics["base"]["test_accuracy"] > 0.9  # the checkpoint's weights, not fresh ones
     assert metrics["compressed"]["latency_ms"] < metrics["base"]["latency_ms"]
-    assert {"plan.json", "metrics.json", "run.json", "compressed_variables.msgpack"} <= {
+    assert {"plan.json", "metrics.json", "run.json", "compressed_params.msgpack"} <= {
         p.name for p in run_dir.iterdir()
     }
     # a checkpoint of another model is refused with the leaf that does not fit
