@@ -169,9 +169,7 @@ def compress_config(
 
     started = time.perf_counter()
     profile, techniques = validate(config)
-    net = LinenNetwork(
-        model, variables, data.x_train[:1], apply_kwargs or {}, output_fn, name or ""
-    )
+    net = network(model, variables, data.x_train[:1], apply_kwargs, output_fn, name)
     ratios = tuple(config.env.ratios)
     shape = data.x_train.shape[1:]
     space = build_search_space(

@@ -173,3 +173,61 @@ class NnxTinyMobileNetV2(nnx.Module):
         x = nnx.relu(jnp.concatenate([self.branch_a(x), self.branch_b(x)], axis=-1))
         x = nnx.relu(self.head(x)).mean(axis=(1, 2))
         return self.classifier(x)
+
+
+class NnxSmallResNet(nnx.Module):
+    """:class:`SmallResNet` in NNX (for 8x8x1 inputs)."""
+
+    def __init__(self, num_classes: int = 10, *, rngs):
+        def conv_bn(c_in, c_out, strides=1):
+            conv = nnx.Conv(c_in, c_out, (3, 3), strides=strides, use_bias=False, rngs=rngs)
+            return conv, nnx.BatchNorm(c_out, momentum=0.9, rngs=rngs)
+
+        self.stem, self.stem_bn = conv_bn(1, 16)
+        self.block_a, self.block_a_bn = conv_bn(16, 16)
+        self.block_b, self.block_b_bn = conv_bn(16, 16)
+        self.down, self.down_bn = conv_bn(16, 32, strides=2)
+        self.fc = nnx.Linear(4 * 4 * 32, 64, rngs=rngs)
+        self.classifier = nnx.Linear(64, num_classes, rngs=rngs)
+
+    def __call__(self, x):
+        x = nnx.relu(self.stem_bn(self.stem(x)))
+        y = nnx.relu(self.block_a_bn(self.block_a(x)))
+        x = nnx.relu(x + self.block_b_bn(self.block_b(y)))
+        x = nnx.relu(self.down_bn(self.down(x)))
+        x = nnx.relu(self.fc(x.reshape(x.shape[0], -1)))
+        return self.classifier(x)
+
+
+def train_nnx(model, x, y, epochs: int = 8, seed: int = 0):
+    """Plain optax training of an NNX model through split/merge, as a user would."""
+    import jax
+    import numpy as np
+    import optax
+
+    model.train()
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    tx = optax.adam(3e-3)
+    opt = tx.init(params)
+
+    @jax.jit
+    def step(params, rest, opt, xb, yb):
+        def loss_fn(p):
+            m = nnx.merge(graphdef, p, jax.tree.map(lambda a: a, rest))  # fresh batch stats
+            loss = optax.softmax_cross_entropy_with_integer_labels(m(xb), yb).mean()
+            return loss, nnx.state(m, nnx.BatchStat)
+
+        (_, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        updates, opt = tx.update(grads, opt, params)
+        rest = nnx.merge_state(rest, stats)
+        return optax.apply_updates(params, updates), rest, opt
+
+    rng = np.random.default_rng(seed)
+    for _ in range(epochs):
+        order = rng.permutation(len(x))
+        for i in range(0, len(x) - 63, 64):
+            sel = order[i : i + 64]
+            params, rest, opt = step(params, rest, opt, x[sel], y[sel])
+    model = nnx.merge(graphdef, params, rest)
+    model.eval()
+    return model

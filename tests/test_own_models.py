@@ -382,3 +382,37 @@ def test_nnx_model_analysed_pruned_and_exported_like_its_linen_twin():
     tflite = TfliteModel(function_to_tflite(lambda xb: nnx.merge(graphdef, state)(xb), x.shape[1:]))
     lite = np.stack([tflite(xi[None])[0] for xi in x])
     assert np.mean(lite.argmax(-1) == real.argmax(-1)) >= 0.999
+
+
+def test_compress_a_trained_nnx_model_end_to_end(trained_small_resnet, tmp_path):
+    from flax import nnx
+    from own_models import NnxSmallResNet, train_nnx
+
+    import autocomp
+
+    _, _, data = trained_small_resnet
+    model = train_nnx(NnxSmallResNet(rngs=nnx.Rngs(0)), data.x_train, data.y_train)
+    before = jax.tree.map(np.asarray, nnx.state(model))
+    result = autocomp.compress(
+        model,
+        None,
+        data,
+        [
+            "agent.episodes=128",
+            "finetune.epochs=3",
+            "device=analytic_cortex_a76",
+            "env.techniques=[keep,filter,svd,magnitude]",
+            "env.ratios=[0,0.5,0.75]",
+            "reward.max_latency_frac=0.6",
+        ],
+    )
+    m = result.metrics
+    assert m["base"]["test_accuracy"] > 0.9
+    assert m["compressed"]["latency_ms"] <= 0.6 * m["base"]["latency_ms"] * (1 + 1e-6)
+    assert m["compressed"]["test_accuracy"] > m["base"]["test_accuracy"] - 0.1
+    assert isinstance(result.model, nnx.Module) and result.variables is None
+    logits = np.asarray(result.model(data.x_test[:64]))  # the returned object runs as it is
+    assert np.allclose(logits, result.logits(data.x_test[:64]), atol=1e-4)
+    after = jax.tree.map(np.asarray, nnx.state(model))
+    assert jax.tree.all(jax.tree.map(np.array_equal, before, after))  # the user's model untouched
+    assert result.export(tmp_path / "export", data, int8=False)["tflite_top1_agreement"] >= 0.999
