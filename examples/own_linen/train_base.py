@@ -1,7 +1,8 @@
 """Train ``MnistResNet`` on MNIST with plain optax and save its variables with orbax, as a user
 would before handing the model to autocomp.
 
-    python examples/own_linen/train_base.py --data ../shared/data/mnist.npz --out outputs/own_linen/ckpt
+    python examples/own_linen/train_base.py --data ../shared/data/mnist.npz \
+        --out outputs/own_linen/ckpt
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import jax
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
-
 from nets import MnistResNet
 
 
@@ -42,6 +42,7 @@ def main() -> None:
                 {"params": p, "batch_stats": stats}, xb, train=True, mutable=["batch_stats"]
             )
             return optax.softmax_cross_entropy_with_integer_labels(logits, yb).mean(), new
+
         (loss, new), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
         updates, opt = tx.update(grads, opt, params)
         return optax.apply_updates(params, updates), new["batch_stats"], opt, loss
@@ -56,7 +57,9 @@ def main() -> None:
         print(f"epoch {epoch + 1}: loss {float(loss):.4f} ({time.perf_counter() - start:.0f} s)")
     predict = jax.jit(lambda v, xb: model.apply(v, xb).argmax(-1))
     variables = {"params": params, "batch_stats": stats}
-    pred = np.concatenate([predict(variables, x_test[i : i + 1000]) for i in range(0, len(x_test), 1000)])
+    pred = np.concatenate(
+        [predict(variables, x_test[i : i + 1000]) for i in range(0, len(x_test), 1000)]
+    )
     print(f"test accuracy {np.mean(pred == d['y_test']):.4f}")
     out = Path(args.out).resolve()
     checkpointer = ocp.StandardCheckpointer()
