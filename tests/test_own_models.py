@@ -416,3 +416,29 @@ def test_compress_a_trained_nnx_model_end_to_end(trained_small_resnet, tmp_path)
     after = jax.tree.map(np.asarray, nnx.state(model))
     assert jax.tree.all(jax.tree.map(np.array_equal, before, after))  # the user's model untouched
     assert result.export(tmp_path / "export", data, int8=False)["tflite_top1_agreement"] >= 0.999
+
+
+def test_plan_evaluation_of_a_user_model_compiles_once():
+    from own_models import SmallResNet
+
+    model = SmallResNet()
+    x = np.random.default_rng(0).normal(size=(32, 8, 8, 1)).astype(np.float32)
+    net = LinenNetwork(model, model.init(jax.random.key(0), x[:1]), x[:1], {"train": False})
+    techs = make_techniques(["keep", "filter", "svd"])
+    aux = prepare_aux(net.layers, net.base_params(), techs, ops=net)
+    profile = load_profile("analytic_cortex_a76")
+    space = build_search_space(
+        (), net.layers, techs, RATIOS, profile, (8, 8, 1), [], net.num_groups
+    )
+    env = CompressionEnv(net, space)
+    reward = make_reward_params(RewardConfig(), tuple(space.base[:3]), 0.5)
+    params = env.make_params(net.base_params(), aux, x, np.zeros(len(x), int), reward)
+    traces = []
+    forward = net.forward
+    net.forward = lambda *a, **k: traces.append(1) or forward(*a, **k)
+    rng = np.random.default_rng(0)
+    for _ in range(3):  # three different batches of plans: one trace
+        plans = np.stack([rng.integers(0, 2, (len(net.layers), 2)) for _ in range(4)])
+        out = env.evaluate_plans(jnp.asarray(plans, jnp.int32), params)
+        jax.block_until_ready(out["reward"])
+    assert len(traces) == 1
