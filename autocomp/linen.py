@@ -26,6 +26,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 from autocomp.channels import LAYER_PREFIX, Group, build_groups, pin_group, trace_channels
 from autocomp.layers import LayerInfo
@@ -127,16 +128,19 @@ def depthwise_op(mod, name: str) -> Op | None:
               stride_w=strides[1])  # fmt: skip
 
 
-def _layer_op(mod: nn.Module, name: str, x_shape: tuple[int, ...]) -> Op | str:
-    if type(mod) is nn.Conv:
-        return conv_op(mod, name, x_shape, mod.features)
-    if type(mod) is nn.Dense:
+def layer_op(mod, name: str, x_shape: tuple[int, ...]) -> Op | str:
+    """A linen or NNX layer as autocomp's op, or why it is not compressible."""
+    if type(mod) in (nn.Conv, nnx.Conv):
+        features = mod.features if type(mod) is nn.Conv else mod.out_features
+        return conv_op(mod, name, x_shape, features)
+    if type(mod) in (nn.Dense, nnx.Linear):
         if len(x_shape) != 2:
             return (
                 f"a dense layer on a rank-{len(x_shape)} input (autocomp takes (batch, features))"
             )
-        return Op("dense", name, mod.features, use_bias=True)
-    if isinstance(mod, nn.BatchNorm):
+        features = mod.features if type(mod) is nn.Dense else mod.out_features
+        return Op("dense", name, features, use_bias=True)
+    if isinstance(mod, nn.BatchNorm | nnx.BatchNorm):
         return "batch norm: passes channels through (sliced with its group)"
     return f"{type(mod).__name__} is not a layer autocomp compresses"
 
@@ -166,7 +170,7 @@ def discover(model: nn.Module, variables: Mapping, x, apply_kwargs: Mapping) -> 
         x_in = args[0] if args else None
         in_shape = tuple(getattr(x_in, "shape", ()))
         out_shape = tuple(getattr(out, "shape", ()))
-        op = _layer_op(ctx.module, "/".join(path), in_shape)
+        op = layer_op(ctx.module, "/".join(path), in_shape)
         count = sum(math.prod(np.shape(v)) for v in jax.tree.leaves(own))
         if not isinstance(op, str):
             expected = 4 if op.kind == "conv" else 2

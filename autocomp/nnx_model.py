@@ -24,7 +24,7 @@ import numpy as np
 from flax import nnx
 
 from autocomp.layers import LayerInfo
-from autocomp.linen import Found, GraphNetwork, ModelError, conv_op, depthwise_op, with_bias
+from autocomp.linen import Found, GraphNetwork, ModelError, depthwise_op, layer_op, with_bias
 from autocomp.models import Op, run_ops
 
 _HOOK: contextvars.ContextVar = contextvars.ContextVar("autocomp_nnx_hook", default=None)
@@ -77,18 +77,6 @@ def _module_at(root, path: Sequence):
     for key in path:
         node = _child(node, key)
     return node
-
-
-def _layer_op(mod, name: str, x_shape) -> Op | str:
-    if type(mod) is nnx.Conv:
-        return conv_op(mod, name, x_shape, mod.out_features)
-    if type(mod) is nnx.Linear:
-        if len(x_shape) != 2:
-            return (
-                f"a dense layer on a rank-{len(x_shape)} input (autocomp takes (batch, features))"
-            )
-        return Op("dense", name, mod.out_features, use_bias=True)
-    return "batch norm: passes channels through (sliced with its group)"
 
 
 def _param_count(mod) -> int:
@@ -162,7 +150,7 @@ class NnxNetwork(GraphNetwork):
             mod = modules[path]
             name = "/".join(map(str, path))
             in_shape, out_shape, calls = seen[path]
-            op = _layer_op(mod, name, in_shape)
+            op = layer_op(mod, name, in_shape)
             if calls > 1:
                 op = f"a shared layer: the model calls it {calls} times"
             found.append(Found(

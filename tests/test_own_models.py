@@ -246,6 +246,16 @@ def test_bad_models_get_one_clear_error():
         )
 
 
+TINY_SEARCH = [
+    "agent.episodes=128",
+    "finetune.epochs=3",
+    "device=analytic_cortex_a76",
+    "env.techniques=[keep,filter,svd,magnitude]",
+    "env.ratios=[0,0.5,0.75]",
+    "reward.max_latency_frac=0.6",
+]
+
+
 @pytest.fixture(scope="module")
 def trained_small_resnet():
     from own_models import SmallResNet, train_linen
@@ -271,14 +281,7 @@ def test_compress_a_trained_user_model_end_to_end(trained_small_resnet, tmp_path
         model,
         variables,
         data,
-        [
-            "agent.episodes=128",
-            "finetune.epochs=3",
-            "device=analytic_cortex_a76",
-            "env.techniques=[keep,filter,svd,magnitude]",
-            "env.ratios=[0,0.5,0.75]",
-            "reward.max_latency_frac=0.6",
-        ],
+        TINY_SEARCH,
         apply_kwargs={"train": False},
     )
     m = result.metrics
@@ -397,14 +400,7 @@ def test_compress_a_trained_nnx_model_end_to_end(trained_small_resnet, tmp_path)
         model,
         None,
         data,
-        [
-            "agent.episodes=128",
-            "finetune.epochs=3",
-            "device=analytic_cortex_a76",
-            "env.techniques=[keep,filter,svd,magnitude]",
-            "env.ratios=[0,0.5,0.75]",
-            "reward.max_latency_frac=0.6",
-        ],
+        TINY_SEARCH,
     )
     m = result.metrics
     assert m["base"]["test_accuracy"] > 0.9
