@@ -294,7 +294,9 @@ def run_custom(config: RootConfig, run_dir: Path, resolved: dict, show_progress:
 
 
 def _costs(row: np.ndarray) -> dict:
-    return {c: float(v) for c, v in zip(CHANNELS, row, strict=True)}
+    """A cost row as metrics (counts as ints, as a CLI run reports them)."""
+    counts = ("params", "bytes", "macs")
+    return {c: int(v) if c in counts else float(v) for c, v in zip(CHANNELS, row, strict=True)}
 
 
 def _check(cmp: Compressed, env, env_params, indices, x) -> dict:
