@@ -427,26 +427,16 @@ class LayerWiring:
 def build_groups(trace: Trace, n_layers: int) -> tuple[tuple[Group, ...], tuple[LayerWiring, ...]]:
     """Groups of channels from a trace, failing closed wherever the channels do not line up."""
     uf = trace.uf
-    by_root: dict[int, list[int]] = {}
-    for layer in range(n_layers):
-        for s in trace.produced.get(layer, ()):
-            by_root.setdefault(uf.find(int(s)), [])
-            if layer not in by_root[uf.find(int(s))]:
-                by_root[uf.find(int(s))].append(layer)
-    # layers sharing any channel class form one group
-    parent = list(range(n_layers))
-
-    def find(a):
-        while parent[a] != a:
-            a = parent[a]
-        return a
-
-    for layers in by_root.values():
-        for other in layers[1:]:
-            parent[find(other)] = find(layers[0])
+    # layers that produce any channel of the same class form one group
+    layer_sets = UnionFind()
+    layer_sets.new(n_layers)
+    first_with: dict[int, int] = {}  # channel class -> the first layer producing it
+    for layer in sorted(trace.produced):
+        for s in trace.produced[layer]:
+            layer_sets.union(first_with.setdefault(uf.find(int(s)), layer), layer)
     members: dict[int, list[int]] = {}
     for layer in sorted(trace.produced):
-        members.setdefault(find(layer), []).append(layer)
+        members.setdefault(layer_sets.find(layer), []).append(layer)
     groups: list[Group] = []
     group_of_class: dict[int, tuple[int, int]] = {}
     for producers in members.values():

@@ -142,10 +142,6 @@ class SequentialNetwork:
         self.ops = tuple(ops)
         self.layers = tuple(layers)
 
-    @classmethod
-    def of(cls, ops: Sequence[Op], input_shape: Sequence[int]) -> SequentialNetwork:
-        return cls(ops, compressible_layers(ops, input_shape))
-
     @property
     def num_groups(self) -> int:
         return len(self.layers)
