@@ -173,7 +173,7 @@ def compress_config(
     ratios = tuple(config.env.ratios)
     shape = data.x_train.shape[1:]
     space = build_search_space(
-        (), net.layers, techniques, ratios, profile, shape, net.fixed_priced(), net.num_groups
+        (), net.layers, techniques, ratios, profile, shape, net.graph_priced(), net.num_groups
     )
     base_params = net.base_params()
     aux = prepare_aux(

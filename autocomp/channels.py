@@ -88,6 +88,7 @@ class Trace:
     produced: dict[int, np.ndarray] = field(default_factory=dict)  # layer -> its output slots
     consumed: dict[int, Info | None] = field(default_factory=dict)  # layer -> its input's info
     leaf_slots: dict[int, Info] = field(default_factory=dict)  # variable leaf -> its slots
+    info: dict = field(default_factory=dict)  # jaxpr Var -> Info, for graph_costs
 
 
 class _Walker:
@@ -366,6 +367,7 @@ def trace_channels(closed_jaxpr, n_leaves: int) -> Trace:
     layers are ``jit`` calls named ``autocomp_layer_<index>``; the outputs are pinned."""
     trace = Trace()
     walker = _Walker(trace)
+    trace.info = walker.info
     jaxpr = closed_jaxpr.jaxpr
     leaves = [i if i < n_leaves else None for i in range(len(jaxpr.invars))]
     infos: list[Info | None] = [None] * len(jaxpr.invars)

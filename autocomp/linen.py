@@ -29,6 +29,7 @@ import numpy as np
 from flax import nnx
 
 from autocomp.channels import LAYER_PREFIX, Group, build_groups, pin_group, trace_channels
+from autocomp.graph_costs import GraphOp, graph_ops
 from autocomp.layers import LayerInfo
 from autocomp.models import Op, run_ops
 
@@ -59,7 +60,6 @@ class Found:
     calls: int = 1
     op: Op | None = None
     reason: str | None = None
-    priced: Op | None = None
 
     @property
     def name(self) -> str:
@@ -114,18 +114,6 @@ def conv_op(mod, name: str, x_shape: tuple[int, ...], features: int) -> Op | str
     if isinstance(padding, str):
         return padding
     return Op("conv", name, features, kernel[0], strides[0], True, padding=padding)
-
-
-def depthwise_op(mod, name: str) -> Op | None:
-    """A depthwise conv as the op the cost table prices (it stays, but it costs)."""
-    if mod.feature_group_count == 1:
-        return None
-    kernel, strides = _pairs(mod.kernel_size), _pairs(mod.strides)
-    padding = _padding(mod.padding, kernel)
-    if isinstance(padding, str) or len(kernel) != 2:
-        return None
-    return Op("dwconv", name, 0, kernel[0], strides[0], padding=padding, kernel_w=kernel[1],
-              stride_w=strides[1])  # fmt: skip
 
 
 def layer_op(mod, name: str, x_shape: tuple[int, ...]) -> Op | str:
@@ -185,9 +173,6 @@ def discover(model: nn.Module, variables: Mapping, x, apply_kwargs: Mapping) -> 
             1,
             None if isinstance(op, str) else op,
             op if isinstance(op, str) else None,
-            depthwise_op(ctx.module, "/".join(path))
-            if isinstance(op, str) and type(ctx.module) is nn.Conv
-            else None,
         )
         return out
 
@@ -285,11 +270,15 @@ class GraphNetwork:
         """The module path of a compressible layer."""
         return self._paths[layer.index]
 
-    def fixed_priced(self) -> list[tuple[Op, tuple[int, ...]]]:
-        """(op, input shape) of what the cost table prices outside the compressible layers:
-        the depthwise convs (batch norms fold into the conv before them; adds, pools and
-        activations are not priced yet)."""
-        return [(f.priced, f.in_shape) for f in self.found if f.priced is not None]
+    def graph_priced(self) -> list[tuple[int, GraphOp]]:
+        """Every op the model runs outside its compressible layers (see
+        :mod:`autocomp.graph_costs`), with the prunable group that decides its width (-1:
+        none, priced at full width)."""
+        out = []
+        for g, gop in self.graph:
+            prunable = g >= 0 and self.groups[g].pinned is None
+            out.append((g if prunable else -1, gop))
+        return out
 
     def _check_output(self, out) -> None:
         logits = self.output_fn(out) if self.output_fn is not None else out
@@ -318,8 +307,27 @@ class GraphNetwork:
         closed = jax.make_jaxpr(lambda v, x: self.forward(self._as_params(v), x, hook))(
             tree, self.example
         )
-        trace = trace_channels(closed, len(jax.tree.leaves(tree)))
-        return build_groups(trace, len(compressible))
+        n_leaves = len(jax.tree.leaves(tree))
+        trace = trace_channels(closed, n_leaves)
+        groups, wiring = build_groups(trace, len(compressible))
+        slot_group = {
+            trace.uf.find(int(s)): g.index
+            for g in groups
+            for p in g.producers
+            for s in trace.produced[p]
+        }
+        self.graph = []
+        for gop in graph_ops(closed, n_leaves, trace.info):
+            hit = (
+                set()
+                if gop.info is None
+                else {
+                    slot_group.get(trace.uf.find(int(s)), -1) if s >= 0 else -1
+                    for s in gop.info.slots
+                }
+            )
+            self.graph.append((hit.pop() if len(hit) == 1 else -1, gop))
+        return groups, wiring
 
 
 @dataclass

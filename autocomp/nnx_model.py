@@ -24,7 +24,7 @@ import numpy as np
 from flax import nnx
 
 from autocomp.layers import LayerInfo
-from autocomp.linen import Found, GraphNetwork, ModelError, depthwise_op, layer_op, with_bias
+from autocomp.linen import Found, GraphNetwork, ModelError, layer_op, with_bias
 from autocomp.models import Op, run_ops
 
 _HOOK: contextvars.ContextVar = contextvars.ContextVar("autocomp_nnx_hook", default=None)
@@ -156,7 +156,6 @@ class NnxNetwork(GraphNetwork):
             found.append(Found(
                 path, type(mod).__name__, in_shape[1:], out_shape[1:], _param_count(mod), calls,
                 None if isinstance(op, str) else op, op if isinstance(op, str) else None,
-                depthwise_op(mod, name) if isinstance(op, str) and type(mod) is nnx.Conv else None,
             ))  # fmt: skip
         for path in sorted(shared, key=str):
             mod = _module_at(self.model, path)

@@ -29,7 +29,7 @@ class EnvParams(NamedTuple):
     x_val: Float[Array, "n h w c"]
     y_val: Int[Array, " n"]
     ratios: Float[Array, " R"]
-    costs: Float[Array, "L T R R 5"]
+    costs: Float[Array, "L T R W 5"]
     rest: Float[Array, "L1 R 5"]
     out_bin: Int[Array, "L T R"]
     allowed: Array
@@ -267,8 +267,11 @@ class CompressionEnv:
         return new_state, applied
 
     def _in_bin(self, state: EnvState, l) -> Array:
-        """The ratio bin of the channels layer ``l``'s input group kept."""
-        return state.group_bin[jnp.asarray(self.space.in_group)[l]]
+        """Layer ``l``'s width index in the cost table: the ratio bin its input group kept,
+        plus R times the bin its output's group root kept (see ``SearchSpace.costs``)."""
+        in_bin = state.group_bin[jnp.asarray(self.space.in_group)[l]]
+        follow = state.group_bin[jnp.asarray(self.space.follow_group)[l]]
+        return in_bin + len(self.space.ratios) * follow
 
     def _finish(self, plan: Array, spent: Array, params: EnvParams):
         acc = self.accuracy(plan, params)

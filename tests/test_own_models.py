@@ -19,7 +19,7 @@ from autocomp.export import TfliteModel, function_to_tflite
 from autocomp.linen import LinenNetwork, export_form, materialize
 from autocomp.plan import plan_from_indices, prepare_aux
 from autocomp.reward import make_reward_params
-from autocomp.search_space import build_search_space
+from autocomp.search_space import CHANNELS, build_search_space, plan_cost
 from autocomp.techniques import make_techniques, technique_fits
 from envs.compression import CompressionEnv
 
@@ -106,6 +106,12 @@ def test_resnet18_groups_match_a_hand_analysis():
     assert "follow the root" in net.layers[2].out_reason
     # each residual group slices the batch norm after every producer (scale, bias, mean, var)
     assert [len(g.leaves) for g in net.groups if len(g.producers) > 1] == [12, 12, 12, 12]
+    # priced beside the layers: the stem's max pool, two adds per stage (ReLU fuses, batch
+    # norm folds), the global mean; each at the width of its stage's group
+    assert [(g, o.op.kind) for g, o in net.graph_priced()] == [
+        (0, "maxpool"), (0, "add"), (0, "add"), (4, "add"), (4, "add"),
+        (7, "add"), (7, "add"), (10, "add"), (10, "add"), (10, "gap"),
+    ]  # fmt: skip
 
 
 def test_mobilenet_groups_match_a_hand_analysis():
@@ -134,6 +140,14 @@ def test_mobilenet_groups_match_a_hand_analysis():
     assert "several groups" in net.layers[11].out_reason
     # expand's group slices its batch norm, the depthwise kernel and the depthwise batch norm
     assert len(net.groups[1].leaves) == 9
+    # priced beside the layers, with the group that decides their width: depthwise convs in
+    # their expand's group, the SE gate (mean, sigmoid, multiply) likewise, the residual
+    # adds; the concat of two pinned groups at full width (-1); the head's global mean
+    assert [(g, o.op.kind) for g, o in net.graph_priced()] == [
+        (1, "dwconv"), (0, "add"), (2, "dwconv"), (2, "gap"), (2, "act"), (2, "mul"),
+        (5, "dwconv"), (5, "gap"), (5, "act"), (5, "mul"), (4, "add"), (-1, "concat"),
+        (9, "gap"),
+    ]  # fmt: skip
 
 
 def test_hf_resnet_groups_match_a_hand_analysis():
@@ -164,15 +178,39 @@ def _pruning_plan(net):
     return np.array(rows)
 
 
-def _simulate(net, aux, plan, x):
+def _space(net, x):
     profile = load_profile("analytic_cortex_a76")
-    space = build_search_space(
-        (), net.layers, TECHS, RATIOS, profile, x.shape[1:], [], net.num_groups
+    return build_search_space(
+        (), net.layers, TECHS, RATIOS, profile, x.shape[1:], net.graph_priced(), net.num_groups
     )
+
+
+def _simulate(net, aux, plan, x):
+    space = _space(net, x)
     env = CompressionEnv(net, space)
     reward = make_reward_params(RewardConfig(), tuple(space.base[:3]), 0.5)
     params = env.make_params(net.base_params(), aux, x, np.zeros(len(x), int), reward)
     return np.asarray(jax.jit(lambda x: env.logits(jnp.asarray(plan), params, x))(x))
+
+
+def _macs(jaxpr) -> int:
+    """Multiply-accumulates of every conv and matmul a jaxpr runs (nested calls included)."""
+    total = 0
+    for eqn in jaxpr.eqns:
+        name, p = eqn.primitive.name, eqn.params
+        if name == "conv_general_dilated":
+            rhs = eqn.invars[1].aval.shape
+            spec = p["dimension_numbers"].rhs_spec
+            per_output = rhs[spec[1]] * rhs[spec[2]] * rhs[spec[3]]
+            total += int(np.prod(eqn.outvars[0].aval.shape)) * per_output
+        elif name == "dot_general":
+            (lhs_contract, _), _ = p["dimension_numbers"]
+            k = int(np.prod([eqn.invars[0].aval.shape[a] for a in lhs_contract]))
+            total += int(np.prod(eqn.outvars[0].aval.shape)) * k
+        for key in ("jaxpr", "call_jaxpr"):
+            if key in p:
+                total += _macs(getattr(p[key], "jaxpr", p[key]))
+    return total
 
 
 def test_structured_pruning_materializes_as_simulated(built):
@@ -197,6 +235,12 @@ def test_structured_pruning_materializes_as_simulated(built):
         out = module.apply(variables, xb, **net.apply_kwargs)
         return net.output_fn(out) if net.output_fn else out
 
+    # the table prices what the compressed model runs: its MACs are those of its jaxpr (the
+    # group's followers and depthwise convs at the pruned width, the adds and pools beside)
+    space = _space(net, x)
+    table_macs = plan_cost(space, plan)[CHANNELS.index("macs")]
+    assert table_macs == _macs(jax.make_jaxpr(fn)(x[:1]).jaxpr), name
+    assert plan_cost(space, plan)[0] < space.base[0]
     tflite = TfliteModel(function_to_tflite(fn, x.shape[1:]))
     lite = np.stack([tflite(xi[None])[0] for xi in x])
     assert np.mean(lite.argmax(-1) == real.argmax(-1)) >= 0.999
