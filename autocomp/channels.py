@@ -74,10 +74,12 @@ class UnionFind:
 
 @dataclass
 class Info:
-    """Where a value's channel axis is and the slot of each entry along it (-1: no slot)."""
+    """Where a value's channel axis is and the slot of each entry along it (-1: no slot);
+    ``spatial``: for a flattened feature map, its spatial shape (rows are p * C + c)."""
 
     axis: int
     slots: np.ndarray
+    spatial: tuple[int, ...] | None = None
 
 
 @dataclass
@@ -203,7 +205,7 @@ class _Walker:
             return
         axis = axes.pop()
         size = shape[axis]
-        slots = None
+        slots, spatial = None, None
         for v, info in infos:
             if info is None and not isinstance(v, jcore.Literal) and v.aval.ndim == len(shape):
                 if v.aval.shape[axis] == size and size > 1:
@@ -216,12 +218,12 @@ class _Walker:
             if len(info.slots) != size:
                 continue  # broadcast from size 1
             if slots is None:
-                slots = info.slots
+                slots, spatial = info.slots, info.spatial
             else:
                 self.unify(slots, info.slots, "an elementwise op with unprunable channels")
         if slots is not None:
             for o in eqn.outvars:
-                self.info[o] = Info(axis, slots)
+                self.info[o] = Info(axis, slots, spatial)
 
     def call(self, eqn) -> None:
         inner = _sub_jaxpr(eqn)
@@ -282,7 +284,9 @@ class _Walker:
             positions = dst[-1] // c
             lead = math.prod(dst[:-1])
             if lead * positions * c == math.prod(src) and math.prod(src[:-1]) % lead == 0:
-                self.info[out] = Info(len(dst) - 1, np.tile(info.slots, positions))
+                spatial = tuple(src[len(dst) - 1 : -1])  # the axes flattened with C
+                spatial = spatial if math.prod(spatial) == positions else None
+                self.info[out] = Info(len(dst) - 1, np.tile(info.slots, positions), spatial)
                 return
         self.pin_info(info, f"a reshape {src} -> {dst} that moves channels")
 
@@ -414,7 +418,8 @@ class LayerWiring:
     """How one layer's input and output channels are tied to groups.
 
     ``in_group``: the prunable group its input channels come from (-1: none); ``in_positions``:
-    rows per channel of its input (a dense layer after a flatten); ``out_group``: the group of
+    rows per channel of its input (a dense layer after a flatten), ``in_spatial`` the spatial
+    shape that flatten took; ``out_group``: the group of
     its output channels (-1: none); ``root``: it decides its group's channels;
     ``reason``: why it cannot remove output channels, or ``None``.
     """
@@ -424,6 +429,7 @@ class LayerWiring:
     out_group: int = -1
     root: bool = False
     reason: str | None = None
+    in_spatial: tuple[int, ...] | None = None
 
 
 def build_groups(trace: Trace, n_layers: int) -> tuple[tuple[Group, ...], tuple[LayerWiring, ...]]:
@@ -539,7 +545,8 @@ def _wiring(trace, groups, group_of_class, n_layers):
                 group, f"layer {layer} reads the group's channels in another order"
             )
             continue
-        wiring[layer] = {"in_group": g, "in_positions": positions}
+        spatial = info.spatial if positions > 1 else None
+        wiring[layer] = {"in_group": g, "in_positions": positions, "in_spatial": spatial}
     out = []
     for layer in range(n_layers):
         group = next((g for g in groups if layer in g.producers), None)
@@ -557,6 +564,7 @@ def _wiring(trace, groups, group_of_class, n_layers):
             LayerWiring(
                 in_group=w["in_group"] if w and groups[w["in_group"]].pinned is None else -1,
                 in_positions=w.get("in_positions", 1),
+                in_spatial=w.get("in_spatial"),
                 out_group=group.index,
                 root=root and group.pinned is None,
                 reason=reason,

@@ -447,8 +447,10 @@ def _layer_info(index: int, found: Found, wiring, groups: Sequence[Group]) -> La
         follows = wiring.out_group
     in_group = wiring.in_group
     if in_group >= 0 and groups[in_group].pinned is not None:
-        in_group, positions = -1, 1
-        in_channels = in_shape[-1]
+        in_group = -1  # its input rows stay; a flatten keeps its positions (for gap)
+    pre_flatten = None
+    if op.kind == "dense" and positions > 1 and wiring.in_spatial is not None:
+        pre_flatten = (*wiring.in_spatial, in_channels)
     return LayerInfo(
         index=index,
         name=found.name,
@@ -459,7 +461,7 @@ def _layer_info(index: int, found: Found, wiring, groups: Sequence[Group]) -> La
         in_positions=positions,
         is_classifier=output,
         coupled_out=not root,
-        pre_flatten=None,
+        pre_flatten=pre_flatten,
         in_group=in_group,
         out_group=wiring.out_group if root else -1,
         follows=follows,

@@ -293,7 +293,10 @@ _APPLY: dict[str, Callable[[Op, Array], Array]] = {
     "dense": _dense,
     "dwconv": _dwconv,
     "expand": lambda op, x: _weights(Expand, op)(op.features, op.stride, name=op.name)(x),
-    "gap": lambda op, x: x.mean(axis=(1, 2)),
+    # on a flattened map (a user's model flattens before its dense layer): rows p * C + c
+    "gap": lambda op, x: (
+        x.mean(axis=(1, 2)) if x.ndim == 4 else x.reshape(len(x), -1, op.features).mean(axis=1)
+    ),
     "maxpool": _pool(nn.max_pool),
     "avgpool": _pool(nn.avg_pool),
     "flatten": lambda op, x: x.reshape(x.shape[0], -1),
@@ -405,7 +408,7 @@ def out_shape(op: Op, shape: Shape) -> Shape:
             return ((h + pt + pb - kh) // sh + 1, (w + pl + pr - kw) // sw + 1, features)
         return (math.ceil(h / sh), math.ceil(w / sw), features)
     if op.kind == "gap":
-        return (shape[-1],)
+        return (op.features or shape[-1],)
     if op.kind == "dense":
         return (op.features,)
     if op.kind in ("maxpool", "avgpool"):

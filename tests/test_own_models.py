@@ -247,6 +247,51 @@ def test_structured_pruning_materializes_as_simulated(built):
     assert np.abs(lite - real).max() <= 1e-3 * (np.abs(real).max() + 1)
 
 
+def test_gap_replaces_a_dense_head_over_the_users_flatten():
+    """The analysis proves the dense layer reads a flattened (4, 4, 32) map, so global average
+    pooling is offered there (and only there); simulated, materialized, priced and exported
+    alike, with the down-sampling group pruned by half at the same time."""
+    from own_models import SmallResNet
+
+    from autocomp.plan import PrepareContext
+
+    model = SmallResNet()
+    x = np.random.default_rng(0).normal(size=(64, 8, 8, 1)).astype(np.float32)
+    variables = _jitter_stats(model.init(jax.random.key(0), x[:1]))
+    net = LinenNetwork(model, variables, x[:8], {"train": False})
+    techs = make_techniques(["keep", "filter", "gap"])
+    fits = [la.name for la in net.layers if technique_fits(techs[2], la) is None]
+    assert fits == ["fc"] and net.by_path[("fc",)].pre_flatten == (4, 4, 32)
+    ctx = PrepareContext(ratios=RATIOS)
+    aux = prepare_aux(net.layers, net.base_params(), techs, ctx, net, x)
+    rows = np.zeros((len(net.layers), 2), np.int32)
+    rows[net.by_path[("down",)].index] = (1, 1)  # filter 0.5 on the map gap pools
+    rows[net.by_path[("fc",)].index] = (2, 0)
+    plan = plan_from_indices("SmallResNet", net.layers, techs, RATIOS, rows)
+    mat = materialize(net, aux, techs, plan)
+    assert [op.kind for op in mat.ops["fc"]] == ["gap", "dense"]
+    assert mat.ops["fc"][-1].features == 64 and mat.variables["params"]["base"]["fc"]
+    real = np.asarray(mat.module.apply(mat.variables, x[:8], train=False))
+    profile = load_profile("analytic_cortex_a76")
+    space = build_search_space(
+        (), net.layers, techs, RATIOS, profile, x.shape[1:], net.graph_priced(), net.num_groups
+    )
+    env = CompressionEnv(net, space)
+    reward = make_reward_params(RewardConfig(), tuple(space.base[:3]), 0.5)
+    params = env.make_params(net.base_params(), aux, x[:8], np.zeros(8, int), reward)
+    sim = np.asarray(jax.jit(lambda xb: env.logits(jnp.asarray(rows), params, xb))(x[:8]))
+    assert np.abs(real - sim).max() <= 1e-4 * (np.abs(sim).max() + 1)
+    module, exported = export_form(mat)
+
+    def fn(xb):
+        return module.apply(exported, xb, train=False)
+
+    assert plan_cost(space, rows)[CHANNELS.index("macs")] == _macs(jax.make_jaxpr(fn)(x[:1]).jaxpr)
+    tflite = TfliteModel(function_to_tflite(fn, x.shape[1:]))
+    lite = np.concatenate([tflite(xi[None]) for xi in x[:8]])
+    assert np.abs(lite - real).max() <= 1e-3 * (np.abs(real).max() + 1)
+
+
 def test_inspect_lists_every_layer_with_what_fits_and_why_not():
     import autocomp
 

@@ -44,7 +44,7 @@ def make_gap() -> Technique:
         return {"kernel": kernel, "bias": aux["bias"]}
 
     def ops(layer, ratio, in_channels):
-        return (Op("gap"), Op("dense", layer.name, layer.features))
+        return (Op("gap", features=in_channels), Op("dense", layer.name, layer.features))
 
     def materialize(layer, params, aux, ratio, in_rows):
         channels = np.asarray(in_rows)[: len(in_rows) // layer.in_positions]
