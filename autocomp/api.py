@@ -20,10 +20,10 @@ import optax
 from flax import serialization
 
 from autocomp.config import FinetuneConfig, RootConfig
+from autocomp.custom import compressed_model, network
 from autocomp.data import Dataset
 from autocomp.io import atomic_write_bytes, atomic_write_json, atomic_write_text
-from autocomp.linen import Compressed, LinenNetwork, keep_masks, leaf_names
-from autocomp.linen import compressed as linen_compressed
+from autocomp.linen import Compressed, keep_masks, leaf_names
 from autocomp.plan import Plan, plan_from_indices, prepare_aux
 from autocomp.search_space import CHANNELS, build_search_space, plan_cost
 
@@ -108,17 +108,6 @@ class Result:
         return report
 
 
-def network(model, variables, example, apply_kwargs=None, output_fn=None, name=None):
-    """The front end that fits ``model``: NNX for an ``nnx.Module``, else linen."""
-    from flax import nnx
-
-    if isinstance(model, nnx.Module):
-        from autocomp.nnx_model import NnxNetwork
-
-        return NnxNetwork(model, example, dict(apply_kwargs or {}), output_fn, name or "")
-    return LinenNetwork(model, variables, example, apply_kwargs or {}, output_fn, name or "")
-
-
 def compress(
     model,
     variables: Mapping,
@@ -196,7 +185,7 @@ def compress_config(
     sel = select_plans(space, history)
     indices = sel.plans[sel.chosen]
     plan = plan_from_indices(net.name, net.layers, techniques, ratios, indices)
-    cmp = _compressed(net, aux, techniques, plan)
+    cmp = compressed_model(net, aux, techniques, plan)
     plan = _annotate(space, plan, indices, cmp, net)
     check = _check(cmp, env, env_params, indices, x_val)
     params = finetune(net, cmp, data, config.finetune, config.seed, base_params)
@@ -230,14 +219,6 @@ def compress_config(
         "wall_time_s": time.perf_counter() - started,
     }
     return result
-
-
-def _compressed(net, aux, techniques, plan) -> Compressed:
-    if hasattr(net, "variables"):
-        return linen_compressed(net, aux, techniques, plan)
-    from autocomp.nnx_model import compressed as nnx_compressed
-
-    return nnx_compressed(net, aux, techniques, plan)
 
 
 def _annotate(space, plan: Plan, indices, cmp: Compressed, net) -> Plan:

@@ -186,29 +186,51 @@ def bench_costs(argv: list[str]) -> dict:
     config = compose_config(overrides)
     profile = load_profile(config.device.profile)
     n_plans, threads = int(opts.get("plans", 50)), int(opts.get("threads", 1))
-    ops = base_ops(config.model)
-    shape = tuple(config.model.input_shape)
-    layers = compressible_layers(ops, shape)
     techniques = make_techniques(config.env.techniques)
-    space = build_search_space(ops, layers, techniques, config.env.ratios, profile, shape)
-    params = init_params(ops, shape, jax.random.key(0))
-    x = np.random.default_rng(0).random((64, *shape), np.float32)
+    ratios = tuple(config.env.ratios)
     # Latency does not depend on the weights: random ones, replacements without distillation.
-    ctx = PrepareContext(tuple(config.env.ratios), distill=DistillConfig(steps=0, examples=64))
-    aux = prepare_aux(layers, params, techniques, ctx, ops, x)
-    measured, predicted, sources, names = [], [], Counter(), []
+    ctx = PrepareContext(ratios, distill=DistillConfig(steps=0, examples=64))
+    if config.model._target_:  # a user's model, every op between its layers priced
+        from autocomp.custom import compressed_model, random_network
+        from autocomp.export import function_to_tflite
+        from autocomp.search_space import plan_cost
+
+        net, data = random_network(config)
+        shape, layers = tuple(data.x_train.shape[1:]), net.layers
+        space = build_search_space((), layers, techniques, ratios, profile, shape,
+                                   net.graph_priced(), net.num_groups)  # fmt: skip
+        sources = Counter(space.cost_sources)
+        aux = prepare_aux(layers, net.base_params(), techniques, ctx, net, data.x_train[:64])
+
+        def deployed(plan, indices):
+            cmp = compressed_model(net, aux, techniques, plan)
+            content = function_to_tflite(cmp.export_fn(cmp.params), shape)
+            return content, float(plan_cost(space, indices)[0])
+    else:
+        ops = base_ops(config.model)
+        shape = tuple(config.model.input_shape)
+        layers = compressible_layers(ops, shape)
+        space = build_search_space(ops, layers, techniques, ratios, profile, shape)
+        params = init_params(ops, shape, jax.random.key(0))
+        x = np.random.default_rng(0).random((64, *shape), np.float32)
+        aux = prepare_aux(layers, params, techniques, ctx, ops, x)
+        sources = Counter()
+
+        def deployed(plan, indices):
+            new_ops, new_params, _ = materialize(ops, layers, params, aux, techniques, plan)
+            cost = price_ops(profile, new_ops, shape)
+            sources.update(cost.sources)
+            return to_tflite(new_ops, new_params, shape), cost.latency_ms
+
+    measured, predicted, names = [], [], []
     with Progress() as bar:
         task = bar.add_task("plans: materialize, convert, time", total=n_plans)
         for indices in random_plans(space, n_plans, int(opts.get("seed", 0))):
-            plan = plan_from_indices(config.model.name, layers, techniques, config.env.ratios,
-                                     indices)  # fmt: skip
-            new_ops, new_params, _ = materialize(ops, layers, params, aux, techniques, plan)
-            cost = price_ops(profile, new_ops, shape)
-            timing = time_tflite(to_tflite(new_ops, new_params, shape), threads)
-            measured.append(timing.median_ms)
+            plan = plan_from_indices(config.model.name, layers, techniques, ratios, indices)
+            content, latency = deployed(plan, indices)
+            measured.append(time_tflite(content, threads).median_ms)
             names.append(" ".join(f"{c.technique}:{c.ratio:g}" for c in plan.layers))
-            predicted.append(cost.latency_ms)
-            sources.update(cost.sources)
+            predicted.append(latency)
             bar.advance(task)
     m, p = np.asarray(measured), np.asarray(predicted)
     ape = np.abs(p - m) / m

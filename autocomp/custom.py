@@ -14,7 +14,7 @@ import optax
 
 from autocomp.config import ModelConfig, TrainConfig
 from autocomp.data import Dataset
-from autocomp.linen import ModelError
+from autocomp.linen import LinenNetwork, ModelError
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +125,42 @@ def train_base(model, cfg: ModelConfig, data: Dataset, train: TrainConfig, seed:
             )
         log.info("base model epoch %d/%d: loss %.4f", epoch + 1, train.epochs, float(loss))
     return jax.tree.map(np.asarray, {"params": params, **stats})
+
+
+def network(model, variables, example, apply_kwargs=None, output_fn=None, name=None):
+    """The front end that fits ``model``: NNX for an ``nnx.Module``, else linen."""
+    from flax import nnx
+
+    if isinstance(model, nnx.Module):
+        from autocomp.nnx_model import NnxNetwork
+
+        return NnxNetwork(model, example, dict(apply_kwargs or {}), output_fn, name or "")
+    return LinenNetwork(model, variables, example, apply_kwargs or {}, output_fn, name or "")
+
+
+def compressed_model(net, aux, techniques, plan):
+    """A plan materialized on a user's model (:class:`autocomp.linen.Compressed`)."""
+    if isinstance(net, LinenNetwork):
+        from autocomp.linen import compressed
+
+        return compressed(net, aux, techniques, plan)
+    from autocomp.nnx_model import compressed
+
+    return compressed(net, aux, techniques, plan)
+
+
+def random_network(config, data: Dataset | None = None):
+    """The configured model (``model._target_``) with random weights, as autocomp sees it,
+    and its data: what latency depends on (profiling, cost checks), without training."""
+    from autocomp.data import load_dataset
+
+    data = data if data is not None else load_dataset(config.data)
+    model = build_model(config.model)
+    example = data.x_train[:1]
+    variables = model.init(jax.random.key(config.seed), example, **dict(config.model.apply_kwargs))
+    kwargs = dict(config.model.apply_kwargs)
+    net = network(model, variables, example, kwargs, output_fn(config.model), config.model.name)
+    return net, data
 
 
 def load_or_train(model, cfg: ModelConfig, data: Dataset, train: TrainConfig, seed: int) -> dict:

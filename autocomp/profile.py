@@ -110,11 +110,35 @@ def run_profile(opts: dict[str, str], overrides: list[str], console=None) -> Pat
     name = host_id() if device == "host" else f"android-{opts['serial']}"
     out = Path(opts.get("out") or user_tables_dir() / f"{name}.json").expanduser()
 
-    ops = base_ops(config.model)
-    input_shape = tuple(config.model.input_shape)
-    layers = compressible_layers(ops, input_shape)
     techniques = make_techniques(config.env.techniques)
-    configs = search_configs(ops, layers, techniques, config.env.ratios, input_shape)
+    if config.model._target_:  # a user's model: its layers and every op between them
+        from autocomp.custom import random_network
+        from autocomp.export import function_to_tflite
+        from autocomp.search_space import build_search_space
+
+        net, data = random_network(config)
+        input_shape = tuple(data.x_train.shape[1:])
+        graph = net.graph_priced()
+        configs = search_configs((), net.layers, techniques, config.env.ratios, input_shape,
+                                 graph)  # fmt: skip
+
+        def whole_model() -> bytes:
+            return function_to_tflite(lambda x: net.forward(net.base_params(), x), input_shape)
+
+        def predict(table) -> float:
+            return build_search_space((), net.layers, techniques, config.env.ratios, table,
+                                      input_shape, graph, net.num_groups).base[0]  # fmt: skip
+    else:
+        ops = base_ops(config.model)
+        input_shape = tuple(config.model.input_shape)
+        layers = compressible_layers(ops, input_shape)
+        configs = search_configs(ops, layers, techniques, config.env.ratios, input_shape)
+
+        def whole_model() -> bytes:
+            return to_tflite(ops, init_params(ops, input_shape, jax.random.key(0)), input_shape)
+
+        def predict(table) -> float:
+            return price_ops(table, ops, input_shape).latency_ms
 
     rows: dict[str, dict] = {}
     validation: list[dict] = []
@@ -262,13 +286,13 @@ def run_profile(opts: dict[str, str], overrides: list[str], console=None) -> Pat
         "validation": validation,
         "rows": sorted(rows.values(), key=lambda r: r["key"]),
     }
-    base = price_ops(profile_from_data(table, out), ops, input_shape)
-    whole = measure(to_tflite(ops, init_params(ops, input_shape, jax.random.key(0)), input_shape))
+    predicted = float(predict(profile_from_data(table, out)))
+    whole = measure(whole_model())
     record = {
         "model": config.model.name,
         "measured_ms": whole.median_ms,
-        "predicted_ms": base.latency_ms,
-        "error_pct": 100 * (base.latency_ms - whole.median_ms) / whole.median_ms,
+        "predicted_ms": predicted,
+        "error_pct": 100 * (predicted - whole.median_ms) / whole.median_ms,
         "date": table["device"]["date"],
     }
     table["validation"] = [v for v in validation if v.get("model") != record["model"]] + [record]
@@ -277,7 +301,7 @@ def run_profile(opts: dict[str, str], overrides: list[str], console=None) -> Pat
     console.print(
         f"measured {len(todo)} configurations in {measured_s:.0f} s; call overhead "
         f"{overhead * 1e3:.1f} us; whole {config.model.name}: measured "
-        f"{whole.median_ms:.4f} ms, table predicts {base.latency_ms:.4f} ms "
+        f"{whole.median_ms:.4f} ms, table predicts {predicted:.4f} ms "
         f"({record['error_pct']:+.1f}%)\nenergy: {energy_info['method']}\nwrote {out} "
         f"({len(rows)} rows)"
     )
@@ -297,12 +321,15 @@ def main(argv: list[str] | None = None) -> int:
     opts, overrides = parse_args(sys.argv[1:] if argv is None else argv)
     from autocomp.config import ConfigError
     from autocomp.costs import CostTableError
+    from autocomp.data import DataError
+    from autocomp.linen import ModelError
     from autocomp.profiling import ProfileError
     from autocomp.techniques import TechniqueError
 
+    errors = (ConfigError, CostTableError, DataError, ModelError, ProfileError, TechniqueError)
     try:
         run_profile(opts, overrides)
-    except (ConfigError, CostTableError, ProfileError, TechniqueError) as err:
+    except errors as err:
         print(f"{type(err).__name__}: {err}", file=sys.stderr)  # noqa: T201 (CLI output)
         return 2
     return 0

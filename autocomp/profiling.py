@@ -52,32 +52,73 @@ def search_configs(
     techniques,
     ratios: Sequence[float],
     input_shape: Sequence[int],
+    graph=None,
 ) -> dict[str, tuple[Op, Shape]]:
     """Every op configuration a plan of this search space deploys, by table key: each
     technique at each ratio bin on each layer it fits, at every input width the previous
-    layer can leave, with the layer's trailing ops, plus the ops before the first layer."""
+    layer can leave, with the layer's trailing ops, plus the ops before the first layer (or,
+    for a user's model, ``graph``: every op outside its layers at every width its channel group
+    can keep; kinds no one-op model can stand for, ``other``, are left to the roofline)."""
+    from autocomp.graph_costs import at_width
     from autocomp.search_space import cells, fixed_ops
+    from autocomp.techniques import kept
 
     configs: dict[str, tuple[Op, Shape]] = {}
 
     def add(ops: Sequence[Op], shape: Sequence[int]) -> None:
         for op, op_shape in zip(ops, walk_shapes(ops, shape, strict=False), strict=False):
-            if op.kind not in FREE_OPS:
+            if op.kind not in FREE_OPS and op.kind != "other":
                 op = replace(op, bits=32)  # k-bit layers run as float ops (costs.price_op)
                 configs.setdefault(op_key(op, op_shape), (op, tuple(op_shape)))
 
-    add(fixed_ops(base_ops), input_shape)
+    if graph is None:
+        add(fixed_ops(base_ops), input_shape)
+    else:
+        roots = {la.out_group: la for la in layers if la.out_group >= 0}
+        for g, gop in graph:
+            size = roots[g].features if g in roots else None
+            for ratio in ratios if size else ratios[:1]:
+                op, shape = at_width(gop, size, kept(size, ratio)) if size else (gop.op, gop.shape)
+                add((op,), shape)
     for *_, ops, shape in cells(layers, techniques, ratios):
         add(ops, shape)
     return configs
 
 
+GRAPH_KINDS = ("mul", "act", "affine", "pad", "reduce", "concat")
+
+
+def _graph_micro(kind: str, channels: int):
+    """A one-op stand-in for what a user's model runs between its layers
+    (:mod:`autocomp.graph_costs`); ``concat`` gives ``channels`` from two halves."""
+    import jax
+    import jax.numpy as jnp
+
+    def concat(x):
+        return jnp.concatenate([x, x[..., : channels - x.shape[-1]]], -1)
+
+    return {
+        "mul": lambda x: x * x,  # two activations multiplied (a gate)
+        "act": jax.nn.sigmoid,
+        "affine": lambda x: x * 1.5,  # a scale by a constant the converter cannot fold
+        "pad": lambda x: jnp.pad(x, [(0, 0), (1, 1), (1, 1), (0, 0)][: x.ndim]),
+        "reduce": lambda x: jnp.max(x, axis=-1),
+        "concat": concat,
+    }[kind]
+
+
 def micro_model(op: Op, in_shape: Shape, seed: int = 0) -> bytes:
-    """A batch-1 float32 TFLite model of ``op`` alone (``add``: the input added to itself)."""
+    """A batch-1 float32 TFLite model of ``op`` alone (``add``: the input added to itself;
+    ``concat``: the first half of the channels concatenated with itself)."""
     import jax
 
-    from autocomp.export import to_tflite
+    from autocomp.export import function_to_tflite, to_tflite
 
+    if op.kind in GRAPH_KINDS:
+        shape, channels = tuple(in_shape), in_shape[-1]
+        if op.kind == "concat":  # its key holds the output's shape
+            shape = (*shape[:-1], (channels + 1) // 2)
+        return function_to_tflite(_graph_micro(op.kind, channels), shape)
     op = replace(op, name="op") if op.kind in PARAMETRIC else op
     ops = (Op("save"), op) if op.kind == "add" else (op,)
     rng = np.random.default_rng(seed)

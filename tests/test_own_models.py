@@ -292,6 +292,29 @@ def test_gap_replaces_a_dense_head_over_the_users_flatten():
     assert np.abs(lite - real).max() <= 1e-3 * (np.abs(real).max() + 1)
 
 
+def test_profile_enumerates_the_ops_between_a_users_layers_at_every_width():
+    """``python -m autocomp.profile`` on a user's model measures what its cost table prices:
+    the layers' configurations and every op between them at each width its group can keep,
+    each as a one-op TFLite model that runs."""
+    from autocomp.profiling import micro_model, search_configs
+
+    net, x = _mobilenet()
+    techs = make_techniques(["keep", "filter"])
+    configs = search_configs((), net.layers, techs, RATIOS, x.shape[1:], net.graph_priced())
+    kinds = {key.split("|")[0] for key in configs}
+    assert {"conv", "dense", "dwconv", "add", "mul", "act", "gap", "concat"} <= kinds
+    # block1's depthwise conv at its expand's full and half width
+    assert "dwconv|in=16x16x32|out=32|k=3|s=1|g=32|float32" in configs
+    assert "dwconv|in=16x16x16|out=16|k=3|s=1|g=16|float32" in configs
+    assert "concat|in=8x8x32|out=32|k=1|s=1|g=1|float32" in configs  # pinned: full width only
+    assert not any(k.startswith("concat|in=8x8x16") for k in configs)
+    for kind in ("mul", "act", "concat", "dwconv", "add"):
+        key = next(k for k in configs if k.startswith(kind + "|"))
+        op, shape = configs[key]
+        lite = TfliteModel(micro_model(op, shape))
+        assert lite(np.ones((1, *lite.input["shape"][1:]), np.float32)).size > 0, key
+
+
 def test_inspect_lists_every_layer_with_what_fits_and_why_not():
     import autocomp
 
