@@ -20,6 +20,7 @@ import optax
 from flax import serialization
 
 from autocomp.config import FinetuneConfig, RootConfig
+from autocomp.costs import source_shares
 from autocomp.custom import compressed_model, network
 from autocomp.data import Dataset
 from autocomp.io import atomic_write_bytes, atomic_write_json, atomic_write_text
@@ -92,20 +93,10 @@ class Result:
     def export(self, out_dir: str | Path, data: Dataset, int8: bool = True) -> dict:
         """``model.tflite`` (float32), ``model_int8.tflite`` and ``verify.json``: both files run
         in the LiteRT interpreter on the test split against the JAX model."""
-        from autocomp.export import function_to_tflite, verify_logits
+        from autocomp.export import export_function
 
-        out_dir = Path(out_dir)
         fn = self.compressed.export_fn(self.params)
-        shape = data.x_test.shape[1:]
-        files = {"float32": function_to_tflite(fn, shape)}
-        if int8:
-            files["int8"] = function_to_tflite(fn, shape, data.x_train[:200])
-        for kind, content in files.items():
-            name = "model.tflite" if kind == "float32" else "model_int8.tflite"
-            atomic_write_bytes(out_dir / name, content)
-        report = verify_logits(self.logits(data.x_test), files, data.x_test, data.y_test)
-        atomic_write_json(out_dir / "verify.json", report)
-        return report
+        return export_function(fn, self.logits(data.x_test), data, Path(out_dir), int8)
 
 
 def compress(
@@ -147,8 +138,11 @@ def compress_config(
     output_fn: Callable | None = None,
     name: str | None = None,
     show_progress: bool = False,
+    checkpoint: Path | None = None,
+    fingerprint: str = "",
 ) -> Result:
-    """:func:`compress` with a composed config (the CLI's path for ``model._target_``)."""
+    """:func:`compress` with a composed config (the CLI's path for ``model._target_``);
+    ``checkpoint``: where the search saves itself after every chunk and resumes from."""
     from agents.compressor_critic import make_policy, make_train
     from autocomp.pipeline import merge_history, prepare_context, select_plans, validate
     from autocomp.reward import make_reward_params
@@ -177,8 +171,9 @@ def compress_config(
     train = make_train(config.agent, env, env_params)
     episodes = config.agent.batch_episodes * config.agent.updates_per_chunk
     state, history, timings = run_search(
-        train, jax.random.key(config.seed), episodes, NullTracker(), None, "", show_progress
-    )
+        train, jax.random.key(config.seed), episodes, NullTracker(), checkpoint, fingerprint,
+        show_progress,
+    )  # fmt: skip
     greedy = make_policy(config.agent, env, env_params)(state.params)
     greedy_hist = jax.device_get(env.evaluate_plans(greedy[None], env_params))
     history = merge_history(history, {k: v[None] for k, v in greedy_hist.items()})
@@ -215,7 +210,14 @@ def compress_config(
             "unique_plans": int(len(sel.plans)),
             **timings,
         },
-        "device_table": profile.name,
+        "device_table": {
+            "name": profile.name,
+            "kind": profile.kind,
+            "platform": profile.platform,
+            "path": profile.path,
+            "search_space_sources": source_shares(space.cost_sources),
+            "energy": profile.energy["method"],
+        },
         "wall_time_s": time.perf_counter() - started,
     }
     return result
@@ -247,30 +249,53 @@ def _annotate(space, plan: Plan, indices, cmp: Compressed, net) -> Plan:
     return Plan(plan.model, tuple(layers))
 
 
-def run_custom(config: RootConfig, run_dir: Path, resolved: dict, show_progress: bool = True):
+def run_custom(
+    config: RootConfig,
+    run_dir: Path,
+    resolved: dict,
+    show_progress: bool = True,
+    overrides: Sequence[str] = (),
+):
     """``python -m autocomp.train model._target_=...``: the user's model from config, its
-    checkpoint (or a trained one), compressed; the run directory as :meth:`Result.save` and
-    ``run.json``; the export with ``export=true``."""
-    from autocomp.custom import build_model, load_or_train, output_fn
+    checkpoint (or one trained here and kept in the run directory), compressed; the run
+    directory as :meth:`Result.save` and ``run.json``; the export with ``export=true``. A
+    killed run resumes its search (``resume=true``) and reuses the base model it trained."""
+    import os
+
+    from autocomp.custom import base_variables, output_fn
     from autocomp.data import load_dataset
     from autocomp.io import git_sha
+    from autocomp.pipeline import run_paths
     from autocomp.report import print_report
+    from autocomp.search import config_fingerprint
 
     data = load_dataset(config.data)
-    model = build_model(config.model)
-    variables = load_or_train(model, config.model, data, config.base, config.seed)
+    model, variables, base_checkpoint = base_variables(config, data, run_dir)
+    paths = run_paths(run_dir)
     result = compress_config(
         model, variables, data, config, config.model.apply_kwargs, output_fn(config.model),
-        config.model.name, show_progress,
+        config.model.name, show_progress, paths["checkpoint"] if config.resume else None,
+        config_fingerprint(resolved),
     )  # fmt: skip
     result.save(run_dir)
-    atomic_write_json(
-        run_dir / "run.json", {"git_sha": git_sha(), "seed": config.seed, "config": resolved}
-    )
+    record = {
+        "git_sha": git_sha(),
+        "seed": config.seed,
+        "overrides": list(overrides),
+        "cwd": os.getcwd(),  # relative paths in the config are relative to it
+        "config": resolved,
+        "base_checkpoint": base_checkpoint,
+        "input_shape": list(data.x_train.shape[1:]),
+        "num_classes": int(np.max(data.y_train)) + 1,
+    }
+    atomic_write_json(run_dir / "run.json", record)
     if config.export:
+        from autocomp.export import write_model_card
+
         result.metrics["export"] = result.export(run_dir / "export", data)
         atomic_write_json(run_dir / "metrics.json", result.metrics)
-    print_report(result.metrics, result.plan, result.metrics["device_table"])
+        write_model_card(run_dir, result.plan, result.metrics, result.metrics["export"], record)
+    print_report(result.metrics, result.plan, result.metrics["device_table"]["name"])
     return result.metrics
 
 

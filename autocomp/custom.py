@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib
 import logging
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import jax
@@ -170,3 +171,103 @@ def load_or_train(model, cfg: ModelConfig, data: Dataset, train: TrainConfig, se
         "model.checkpoint is empty: training %s for %d epochs first", cfg._target_, train.epochs
     )
     return train_base(model, cfg, data, train, seed)
+
+
+def save_checkpoint(path: Path, variables: dict) -> None:
+    """An orbax checkpoint of ``variables``, complete or absent (written beside, then moved)."""
+    import shutil
+
+    import orbax.checkpoint as ocp
+
+    path = Path(path).resolve()
+    partial = path.with_name(path.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save(partial, variables)
+    checkpointer.wait_until_finished()
+    partial.rename(path)
+
+
+def base_variables(config, data: Dataset, run_dir: Path) -> tuple[object, dict, str]:
+    """(model, trained variables, checkpoint they are in): ``model.checkpoint``, else the base
+    model this run directory trained before (a resumed run), else one trained now and saved
+    to ``<run_dir>/base_checkpoint``."""
+    model = build_model(config.model)
+    if config.model.checkpoint:
+        variables = load_or_train(model, config.model, data, config.base, config.seed)
+        return model, variables, str(Path(config.model.checkpoint).expanduser().resolve())
+    saved = Path(run_dir) / "base_checkpoint"
+    if saved.is_dir():
+        log.info("reusing the base model this run trained (%s)", saved)
+        like = template(model, config.model, data.x_train[:1])
+        return model, load_checkpoint(str(saved), like), str(saved.resolve())
+    variables = load_or_train(model, config.model, data, config.base, config.seed)
+    save_checkpoint(saved, variables)
+    return model, variables, str(saved.resolve())
+
+
+@dataclass
+class Restored:
+    """A finished run of a user's model, rebuilt (see :func:`restore_run`)."""
+
+    plan: object
+    metrics: dict
+    record: dict
+    data: Dataset
+    network: object
+    compressed: object
+    params: object
+
+    def logits(self, x: np.ndarray, batch: int = 512) -> np.ndarray:
+        fn = jax.jit(self.compressed.logits)
+        return np.concatenate(
+            [np.asarray(fn(self.params, x[i : i + batch])) for i in range(0, len(x), batch)]
+        )
+
+
+def restore_run(run_dir: Path) -> Restored:
+    """The compressed model of a ``model._target_`` run: the model rebuilt from its import path
+    and base checkpoint, the plan materialized on it again (distilled replacements from the
+    cache the run filled), the fine-tuned params of ``compressed_params.msgpack`` put in."""
+    import json
+
+    from flax import serialization
+    from omegaconf import OmegaConf
+
+    from autocomp.config import DataConfig, RootConfig
+    from autocomp.data import load_dataset
+    from autocomp.pipeline import prepare_context, run_paths
+    from autocomp.plan import Plan, prepare_aux
+    from autocomp.techniques import make_techniques
+
+    paths = run_paths(Path(run_dir))
+    for key in ("run", "metrics", "params", "plan"):
+        if not paths[key].is_file():
+            raise ModelError(
+                f"{str(paths[key])!r} is missing: {str(run_dir)!r} is not a finished autocomp "
+                "run; point run= at the directory a train run printed"
+            )
+    record = json.loads(paths["run"].read_text())
+    config = OmegaConf.to_object(
+        OmegaConf.merge(OmegaConf.structured(RootConfig), record["config"])
+    )
+    data_cfg = DataConfig(**record["config"]["data"])
+    if data_cfg.path and not Path(data_cfg.path).is_absolute() and "cwd" in record:
+        data_cfg.path = str(Path(record["cwd"]) / data_cfg.path)
+    data = load_dataset(data_cfg)
+    model = build_model(config.model)
+    like = template(model, config.model, data.x_train[:1])
+    variables = load_checkpoint(record["base_checkpoint"], like)
+    plan = Plan.load(paths["plan"])
+    net = network(model, variables, data.x_train[:1], dict(config.model.apply_kwargs),
+                  output_fn(config.model), config.model.name)  # fmt: skip
+    techniques = make_techniques(config.env.techniques)
+    aux = prepare_aux(net.layers, net.base_params(), techniques, prepare_context(config), net,
+                      data.x_train)  # fmt: skip
+    cmp = compressed_model(net, aux, techniques, plan)
+    saved = serialization.msgpack_restore(paths["params"].read_bytes())
+    params = serialization.from_state_dict(
+        cmp.params, saved["params"] if isinstance(net, LinenNetwork) else saved
+    )
+    metrics = json.loads(paths["metrics"].read_text())
+    return Restored(plan, metrics, record, data, net, cmp, params)

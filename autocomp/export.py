@@ -34,6 +34,7 @@ from autocomp.config import DataConfig
 from autocomp.costs import cpu_model
 from autocomp.data import DataError, load_dataset
 from autocomp.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from autocomp.linen import ModelError
 from autocomp.models import Op, SequentialNet, bake_quantized, export_lowering
 from autocomp.pipeline import run_paths
 from autocomp.plan import Plan, PlanError
@@ -260,10 +261,10 @@ def model_card(run_dir: Path, plan: Plan, metrics: dict, report: dict, record: d
             )
     lines += [
         "",
-        f"Input: float32 `{list(cfg['model']['input_shape'])}` images scaled to [0, 1], batch 1 "
-        "(the int8 file takes int8 input: quantize with the input tensor's scale and zero "
-        "point). Output: logits over "
-        f"{cfg['model']['num_classes']} classes.",
+        f"Input: float32 `{list(record.get('input_shape', cfg['model']['input_shape']))}` "
+        "images scaled to [0, 1], batch 1 (the int8 file takes int8 input: quantize with the "
+        "input tensor's scale and zero point). Output: logits over "
+        f"{record.get('num_classes', cfg['model']['num_classes'])} classes.",
         f"Host latencies were measured on `{report['host']['processor']}` with the LiteRT "
         "interpreter; they are not phone measurements.",
         "",
@@ -302,15 +303,79 @@ def model_card(run_dir: Path, plan: Plan, metrics: dict, report: dict, record: d
         f"python -m autocomp.export run={run_dir}",
         "```",
         "",
-        "Re-apply the plan to the same architecture without searching:",
-        "",
-        "```python",
-        "import autocomp",
-        "ops, params, masks = autocomp.apply_plan(model_config, base_params, 'plan.json')",
-        "```",
-        "",
     ]
+    if not cfg["model"].get("_target_"):  # a built-in model: its plan re-applies by config
+        lines += [
+            "Re-apply the plan to the same architecture without searching:",
+            "",
+            "```python",
+            "import autocomp",
+            "ops, params, masks = autocomp.apply_plan(model_config, base_params, 'plan.json')",
+            "```",
+            "",
+        ]
     return "\n".join(lines)
+
+
+def write_model_card(run_dir: Path, plan: Plan, metrics: dict, report: dict, record: dict):
+    atomic_write_text(run_dir / "export" / "MODEL_CARD.md",
+                      model_card(run_dir, plan, metrics, report, record))  # fmt: skip
+
+
+def export_function(
+    fn: Callable,
+    reference: np.ndarray,
+    data,
+    out_dir: Path,
+    int8: bool = True,
+    num_threads: int = 1,
+    calibration_examples: int = 200,
+    progress: Callable[[str], None] | None = None,
+) -> dict:
+    """Convert any model function ``fn(x) -> logits`` (a user's compressed model) to float32
+    and int8 TFLite files in ``out_dir``, verified in the LiteRT interpreter on the test split
+    against its JAX test logits ``reference``; writes and returns ``verify.json``."""
+    shape = data.x_test.shape[1:]
+    if progress is not None:
+        progress("converting to TFLite (float32" + (" and int8)" if int8 else ")"))
+    files = {"float32": function_to_tflite(fn, shape)}
+    if int8:
+        rng = np.random.default_rng(0)
+        calibration = data.x_train[rng.permutation(len(data.x_train))[:calibration_examples]]
+        files["int8"] = function_to_tflite(fn, shape, calibration)
+    for kind, content in files.items():
+        atomic_write_bytes(out_dir / ("model.tflite" if kind == "float32" else "model_int8.tflite"),
+                           content)  # fmt: skip
+    n = len(reference)
+    report = verify_logits(reference, files, data.x_test[:n], data.y_test[:n], num_threads,
+                           progress)  # fmt: skip
+    atomic_write_json(out_dir / "verify.json", report)
+    return report
+
+
+def export_custom_run(
+    run_dir: Path,
+    num_threads: int = 1,
+    calibration_examples: int = 200,
+    max_test_examples: int | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> dict:
+    """:func:`export_run` for a run of a user's model (``model._target_``): the model is
+    rebuilt from its import path and base checkpoint, the plan materialized on it again and
+    the run's fine-tuned params put in."""
+    from autocomp.custom import restore_run
+
+    if progress is not None:
+        progress("rebuilding the compressed model from the run's plan and params")
+    restored = restore_run(run_dir)
+    data = restored.data
+    x_test = data.x_test[:max_test_examples] if max_test_examples else data.x_test
+    reference = restored.logits(x_test)
+    fn = restored.compressed.export_fn(restored.params)
+    report = export_function(fn, reference, data, run_dir / "export", True, num_threads,
+                             calibration_examples, progress)  # fmt: skip
+    write_model_card(run_dir, restored.plan, restored.metrics, report, restored.record)
+    return report
 
 
 def export_run(
@@ -381,14 +446,18 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
         args = parse_args(sys.argv[1:] if argv is None else argv)
-        report = export_run(
-            args["run"],
+        run_json = run_paths(Path(args["run"]))["run"]
+        custom = run_json.is_file() and json.loads(run_json.read_text())["config"]["model"].get(
+            "_target_"
+        )
+        report = (export_custom_run if custom else export_run)(
+            Path(args["run"]),
             num_threads=args.get("threads", 1),
             calibration_examples=args.get("calibration", 200),
             max_test_examples=args.get("test_examples"),
             progress=log.info,
         )
-    except (ExportError, DataError, PlanError) as err:
+    except (ExportError, DataError, PlanError, ModelError) as err:
         print(f"autocomp.export: {err}", file=sys.stderr)  # noqa: T201 (CLI output)
         return 2
     out = Path(args["run"]) / "export"

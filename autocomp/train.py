@@ -74,7 +74,7 @@ def run(
     if config.model._target_:  # a user's own linen model
         from autocomp.api import run_custom
 
-        return run_custom(config, run_dir, resolved, show_progress)
+        return run_custom(config, run_dir, resolved, show_progress, overrides)
     _, make_train, make_policy = AGENTS[config.agent.name]
     started = time.perf_counter()
     with EpochBar("base model", config.base.epochs, show_progress) as bar:

@@ -5,6 +5,7 @@ equal to materialization under structured pruning of residual groups, and the TF
 from __future__ import annotations
 
 import functools
+import json
 
 import flax.linen as nn
 import jax
@@ -447,6 +448,15 @@ def test_cli_compresses_a_user_model_from_its_orbax_checkpoint(trained_small_res
     assert {"plan.json", "metrics.json", "run.json", "compressed_params.msgpack"} <= {
         p.name for p in run_dir.iterdir()
     }
+    assert (run_dir / "checkpoint" / "search.msgpack").is_file()  # a killed search resumes
+    # python -m autocomp.export rebuilds the user's model from the run and exports it
+    from autocomp.export import main as export_main
+
+    assert export_main([f"run={run_dir}", "test_examples=300"]) == 0
+    report = json.loads((run_dir / "export" / "verify.json").read_text())
+    assert report["tflite_top1_agreement"] >= 0.999 and report["examples"] == 300
+    card = (run_dir / "export" / "MODEL_CARD.md").read_text()
+    assert "[8, 8, 1]" in card and f"{metrics['compressed']['params']:,}" in card
     # a checkpoint of another model is refused with the leaf that does not fit
     from own_models import TinyMobileNetV2
 
@@ -456,6 +466,29 @@ def test_cli_compresses_a_user_model_from_its_orbax_checkpoint(trained_small_res
     with pytest.raises(ModelError, match="another model"):
         model_cfg = to_config(cfg).model
         load_checkpoint(str(ckpt), template(TinyMobileNetV2(), model_cfg, np.zeros((1, 8, 8, 1))))
+
+
+def test_a_base_model_trained_by_a_run_is_kept_for_its_resume_and_export(tmp_path, monkeypatch):
+    """Without ``model.checkpoint`` the run trains the model once, saves it in the run
+    directory (complete or absent), and a resumed run or the export reads it back."""
+    from autocomp import custom
+    from autocomp.api import compose
+    from autocomp.data import load_dataset
+
+    config = compose(["experiment=custom", "model._target_=own_models.SmallResNet",
+                      "+model.apply_kwargs.train=false", "data=digits", "base.epochs=1"])  # fmt: skip
+    data = load_dataset(config.data)
+    _, trained, where = custom.base_variables(config, data, tmp_path)
+    assert where == str((tmp_path / "base_checkpoint").resolve())
+    assert not (tmp_path / "base_checkpoint.partial").exists()
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("the resumed run trained the base model again")
+
+    monkeypatch.setattr(custom, "train_base", no_training)
+    _, again, _ = custom.base_variables(config, data, tmp_path)
+    for a, b in zip(jax.tree.leaves(trained), jax.tree.leaves(again), strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_nnx_model_analysed_pruned_and_exported_like_its_linen_twin():
