@@ -475,8 +475,9 @@ def test_a_base_model_trained_by_a_run_is_kept_for_its_resume_and_export(tmp_pat
     from autocomp.api import compose
     from autocomp.data import load_dataset
 
-    config = compose(["experiment=custom", "model._target_=own_models.SmallResNet",
-                      "+model.apply_kwargs.train=false", "data=digits", "base.epochs=1"])  # fmt: skip
+    target = "model._target_=own_models.SmallResNet"
+    kwargs = "+model.apply_kwargs.train=false"
+    config = compose(["experiment=custom", target, kwargs, "data=digits", "base.epochs=1"])
     data = load_dataset(config.data)
     _, trained, where = custom.base_variables(config, data, tmp_path)
     assert where == str((tmp_path / "base_checkpoint").resolve())
