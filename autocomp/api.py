@@ -16,15 +16,14 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import serialization
 
-from autocomp.config import FinetuneConfig, RootConfig
+from autocomp.config import RootConfig
 from autocomp.costs import source_shares
-from autocomp.custom import compressed_model, network
+from autocomp.custom import compressed_model, finetune, network, predict
 from autocomp.data import Dataset
 from autocomp.io import atomic_write_bytes, atomic_write_json, atomic_write_text
-from autocomp.linen import Compressed, keep_masks, leaf_names
+from autocomp.linen import Compressed, leaf_names
 from autocomp.plan import Plan, plan_from_indices, prepare_aux
 from autocomp.search_space import CHANNELS, build_search_space, plan_cost
 
@@ -41,13 +40,6 @@ def compose(overrides: Sequence[str] = ()) -> RootConfig:
     register()
     with initialize(version_base="1.3", config_path="../experiments"):
         return to_config(hydra_compose("config", overrides=["logger=none", *overrides]))
-
-
-def _predict(fn: Callable, params, x: np.ndarray, batch: int = 512) -> np.ndarray:
-    jitted = jax.jit(fn)
-    return np.concatenate(
-        [np.asarray(jitted(params, x[i : i + batch])) for i in range(0, len(x), batch)]
-    )
 
 
 @dataclass
@@ -76,7 +68,7 @@ class Result:
     params: Any
 
     def logits(self, x: np.ndarray) -> np.ndarray:
-        return _predict(self.compressed.logits, self.params, np.asarray(x, np.float32))
+        return predict(self.compressed.logits, self.params, np.asarray(x, np.float32))
 
     def save(self, run_dir: str | Path) -> Path:
         """``plan.json``, ``metrics.json`` and ``compressed_params.msgpack`` (the trainable
@@ -164,7 +156,7 @@ def compress_config(
     )
     n_val = config.env.val_examples or len(data.x_val)
     x_val, y_val = data.x_val[:n_val], data.y_val[:n_val]
-    base_val = float(np.mean(_predict(net.forward, base_params, x_val).argmax(-1) == y_val))
+    base_val = float(np.mean(predict(net.forward, base_params, x_val).argmax(-1) == y_val))
     reward = make_reward_params(config.reward, tuple(space.base[:3]), base_val)
     env = CompressionEnv(net, space)
     env_params = env.make_params(base_params, aux, x_val, y_val, reward)
@@ -183,10 +175,13 @@ def compress_config(
     cmp = compressed_model(net, aux, techniques, plan)
     plan = _annotate(space, plan, indices, cmp, net)
     check = _check(cmp, env, env_params, indices, x_val)
-    params = finetune(net, cmp, data, config.finetune, config.seed, base_params)
+    from autocomp.report import EpochBar
+
+    with EpochBar("fine-tune", config.finetune.epochs, show_progress) as bar:
+        params = finetune(net, cmp, data, config.finetune, config.seed, base_params, bar.callback)
     small, small_variables = cmp.build(params)
     result = Result(plan, {}, small, small_variables, net, cmp, params)
-    base_logits = _predict(net.forward, base_params, data.x_test)
+    base_logits = predict(net.forward, base_params, data.x_test)
     base_test = float(np.mean(base_logits.argmax(-1) == data.y_test))
     test = float(np.mean(result.logits(data.x_test).argmax(-1) == data.y_test))
     base = _costs(space.base) | {"test_accuracy": base_test, "val_accuracy": base_val}
@@ -308,7 +303,7 @@ def _costs(row: np.ndarray) -> dict:
 def _check(cmp: Compressed, env, env_params, indices, x) -> dict:
     """The materialized model against the environment's simulation of the plan."""
     sim = np.asarray(jax.jit(lambda xb: env.logits(jnp.asarray(indices), env_params, xb))(x))
-    real = _predict(cmp.logits, cmp.params, x)
+    real = predict(cmp.logits, cmp.params, x)
     check = {
         "max_abs_logit_diff": float(np.abs(real - sim).max()),
         "prediction_agreement": float(np.mean(real.argmax(-1) == sim.argmax(-1))),
@@ -319,41 +314,3 @@ def _check(cmp: Compressed, env, env_params, indices, x) -> dict:
             "the model: a channel group was analysed wrongly"
         )
     return check
-
-
-def finetune(net, cmp: Compressed, data: Dataset, cfg: FinetuneConfig, seed: int, base_params):
-    """Knowledge distillation from the original model into the compressed one (Hinton et
-    al., 2015); batch statistics stay as they are, sparsity masks are kept. Returns the
-    trained params."""
-    from autocomp.training import _kd_loss, augment_batch, make_optimizer
-
-    if cfg.epochs == 0:
-        return cmp.params
-    teacher = _predict(net.forward, base_params, data.x_train)
-    batch = min(cfg.batch_size, len(data.x_train))
-    steps_per_epoch = max(1, len(data.x_train) // batch)
-    tx = make_optimizer("adamw", cfg.learning_rate, 0.0, cfg.epochs * steps_per_epoch)
-    masks = {k: jnp.asarray(m) for k, m in cmp.masks.items()}
-
-    @jax.jit
-    def step(p, s, x, y, t, key):
-        if cfg.augment:
-            x = augment_batch(key, x)
-        loss, grads = jax.value_and_grad(
-            lambda p: _kd_loss(cmp.logits(p, x), y, t, cfg.temperature, cfg.alpha)
-        )(p)
-        updates, s = tx.update(grads, s, p)
-        return keep_masks(optax.apply_updates(p, updates), masks), s, loss
-
-    params = jax.tree.map(jnp.asarray, cmp.params)
-    state = tx.init(params)
-    key = jax.random.key(seed + 1)
-    for epoch in range(cfg.epochs):
-        order = np.random.default_rng([seed, epoch]).permutation(len(data.x_train))
-        for b in range(steps_per_epoch):
-            sel = order[b * batch : (b + 1) * batch]
-            params, state, _ = step(
-                params, state, data.x_train[sel], data.y_train[sel], teacher[sel],
-                jax.random.fold_in(key, epoch * steps_per_epoch + b),
-            )  # fmt: skip
-    return jax.tree.map(np.asarray, params)

@@ -180,6 +180,7 @@ def save_checkpoint(path: Path, variables: dict) -> None:
     import orbax.checkpoint as ocp
 
     path = Path(path).resolve()
+    path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     checkpointer = ocp.StandardCheckpointer()
@@ -218,11 +219,8 @@ class Restored:
     compressed: object
     params: object
 
-    def logits(self, x: np.ndarray, batch: int = 512) -> np.ndarray:
-        fn = jax.jit(self.compressed.logits)
-        return np.concatenate(
-            [np.asarray(fn(self.params, x[i : i + batch])) for i in range(0, len(x), batch)]
-        )
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        return predict(self.compressed.logits, self.params, x)
 
 
 def restore_run(run_dir: Path) -> Restored:
@@ -271,3 +269,54 @@ def restore_run(run_dir: Path) -> Restored:
     )
     metrics = json.loads(paths["metrics"].read_text())
     return Restored(plan, metrics, record, data, net, cmp, params)
+
+
+def predict(fn: Callable, params, x: np.ndarray, batch: int = 512) -> np.ndarray:
+    """``fn(params, x)`` over ``x`` in batches, as numpy."""
+    jitted = jax.jit(fn)
+    return np.concatenate(
+        [np.asarray(jitted(params, x[i : i + batch])) for i in range(0, len(x), batch)]
+    )
+
+
+def finetune(net, cmp, data: Dataset, cfg, seed: int, base_params, on_epoch=None):
+    """Knowledge distillation from the original model into the compressed one (Hinton et
+    al., 2015); batch statistics stay as they are, sparsity masks are kept; ``on_epoch(epoch,
+    loss)`` after each epoch. Returns the trained params."""
+    import jax.numpy as jnp
+
+    from autocomp.linen import keep_masks
+    from autocomp.training import _kd_loss, augment_batch, make_optimizer
+
+    if cfg.epochs == 0:
+        return cmp.params
+    teacher = predict(net.forward, base_params, data.x_train)
+    batch = min(cfg.batch_size, len(data.x_train))
+    steps_per_epoch = max(1, len(data.x_train) // batch)
+    tx = make_optimizer("adamw", cfg.learning_rate, 0.0, cfg.epochs * steps_per_epoch)
+    masks = {k: jnp.asarray(m) for k, m in cmp.masks.items()}
+
+    @jax.jit
+    def step(p, s, x, y, t, key):
+        if cfg.augment:
+            x = augment_batch(key, x)
+        loss, grads = jax.value_and_grad(
+            lambda p: _kd_loss(cmp.logits(p, x), y, t, cfg.temperature, cfg.alpha)
+        )(p)
+        updates, s = tx.update(grads, s, p)
+        return keep_masks(optax.apply_updates(p, updates), masks), s, loss
+
+    params = jax.tree.map(jnp.asarray, cmp.params)
+    state = tx.init(params)
+    key = jax.random.key(seed + 1)
+    for epoch in range(cfg.epochs):
+        order = np.random.default_rng([seed, epoch]).permutation(len(data.x_train))
+        for b in range(steps_per_epoch):
+            sel = order[b * batch : (b + 1) * batch]
+            params, state, loss = step(
+                params, state, data.x_train[sel], data.y_train[sel], teacher[sel],
+                jax.random.fold_in(key, epoch * steps_per_epoch + b),
+            )  # fmt: skip
+        if on_epoch is not None:
+            on_epoch(epoch, float(loss))
+    return jax.tree.map(np.asarray, params)

@@ -119,50 +119,62 @@ def run_survey(config: RootConfig) -> list[SurveyRow]:
     unknown = [t for t in techniques if t not in config.env.techniques]
     if unknown:
         raise ConfigError(f"survey.techniques {unknown} are not in env.techniques")
-    p = prepare(config)
-    data = p.data
-    if s.finetune_examples:
+
+    def finetune_data(data):
         n = s.finetune_examples
-        data = data._replace(x_train=data.x_train[:n], y_train=data.y_train[:n])
+        return data._replace(x_train=data.x_train[:n], y_train=data.y_train[:n]) if n else data
+
     ft = config.finetune.__class__(**{**asdict(config.finetune), "epochs": s.finetune_epochs})
+    if config.model._target_:  # a user's model, through the own-model front end
+        from autocomp.survey_custom import CustomSubject
+
+        subject = CustomSubject(config, finetune_data, ft, s.measure)
+        return _rows(config, techniques, subject.techniques, subject.indices, subject.row)
+    p = prepare(config)
+    data = finetune_data(p.data)
 
     def teacher(x):
         return predict(p.ops, p.base_params, x)
 
-    # Rows are kept as they are made, so a killed survey continues where it stopped (rows made
-    # with other settings are not reused).
+    def make_row(name, ratio, plan) -> SurveyRow:
+        if plan is None:
+            return _row(p, "original", 0.0, None, p.ops, p.base_params, 0.0, s.measure)
+        ops, params, masks = materialize(p.ops, p.layers, p.base_params, p.aux, p.techniques,
+                                         plan)  # fmt: skip
+        start = time.perf_counter()
+        params = finetune(ops, params, masks, data, ft, teacher, config.seed)
+        seconds = time.perf_counter() - start
+        return _row(p, name, ratio, plan, ops, params, seconds, s.measure)
+
+    return _rows(config, techniques, p.techniques, lambda n, r: uniform_plan(p, n, r), make_row)
+
+
+def _rows(config: RootConfig, names, techniques, plan_of, make_row) -> list[SurveyRow]:
+    """The original, then each technique at each survey ratio (ratio-free ones once):
+    ``plan_of(name, ratio)`` its uniform plan (None: it fits no layer), ``make_row(name,
+    ratio, plan)`` its measured row (plan None: the original). Rows are kept as they are made,
+    so a killed survey continues where it stopped (rows of other settings are not reused)."""
     partial = partial_path(config)
     settings = _settings(config)
     done = _load_partial(partial, settings)
 
-    def row(name, ratio, make) -> SurveyRow:
+    def row(name, ratio, plan) -> SurveyRow:
         key = f"{name}|{ratio:g}"
         if key not in done:
-            done[key] = make()
+            done[key] = make_row(name, ratio, plan)
             append_jsonl(partial, {"key": key, "settings": settings, "row": asdict(done[key])})
         _log_row(done[key])
         return done[key]
 
-    rows = [row("original", 0.0, lambda: _row(p, "original", 0.0, None, p.ops, p.base_params,
-                                              0.0, s.measure))]  # fmt: skip
-    by_name = {t.name: t for t in p.techniques}
-    for name in techniques:
-        ratios = [0.0] if by_name[name].ratio_free else list(s.ratios)
-        for ratio in ratios:
-            plan = uniform_plan(p, name, ratio)
+    rows = [row("original", 0.0, None)]
+    by_name = {t.name: t for t in techniques}
+    for name in names:
+        for ratio in [0.0] if by_name[name].ratio_free else list(config.survey.ratios):
+            plan = plan_of(name, ratio)
             if plan is None:
                 log.info("survey: %s fits no layer of %s", name, config.model.name)
                 break
-
-            def make(name=name, ratio=ratio, plan=plan) -> SurveyRow:
-                ops, params, masks = materialize(p.ops, p.layers, p.base_params, p.aux,
-                                                 p.techniques, plan)  # fmt: skip
-                start = time.perf_counter()
-                params = finetune(ops, params, masks, data, ft, teacher, config.seed)
-                seconds = time.perf_counter() - start
-                return _row(p, name, ratio, plan, ops, params, seconds, s.measure)
-
-            rows.append(row(name, ratio, make))
+            rows.append(row(name, ratio, plan))
     return rows
 
 
@@ -175,6 +187,7 @@ def _settings(config: RootConfig) -> dict:
     s = config.survey
     return {
         "model": config.model.name,
+        "target": config.model._target_,
         "device": config.device.profile,
         "env_ratios": list(config.env.ratios),
         "distill": asdict(config.env.distill),

@@ -492,6 +492,28 @@ def test_a_base_model_trained_by_a_run_is_kept_for_its_resume_and_export(tmp_pat
         np.testing.assert_array_equal(a, b)
 
 
+def test_survey_of_a_users_model(tmp_path):
+    """``python -m autocomp.bench survey`` on a user's model: each technique on every layer it
+    fits, priced by its search space, measured on the compressed model itself."""
+    from autocomp.api import compose
+    from autocomp.survey import run_survey
+
+    config = compose([
+        "experiment=custom", "model._target_=own_models.SmallResNet", "data=digits",
+        "+model.apply_kwargs.train=false", "base.epochs=2", "device=analytic_cortex_a76",
+        "env.techniques=[keep,filter,gap]", "env.ratios=[0,0.5]", "survey.ratios=[0.5]",
+        "survey.finetune_epochs=1", f"survey.out_dir={tmp_path}", f"base.cache_dir={tmp_path}",
+    ])  # fmt: skip
+    rows = {r.technique: r for r in run_survey(config)}
+    assert list(rows) == ["original", "filter", "gap"]
+    assert rows["original"].test_accuracy > 0.85
+    assert rows["filter"].layers == "stem,block_a,down,fc"  # the prunable groups' roots
+    assert rows["filter"].macs < rows["original"].macs / 2
+    assert rows["filter"].max_feature_bytes == rows["original"].max_feature_bytes // 2
+    assert rows["gap"].layers == "fc" and rows["gap"].params < rows["original"].params
+    assert rows["filter"].measured_ms > 0
+
+
 def test_nnx_model_analysed_pruned_and_exported_like_its_linen_twin():
     from flax import nnx
     from own_models import NnxTinyMobileNetV2
