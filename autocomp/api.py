@@ -20,12 +20,12 @@ from flax import serialization
 
 from autocomp.config import RootConfig
 from autocomp.costs import source_shares
-from autocomp.custom import compressed_model, finetune, network, predict
+from autocomp.custom import compressed_model, finetune, network, predict, search_setup
 from autocomp.data import Dataset
 from autocomp.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from autocomp.linen import Compressed, leaf_names
-from autocomp.plan import Plan, plan_from_indices, prepare_aux
-from autocomp.search_space import CHANNELS, build_search_space, plan_cost
+from autocomp.plan import Plan, plan_from_indices
+from autocomp.search_space import CHANNELS, plan_cost
 
 log = logging.getLogger(__name__)
 
@@ -137,29 +137,17 @@ def compress_config(
     ``checkpoint``: where the search saves itself after every chunk and resumes from."""
     from agents.compressor_critic import make_policy, make_train
     from autocomp.pipeline import merge_history, prepare_context, select_plans, validate
-    from autocomp.reward import make_reward_params
+    from autocomp.report import EpochBar
     from autocomp.search import run_search
     from autocomp.tracking import NullTracker
-    from envs.compression import CompressionEnv
 
     started = time.perf_counter()
     profile, techniques = validate(config)
     net = network(model, variables, data.x_train[:1], apply_kwargs, output_fn, name)
     ratios = tuple(config.env.ratios)
-    shape = data.x_train.shape[1:]
-    space = build_search_space(
-        (), net.layers, techniques, ratios, profile, shape, net.graph_priced(), net.num_groups
-    )
     base_params = net.base_params()
-    aux = prepare_aux(
-        net.layers, base_params, techniques, prepare_context(config), net, data.x_train
-    )
-    n_val = config.env.val_examples or len(data.x_val)
-    x_val, y_val = data.x_val[:n_val], data.y_val[:n_val]
-    base_val = float(np.mean(predict(net.forward, base_params, x_val).argmax(-1) == y_val))
-    reward = make_reward_params(config.reward, tuple(space.base[:3]), base_val)
-    env = CompressionEnv(net, space)
-    env_params = env.make_params(base_params, aux, x_val, y_val, reward)
+    s = search_setup(net, data, config, profile, techniques, prepare_context(config))
+    space, aux, env, env_params, base_val = s.space, s.aux, s.env, s.env_params, s.base_val
     train = make_train(config.agent, env, env_params)
     episodes = config.agent.batch_episodes * config.agent.updates_per_chunk
     state, history, timings = run_search(
@@ -174,8 +162,7 @@ def compress_config(
     plan = plan_from_indices(net.name, net.layers, techniques, ratios, indices)
     cmp = compressed_model(net, aux, techniques, plan)
     plan = _annotate(space, plan, indices, cmp, net)
-    check = _check(cmp, env, env_params, indices, x_val)
-    from autocomp.report import EpochBar
+    check = _check(cmp, env, env_params, indices, np.asarray(env_params.x_val))
 
     with EpochBar("fine-tune", config.finetune.epochs, show_progress) as bar:
         params = finetune(net, cmp, data, config.finetune, config.seed, base_params, bar.callback)

@@ -83,8 +83,19 @@ def bench_search(overrides: list[str], batches: int = 20) -> dict[str, float]:
 
     counter = CompileCounter()
     config = compose_config(overrides)
-    p = prepare(config)
-    env, params = build_env(p)
+    if config.model._target_:  # a user's model (random weights: speed, not accuracy)
+        from autocomp.config import DistillConfig
+        from autocomp.custom import random_network, search_setup
+        from autocomp.pipeline import validate
+        from autocomp.techniques import PrepareContext
+
+        net, data = random_network(config)
+        profile, techniques = validate(config)
+        ctx = PrepareContext(tuple(config.env.ratios), distill=DistillConfig(steps=0, examples=64))
+        setup = search_setup(net, data, config, profile, techniques, ctx)
+        env, params = setup.env, setup.env_params
+    else:
+        env, params = build_env(prepare(config))
     batch = config.agent.batch_episodes
     rollout = _random_plans(env, params, batch)
 

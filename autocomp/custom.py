@@ -150,6 +150,39 @@ def compressed_model(net, aux, techniques, plan):
     return compressed(net, aux, techniques, plan)
 
 
+@dataclass
+class SearchSetup:
+    """What a search of a user's model runs on (see :func:`search_setup`)."""
+
+    space: object
+    aux: dict
+    env: object
+    env_params: object
+    base_val: float
+
+
+def search_setup(net, data: Dataset, config, profile, techniques, ctx) -> SearchSetup:
+    """The priced search space of ``net`` (its layers and every op between them), the
+    techniques' precomputations, and the environment with its params on the validation split."""
+    from autocomp.plan import prepare_aux
+    from autocomp.reward import make_reward_params
+    from autocomp.search_space import build_search_space
+    from envs.compression import CompressionEnv
+
+    shape = data.x_train.shape[1:]
+    space = build_search_space((), net.layers, techniques, tuple(config.env.ratios), profile,
+                               shape, net.graph_priced(), net.num_groups)  # fmt: skip
+    base_params = net.base_params()
+    aux = prepare_aux(net.layers, base_params, techniques, ctx, net, data.x_train)
+    n_val = config.env.val_examples or len(data.x_val)
+    x_val, y_val = data.x_val[:n_val], data.y_val[:n_val]
+    base_val = float(np.mean(predict(net.forward, base_params, x_val).argmax(-1) == y_val))
+    reward = make_reward_params(config.reward, tuple(space.base[:3]), base_val)
+    env = CompressionEnv(net, space)
+    env_params = env.make_params(base_params, aux, x_val, y_val, reward)
+    return SearchSetup(space, aux, env, env_params, base_val)
+
+
 def random_network(config, data: Dataset | None = None):
     """The configured model (``model._target_``) with random weights, as autocomp sees it,
     and its data: what latency depends on (profiling, cost checks), without training."""
