@@ -90,7 +90,9 @@ class Trace:
     produced: dict[int, np.ndarray] = field(default_factory=dict)  # layer -> its output slots
     consumed: dict[int, Info | None] = field(default_factory=dict)  # layer -> its input's info
     leaf_slots: dict[int, Info] = field(default_factory=dict)  # variable leaf -> its slots
-    info: dict = field(default_factory=dict)  # jaxpr Var -> Info, for graph_costs
+    # per equation (by id), each visit's Var -> Info of its operands and results, in visit
+    # order (an inner jaxpr is visited once per call), for graph_costs
+    visits: dict[int, list[dict]] = field(default_factory=dict)
 
 
 class _Walker:
@@ -139,13 +141,20 @@ class _Walker:
 
     # ------------------------------------------------------------------ walk
     def walk(self, jaxpr, in_infos: Sequence[Info | None], in_leaves: Sequence[int | None]):
+        # A jitted function called twice with the same shapes (``nn.relu``) has one inner
+        # jaxpr, its variables the same objects at every call: what an earlier call left on
+        # them is cleared, so no call sees another's channels.
         for v, info, leaf in zip(jaxpr.invars, in_infos, in_leaves, strict=True):
-            if info is not None:
-                self.info[v] = info
-            if leaf is not None:
-                self.leaf[v] = leaf
+            _set(self.info, v, info)
+            _set(self.leaf, v, leaf)
         for eqn in jaxpr.eqns:
+            for o in eqn.outvars:
+                self.info.pop(o, None)
+                self.leaf.pop(o, None)
             self.eqn(eqn)
+            seen = {v: self.info[v] for v in (*eqn.invars, *eqn.outvars)
+                    if not isinstance(v, jcore.Literal) and v in self.info}  # fmt: skip
+            self.t.visits.setdefault(id(eqn), []).append(seen)
         return [self.get(v) for v in jaxpr.outvars]
 
     def eqn(self, eqn) -> None:
@@ -358,6 +367,13 @@ class _Walker:
         self.info[out] = Info(dn.out_spec[1], info.slots)
 
 
+def _set(table: dict, key, value) -> None:
+    if value is None:
+        table.pop(key, None)
+    else:
+        table[key] = value
+
+
 def _sub_jaxpr(eqn):
     for key in ("jaxpr", "call_jaxpr", "fun_jaxpr"):
         inner = eqn.params.get(key)
@@ -371,7 +387,6 @@ def trace_channels(closed_jaxpr, n_leaves: int) -> Trace:
     layers are ``jit`` calls named ``autocomp_layer_<index>``; the outputs are pinned."""
     trace = Trace()
     walker = _Walker(trace)
-    trace.info = walker.info
     jaxpr = closed_jaxpr.jaxpr
     leaves = [i if i < n_leaves else None for i in range(len(jaxpr.invars))]
     infos: list[Info | None] = [None] * len(jaxpr.invars)

@@ -61,17 +61,29 @@ class GraphOp:
     primitive: str = ""
 
 
-def graph_ops(closed_jaxpr, n_leaves: int, infos: dict) -> list[GraphOp]:
+def graph_ops(closed_jaxpr, n_leaves: int, visits: dict) -> list[GraphOp]:
     """The priced ops of a model's jaxpr whose first ``n_leaves`` inputs are its variables
-    (``infos``: the channel analysis' Var -> :class:`Info`, see :func:`trace_channels`)."""
+    (``visits``: what the channel analysis saw at each equation, ``Trace.visits``)."""
     jaxpr = closed_jaxpr.jaxpr
     found: list[GraphOp] = []
     live = [i >= n_leaves for i in range(len(jaxpr.invars))]
-    _walk(jaxpr, live, [False] * len(live), infos, found)
+    _walk(jaxpr, live, [False] * len(live), _Visits(visits), found)
     return found
 
 
-def _walk(jaxpr, live_in, fresh_in, infos, found) -> tuple[list[bool], list[bool]]:
+class _Visits:
+    """The channel analysis' view of each equation, visit by visit (the walks agree)."""
+
+    def __init__(self, visits: dict):
+        self.visits, self.count = visits, {}
+
+    def next(self, eqn) -> dict:
+        k = self.count.get(id(eqn), 0)
+        self.count[id(eqn)] = k + 1
+        return self.visits[id(eqn)][k]
+
+
+def _walk(jaxpr, live_in, fresh_in, visits: _Visits, found) -> tuple[list[bool], list[bool]]:
     live = {v for v, on in zip(jaxpr.invars, live_in, strict=True) if on}
     fresh = {v for v, on in zip(jaxpr.invars, fresh_in, strict=True) if on}
 
@@ -79,28 +91,32 @@ def _walk(jaxpr, live_in, fresh_in, infos, found) -> tuple[list[bool], list[bool
         return not isinstance(v, jcore.Literal) and v in live
 
     for eqn in jaxpr.eqns:
+        infos = visits.next(eqn)
+        # every call is walked (an inner jaxpr is shared by its calls), the rest only when
+        # it computes on activations
         ins = [v for v in eqn.invars if is_live(v)]
-        if not ins:
-            continue
         name = eqn.primitive.name
         outs = eqn.outvars
-        if name in ("jit", "pjit") and str(eqn.params.get("name", "")).startswith(LAYER_PREFIX):
-            live.update(outs)
-            fresh.update(outs)
-            continue
         inner = _sub_jaxpr(eqn)
-        if inner is not None:
+        if name in ("jit", "pjit") and str(eqn.params.get("name", "")).startswith(LAYER_PREFIX):
+            if ins:
+                live.update(outs)
+                fresh.update(outs)
+            continue
+        if inner is not None and name not in ELEMENTWISE:
             sub = getattr(inner, "jaxpr", inner)
             args = eqn.invars[len(eqn.invars) - len(sub.invars) :]
             out_live, out_fresh = _walk(
                 sub,
                 [is_live(v) for v in args],
                 [not isinstance(v, jcore.Literal) and v in fresh for v in args],
-                infos,
+                visits,
                 found,
             )
             live.update(o for o, on in zip(outs, out_live, strict=False) if on)
             fresh.update(o for o, on in zip(outs, out_fresh, strict=False) if on)
+            continue
+        if not ins:
             continue
         live.update(outs)
         kind = _classify(eqn, ins, fresh)

@@ -317,7 +317,7 @@ class GraphNetwork:
             for s in trace.produced[p]
         }
         self.graph = []
-        for gop in graph_ops(closed, n_leaves, trace.info):
+        for gop in graph_ops(closed, n_leaves, trace.visits):
             hit = (
                 set()
                 if gop.info is None
