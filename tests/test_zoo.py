@@ -49,9 +49,11 @@ def test_a_built_in_model_as_a_linen_module_is_seen_as_its_op_list(name):
         assert traced_cost[channel] == listed_cost[channel], channel
     # the traced graph also prices ResNet-20's zero-channel shortcut pad
     extra = 1.01 if name == "resnet20" else 1 + 1e-9
-    assert listed_cost["latency_ms"] - 1e-9 <= traced_cost["latency_ms"] <= extra * listed_cost[
-        "latency_ms"
-    ]
+    assert (
+        listed_cost["latency_ms"] - 1e-9
+        <= traced_cost["latency_ms"]
+        <= extra * listed_cost["latency_ms"]
+    )
     roots = [la.index for la in net.layers if la.out_group >= 0]
     if name == "mobilenet_v1":  # the pointwise convs prune through their depthwise conv
         assert len(roots) == 14 and sum(la.out_group >= 0 for la in layers) == 1
