@@ -273,6 +273,14 @@ def test_gap_replaces_a_dense_head_over_the_users_flatten():
     assert [op.kind for op in mat.ops["fc"]] == ["gap", "dense"]
     assert mat.ops["fc"][-1].features == 64 and mat.variables["params"]["base"]["fc"]
     real = np.asarray(mat.module.apply(mat.variables, x[:8], train=False))
+    # an ordinary linen module: training mode updates the sliced batch statistics, grads flow
+    _, new = mat.module.apply(mat.variables, x, train=True, mutable=["batch_stats"])
+    assert new["batch_stats"]["base"]["down_bn"]["mean"].shape == (16,)
+    grads = jax.grad(
+        lambda p: mat.module.apply({**mat.variables, "params": p}, x, train=True,
+                                   mutable=["batch_stats"])[0].sum()
+    )(mat.variables["params"])  # fmt: skip
+    assert all(np.isfinite(g).all() for g in jax.tree.leaves(grads))
     profile = load_profile("analytic_cortex_a76")
     space = build_search_space(
         (), net.layers, techs, RATIOS, profile, x.shape[1:], net.graph_priced(), net.num_groups
