@@ -277,8 +277,18 @@ def shortcut(saved: Array, shape: Sequence[int]) -> Array:
     return saved
 
 
+def _outer(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None):
+    """A matmul over one input feature as the broadcast product it is (for the converter,
+    which fuses a one-feature FULLY_CONNECTED into the next one with wrong shapes)."""
+    del dimension_numbers, precision, preferred_element_type
+    return lhs * rhs[0]
+
+
 def _dense(op: Op, x: Array) -> Array:
-    return _weights(nn.Dense, op)(op.features, use_bias=op.use_bias, name=op.name)(x)
+    outer = _EXPORT_LOWERING.get() and x.shape[-1] == 1
+    dense = _weights(nn.Dense, op)
+    return dense(op.features, use_bias=op.use_bias, name=op.name,
+                 dot_general=_outer if outer else None)(x)  # fmt: skip
 
 
 def _pool(pool_fn: Callable) -> Callable[[Op, Array], Array]:

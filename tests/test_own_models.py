@@ -324,6 +324,28 @@ def test_profile_enumerates_the_ops_between_a_users_layers_at_every_width():
         assert lite(np.ones((1, *lite.input["shape"][1:]), np.float32)).size > 0, key
 
 
+def test_a_layer_pruned_to_one_unit_feeding_a_factorized_one_converts():
+    """The converter fuses a one-input-feature FULLY_CONNECTED into the next one with wrong
+    shapes (found by ``bench costs`` on random plans): the export writes it as the broadcast
+    product it is, and the file agrees with JAX."""
+    net, x = _mobilenet()
+    techs, ratios = make_techniques(["keep", "filter", "svd"]), (0.0, 0.5, 0.9375)
+    aux = prepare_aux(net.layers, net.base_params(), techs, ops=net)
+    rows = np.zeros((len(net.layers), 2), np.int32)
+    rows[net.by_path[("block2", "se_reduce")].index] = (1, 2)  # 16 -> 1 unit
+    rows[net.by_path[("block2", "se_expand")].index] = (2, 1)  # then two dense layers
+    mat = materialize(net, aux, techs, plan_from_indices("m", net.layers, techs, ratios, rows))
+    assert mat.ops["block2/se_reduce"][-1].features == 1
+    module, variables = export_form(mat)
+
+    def fn(xb):
+        return module.apply(variables, xb)
+
+    lite = TfliteModel(function_to_tflite(fn, x.shape[1:]))
+    real = np.asarray(fn(x[:4]))
+    assert np.abs(lite(x[:4]) - real).max() <= 1e-3 * (np.abs(real).max() + 1)
+
+
 def test_inspect_lists_every_layer_with_what_fits_and_why_not():
     import autocomp
 
