@@ -288,7 +288,13 @@ def restore_run(run_dir: Path) -> Restored:
     data = load_dataset(data_cfg)
     model = build_model(config.model)
     like = template(model, config.model, data.x_train[:1])
-    variables = load_checkpoint(record["base_checkpoint"], like)
+    checkpoint = record.get("base_checkpoint") or config.model.checkpoint
+    if not checkpoint:
+        raise ModelError(
+            f"{str(run_dir)!r} does not say where its base model is (a run of an older "
+            "autocomp that trained it): re-run it, or pass its checkpoint as model.checkpoint"
+        )
+    variables = load_checkpoint(checkpoint, like)
     plan = Plan.load(paths["plan"])
     net = network(model, variables, data.x_train[:1], dict(config.model.apply_kwargs),
                   output_fn(config.model), config.model.name)  # fmt: skip

@@ -239,11 +239,14 @@ def model_card(run_dir: Path, plan: Plan, metrics: dict, report: dict, record: d
     """A short markdown model card: what the model is, how it was made, how it did."""
     base, comp = metrics["base"], metrics["compressed"]
     cfg = record["config"]
+    table = metrics["device_table"]
+    if not isinstance(table, dict):  # a run of an older autocomp names it only
+        table = {"name": table, "kind": "see metrics.json"}
     lines = [
         f"# {cfg['name']}: {plan.model} compressed by autocomp",
         "",
         f"Data: `{cfg['data']['name']}` ({cfg['data']['source']}); device cost table: "
-        f"`{metrics['device_table']['name']}` ({metrics['device_table']['kind']}); "
+        f"`{table['name']}` ({table['kind']}); "
         f"seed {record['seed']}; git {record['git_sha']}.",
         "",
         "## Files",
