@@ -66,10 +66,6 @@ class SearchSpace:
     num_groups: int
     chain: bool
 
-    @property
-    def num_widths(self) -> int:
-        return self.costs.shape[3]
-
 
 def layer_ops(layer: LayerInfo, ops: Sequence[Op], in_channels: int) -> tuple[tuple, Shape]:
     """A layer's deployed ops plus its trailing ops (pool, flatten), and their input shape at
