@@ -140,13 +140,15 @@ def compress_config(
     from autocomp.report import EpochBar
     from autocomp.search import run_search
     from autocomp.tracking import NullTracker
+    from envs.compression import CompressionEnv
 
     started = time.perf_counter()
     profile, techniques = validate(config)
     net = network(model, variables, data.x_train[:1], apply_kwargs, output_fn, name)
     ratios = tuple(config.env.ratios)
     base_params = net.base_params()
-    s = search_setup(net, data, config, profile, techniques, prepare_context(config))
+    s = search_setup(net, data, config, profile, techniques, prepare_context(config),
+                     CompressionEnv)  # fmt: skip
     space, aux, env, env_params, base_val = s.space, s.aux, s.env, s.env_params, s.base_val
     train = make_train(config.agent, env, env_params)
     episodes = config.agent.batch_episodes * config.agent.updates_per_chunk

@@ -88,11 +88,12 @@ def bench_search(overrides: list[str], batches: int = 20) -> dict[str, float]:
         from autocomp.custom import random_network, search_setup
         from autocomp.pipeline import validate
         from autocomp.techniques import PrepareContext
+        from envs.compression import CompressionEnv
 
         net, data = random_network(config)
         profile, techniques = validate(config)
         ctx = PrepareContext(tuple(config.env.ratios), distill=DistillConfig(steps=0, examples=64))
-        setup = search_setup(net, data, config, profile, techniques, ctx)
+        setup = search_setup(net, data, config, profile, techniques, ctx, CompressionEnv)
         env, params = setup.env, setup.env_params
     else:
         env, params = build_env(prepare(config))

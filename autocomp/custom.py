@@ -161,13 +161,14 @@ class SearchSetup:
     base_val: float
 
 
-def search_setup(net, data: Dataset, config, profile, techniques, ctx) -> SearchSetup:
+def search_setup(net, data: Dataset, config, profile, techniques, ctx, env_cls) -> SearchSetup:
     """The priced search space of ``net`` (its layers and every op between them), the
-    techniques' precomputations, and the environment with its params on the validation split."""
+    techniques' precomputations, and the environment (``env_cls``, the entry point's
+    ``CompressionEnv``: the core does not import the environment) with its params on the
+    validation split."""
     from autocomp.plan import prepare_aux
     from autocomp.reward import make_reward_params
     from autocomp.search_space import build_search_space
-    from envs.compression import CompressionEnv
 
     shape = data.x_train.shape[1:]
     space = build_search_space((), net.layers, techniques, tuple(config.env.ratios), profile,
@@ -178,7 +179,7 @@ def search_setup(net, data: Dataset, config, profile, techniques, ctx) -> Search
     x_val, y_val = data.x_val[:n_val], data.y_val[:n_val]
     base_val = float(np.mean(predict(net.forward, base_params, x_val).argmax(-1) == y_val))
     reward = make_reward_params(config.reward, tuple(space.base[:3]), base_val)
-    env = CompressionEnv(net, space)
+    env = env_cls(net, space)
     env_params = env.make_params(base_params, aux, x_val, y_val, reward)
     return SearchSetup(space, aux, env, env_params, base_val)
 

@@ -26,7 +26,13 @@ MODELS = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(MODELS))
+# the sequential ones without batch norm are like lenet_digits: slow run only
+SLOW = {"lenet5", "audio_cnn"}
+
+
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n for n in sorted(MODELS)]
+)
 def test_a_built_in_model_as_a_linen_module_is_seen_as_its_op_list(name):
     cfg = compose([f"model={name}"]).model
     shape = tuple(cfg.input_shape)
