@@ -266,9 +266,9 @@ def restore_run(run_dir: Path) -> Restored:
     from flax import serialization
     from omegaconf import OmegaConf
 
-    from autocomp.config import DataConfig, RootConfig
+    from autocomp.config import RootConfig
     from autocomp.data import load_dataset
-    from autocomp.pipeline import prepare_context, run_paths
+    from autocomp.pipeline import prepare_context, recorded_data, run_paths
     from autocomp.plan import Plan, prepare_aux
     from autocomp.techniques import make_techniques
 
@@ -283,10 +283,7 @@ def restore_run(run_dir: Path) -> Restored:
     config = OmegaConf.to_object(
         OmegaConf.merge(OmegaConf.structured(RootConfig), record["config"])
     )
-    data_cfg = DataConfig(**record["config"]["data"])
-    if data_cfg.path and not Path(data_cfg.path).is_absolute() and "cwd" in record:
-        data_cfg.path = str(Path(record["cwd"]) / data_cfg.path)
-    data = load_dataset(data_cfg)
+    data = load_dataset(recorded_data(record))
     model = build_model(config.model)
     like = template(model, config.model, data.x_train[:1])
     checkpoint = record.get("base_checkpoint") or config.model.checkpoint

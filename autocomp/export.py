@@ -30,13 +30,12 @@ from pathlib import Path
 import numpy as np
 from flax import serialization
 
-from autocomp.config import DataConfig
 from autocomp.costs import cpu_model
 from autocomp.data import DataError, load_dataset
 from autocomp.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from autocomp.linen import ModelError
 from autocomp.models import Op, SequentialNet, bake_quantized, export_lowering
-from autocomp.pipeline import run_paths
+from autocomp.pipeline import recorded_data, run_paths
 from autocomp.plan import Plan, PlanError
 from autocomp.training import predict
 
@@ -393,13 +392,7 @@ def export_run(
     ops, params, record = load_compressed(run_dir)
     plan = Plan.load(run_paths(run_dir)["plan"])
     metrics = json.loads(run_paths(run_dir)["metrics"].read_text())
-    cfg = record["config"]
-    data_cfg = DataConfig(**cfg["data"])
-    if data_cfg.path and not Path(data_cfg.path).is_absolute() and "cwd" in record:
-        recorded = Path(record["cwd"]) / data_cfg.path  # relative to where the run was started
-        if not Path(data_cfg.path).exists() and recorded.exists():
-            data_cfg.path = str(recorded)
-    data = load_dataset(data_cfg)
+    data = load_dataset(recorded_data(record))
     input_shape = tuple(data.x_train.shape[1:])
     rng = np.random.default_rng(0)
     calibration = data.x_train[rng.permutation(len(data.x_train))[:calibration_examples]]

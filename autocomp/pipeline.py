@@ -11,7 +11,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from autocomp.config import RootConfig
+from autocomp.config import DataConfig, RootConfig
 from autocomp.costs import DeviceProfile, load_profile, price_ops
 from autocomp.data import Dataset, load_dataset
 from autocomp.layers import LayerInfo, compressible_layers
@@ -243,6 +243,17 @@ def history_table(p: Prepared, sel: Selection) -> tuple[list[str], list[list[Any
             [plan, float(sel.accuracy[i]), *map(float, sel.costs[i][:3]), float(sel.reward[i])]
         )
     return ["plan", "val_accuracy", *CHANNELS[:3], "reward"], rows
+
+
+def recorded_data(record: dict) -> DataConfig:
+    """The data config of a finished run (``run.json``); a relative path that does not exist
+    from here is taken relative to where the run was started (``cwd``)."""
+    data_cfg = DataConfig(**record["config"]["data"])
+    if data_cfg.path and not Path(data_cfg.path).is_absolute() and "cwd" in record:
+        recorded = Path(record["cwd"]) / data_cfg.path
+        if not Path(data_cfg.path).exists() and recorded.exists():
+            data_cfg.path = str(recorded)
+    return data_cfg
 
 
 def run_paths(run_dir: Path) -> dict[str, Path]:
