@@ -23,6 +23,7 @@ import contextlib
 import sys
 import time
 from collections import Counter
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -305,15 +306,61 @@ def bench_convs(argv: list[str]) -> list[dict]:
     return rows
 
 
+def bench_phones(argv: list[str]) -> list[dict]:
+    """Held-out error of every shipped phone table on the published measurements."""
+    from autocomp.devices.fidelity import bench_phones as run
+    from autocomp.devices.fidelity import plot_phones
+    from autocomp.devices.published import PublishedDataError
+
+    opts = dict(a.partition("=")[::2] for a in argv)
+    unknown = set(opts) - {"source", "plot"}
+    if unknown:
+        raise SystemExit(f"bench phones takes source=<folder> and plot=<png>, not {unknown}")
+    try:
+        results = run(Path(opts.get("source", "../shared/data/phones")).expanduser())
+    except PublishedDataError as err:
+        raise SystemExit(f"{type(err).__name__}: {err}") from err
+    for r in results:
+        print(f"\n{r['table']}: {r['heldout']}")
+        if "mac_ops" in r:
+            m = r["mac_ops"]
+            print(f"  conv/dwconv/dense nodes only: MAPE {m['mape']:.1f}%, within 10% "
+                  f"{m['within10']:.0f}%, spearman {m['spearman']:.3f}, n={m['n']}; "
+                  f"time-weighted error {r['time_weighted_ape']:.1f}%")  # fmt: skip
+            for w in r["whole"]:
+                err = 100 * (w["predicted_ms"] / w["measured_ms"] - 1)
+                print(f"  whole {w['network']}: measured {w['measured_ms']:.1f} ms, "
+                      f"predicted {w['predicted_ms']:.1f} ms ({err:+.1f}%)")  # fmt: skip
+        if "blocks" in r:
+            b = r["blocks"]
+            print(f"  on {b['heldout']} (another runtime version, for information): MAPE "
+                  f"{b['mape']:.1f}%, spearman {b['spearman']:.3f}, n={b['n']}")  # fmt: skip
+        if "uncalibrated" in r:
+            u = r["uncalibrated"]
+            print(f"  uncalibrated {u['table']} on the same blocks: MAPE {u['mape']:.1f}%, "
+                  f"spearman {u['spearman']:.3f}")  # fmt: skip
+        if "note" in r:
+            print(f"  NOTE: {r['note']}")
+    print()
+    for r in results:
+        print(f"table={r['table']} MAPE={r['mape']:.1f}% within10={r['within10']:.0f}% "
+              f"spearman={r['spearman']:.3f} n={r['n']}")  # fmt: skip
+    if opts.get("plot"):
+        print(f"plot: {plot_phones(results, Path(opts['plot']))}")
+    return results
+
+
 def main(argv: list[str]) -> None:
-    if not argv or argv[0] not in ("search", "survey", "costs", "convs"):
+    if not argv or argv[0] not in ("search", "survey", "costs", "convs", "phones"):
         print(
             "usage: python -m autocomp.bench search [hydra overrides...]\n"
             "       python -m autocomp.bench survey [experiment=<name>] [survey.ratios=[...]] "
             "[hydra overrides...]\n"
             "       python -m autocomp.bench costs [experiment=<name>] [plans=50] [threads=1] "
             "[device=host] [hydra overrides...]\n"
-            "       python -m autocomp.bench convs [batch=64]"
+            "       python -m autocomp.bench convs [batch=64]\n"
+            "       python -m autocomp.bench phones [source=../shared/data/phones] "
+            "[plot=docs/phones.png]"
         )
         raise SystemExit(2)
     if argv[0] == "survey":
@@ -325,6 +372,9 @@ def main(argv: list[str]) -> None:
             print(f"{key}: {value:.3f}" if isinstance(value, float) else f"{key}: {value}")
         mape, rho, n = result["MAPE"], result["spearman"], result["plans"]
         print(f"MAPE={mape:.1f}% spearman={rho:.3f} plans={n}")
+        return
+    if argv[0] == "phones":
+        bench_phones(argv[1:])
         return
     if argv[0] == "convs":
         print(f"{'case':<28} {'lax conv ms':>12} {'autocomp ms':>12} {'speedup':>8}")

@@ -6,28 +6,36 @@ priced by, in this order: an exact row of the table (``table``); linear interpol
 (or bytes moved, for ops without MACs) between the two nearest measured rows of the same op
 family, i.e. same kind, spatial input size, kernel, stride, grouping and dtype (``interpolated``);
 a roofline ``a + b * MACs + c * bytes`` fitted by non-negative least squares to the table's
-measured rows of that op kind (``roofline``); and, for a table without rows, its hand-set
-analytic model (``analytic``). Every answer says which (:class:`OpCost.source`); ops that TFLite
-fuses away are ``free``.
+measured rows of that op kind (``roofline``); and otherwise the table's analytic model: hand-set
+(``analytic``), or fitted to published phone measurements (``calibrated``: a table with a
+``calibration`` section, which also answers the op kinds its rows hold too few of). Every answer
+says which (:class:`OpCost.source`); ops that TFLite fuses away are ``free``.
 
 Schema (``schema_version`` 2)::
 
     {"schema_version": 2,
-     "kind": "analytic" | "measured",
+     "kind": "analytic" | "measured" | "calibrated",
      "device": {"name", "platform": "analytic" | "host" | "android", "soc", "runtime",
                 "threads", "measured": bool, "method", "date", ...},
      "energy": {"measured": bool, "method"},
      "analytic": {"peak_gmacs", "efficiency": {"conv", "dense", "pool"}, "bandwidth_gbs",
                   "op_overhead_us", "pj_per_mac", "pj_per_dram_byte", "pj_per_sram_byte"},
      "invoke_overhead_ms": float,        # optional: once per model (interpreter call)
+     "provenance": {"phone", "runtime", "runtime_version", "threads", "method",
+                    "sources": [{"repo", "commit", "files", "license"}, ...]},  # android tables
+     "calibration": {"data", "fitted", "train_n", "heldout": {"mape", "spearman", "n"}, ...},
      "sources": [str, ...],
      "validation": [{"model", "measured_ms", "predicted_ms"}, ...],   # optional
      "rows": [{"key": str, "latency_ms": float, "latency_spread_ms": float,
                "energy_mj": float | null, "repeats": int}, ...]}
 
 ``kind: measured`` needs ``platform`` ``host`` or ``android`` and ``device.measured: true``;
-an analytic table can claim neither. Rows of a measured table hold the op's time with the
-interpreter's per-call overhead taken out (that is ``invoke_overhead_ms``, added once per model).
+an analytic table can claim neither. A ``calibrated`` table is an analytic model whose
+parameters were fitted to a phone's published measurements (platform ``android``, not
+``measured``). Every ``android`` table needs ``provenance`` (where each number comes from, under
+which license) and a ``calibrated`` table its ``calibration``. Rows of a measured table hold
+the op's time with the interpreter's per-call overhead taken out (that is
+``invoke_overhead_ms``, added once per model).
 """
 
 from __future__ import annotations
@@ -48,7 +56,14 @@ from autocomp.models import PARAMETRIC, Op, Shape, out_shape, walk_shapes
 SCHEMA_VERSION = 2
 BYTES_PER_FLOAT = 4
 PLATFORMS = ("analytic", "host", "android")
-SOURCES = ("table", "interpolated", "roofline", "analytic")  # best first; "free": fused ops
+KINDS = ("analytic", "measured", "calibrated")
+SOURCES = (
+    "table",
+    "interpolated",
+    "roofline",
+    "calibrated",
+    "analytic",
+)  # best first; "free": fused ops
 FREE_OPS = ("flatten", "relu", "save")
 _ANALYTIC_KEYS = (
     "peak_gmacs",
@@ -79,6 +94,8 @@ class DeviceProfile:
     invoke_overhead_ms: float = 0.0
     sources: tuple[str, ...] = field(default=())
     validation: tuple[dict, ...] = field(default=())
+    provenance: dict | None = None
+    calibration: dict | None = None
 
     @property
     def platform(self) -> str:
@@ -91,6 +108,8 @@ class DeviceProfile:
             "host": f"measured on the host ({self.device.get('cpu', '?')})",
             "android": f"measured on an Android phone ({self.device.get('soc', '?')})",
         }[self.platform]
+        if self.kind == "calibrated":
+            what = f"calibrated on published measurements of a {self.device.get('phone', '?')}"
         return f"{self.name} [{what}; {len(self.rows)} rows; {self.path}]"
 
     @cached_property
@@ -262,6 +281,8 @@ def profile_from_data(data: object, path: Path | str) -> DeviceProfile:
         invoke_overhead_ms=float(data.get("invoke_overhead_ms", 0.0)),
         sources=tuple(data.get("sources", ())),
         validation=tuple(data.get("validation", ())),
+        provenance=data.get("provenance"),
+        calibration=data.get("calibration"),
     )
 
 
@@ -281,8 +302,8 @@ def validate_table(data: object, path: Path | str) -> None:
             f"schema_version is {data.get('schema_version')!r}, expected {SCHEMA_VERSION} "
             "(re-run python -m autocomp.profile to rebuild a measured table)"
         )
-    if data.get("kind") not in ("analytic", "measured"):
-        fail("kind must be 'analytic' or 'measured'")
+    if data.get("kind") not in KINDS:
+        fail(f"kind must be one of {list(KINDS)}")
     for section in ("device", "energy", "analytic"):
         if not isinstance(data.get(section), dict):
             fail(f"missing object {section!r}")
@@ -298,6 +319,16 @@ def validate_table(data: object, path: Path | str) -> None:
             fail("a measured table needs device.measured=true and platform host or android")
         if not data.get("rows"):
             fail("a measured table needs rows")
+    if data["kind"] == "calibrated":
+        if device["measured"] or device["platform"] != "android":
+            fail("a calibrated table needs platform android and device.measured=false")
+        calibration = data.get("calibration")
+        if not isinstance(calibration, dict) or not all(
+            k in calibration for k in ("data", "fitted", "train_n", "heldout")
+        ):
+            fail("a calibrated table needs calibration with data, fitted, train_n and heldout")
+    if device["platform"] == "android":
+        _validate_provenance(data.get("provenance"), fail)
     if not isinstance(data["energy"].get("measured"), bool) or "method" not in data["energy"]:
         fail("energy needs 'measured' (bool) and 'method' (how energy was measured or estimated)")
     analytic = data["analytic"]
@@ -308,6 +339,13 @@ def validate_table(data: object, path: Path | str) -> None:
         values = analytic[key].values() if key == "efficiency" else [analytic[key]]
         if not all(isinstance(v, int | float) and v > 0 for v in values):
             fail(f"analytic.{key} must be positive numbers")
+    if analytic.get("combine", "max") not in ("max", "sum"):
+        fail("analytic.combine must be 'max' or 'sum'")
+    kind_bandwidth = analytic.get("kind_bandwidth_gbs", {})
+    if not isinstance(kind_bandwidth, dict) or not all(
+        isinstance(v, int | float) and v > 0 for v in kind_bandwidth.values()
+    ):
+        fail("analytic.kind_bandwidth_gbs must map op kinds to positive numbers")
     overhead = data.get("invoke_overhead_ms", 0.0)
     if not isinstance(overhead, int | float) or overhead < 0:
         fail("invoke_overhead_ms must be a non-negative number")
@@ -327,6 +365,24 @@ def validate_table(data: object, path: Path | str) -> None:
         energy = row.get("energy_mj")
         if energy is not None and (not isinstance(energy, int | float) or energy < 0):
             fail(f"rows[{i}].energy_mj must be a non-negative number or null")
+
+
+PROVENANCE_KEYS = ("phone", "runtime", "runtime_version", "threads", "method", "sources")
+SOURCE_KEYS = ("repo", "commit", "files", "license")
+
+
+def _validate_provenance(provenance: object, fail) -> None:
+    """A phone table says where every number comes from and under which license."""
+    if not isinstance(provenance, dict):
+        fail("a phone (platform android) table needs provenance: phone, runtime, threads, "
+             "method and its sources (repo, commit, files, license)")  # fmt: skip
+    for key in PROVENANCE_KEYS:
+        if provenance.get(key) in (None, "", []):
+            fail(f"provenance.{key} is missing")
+    for i, source in enumerate(provenance["sources"]):
+        for key in SOURCE_KEYS:
+            if not isinstance(source, dict) or not source.get(key):
+                fail(f"provenance.sources[{i}].{key} is missing")
 
 
 def _parse_dims(text: str) -> tuple[int, int]:
@@ -478,18 +534,35 @@ def price_op(profile: DeviceProfile, op: Op, in_shape: Shape) -> OpCost:
     moved = act_bytes + (weight_read if op.bits >= 32 else op_counts(float_op, in_shape)[3])
     latency = _interpolate(profile, float_op, in_shape)
     source = "interpolated"
-    if latency is None and profile.rows:
+    if latency is None and profile.rows and profile.calibration is None:
         fit = profile._roofline.get(op.kind, profile._roofline.get("*"))
         if fit is not None:
             latency, source = float(fit @ np.array([1.0, macs, moved])), "roofline"
     if latency is None:
-        kind = "conv" if op.kind == "expand" else op.kind  # two convs and a concatenation
-        efficiency = a["efficiency"].get(kind, a["efficiency"].get("pool", 1.0))
-        compute_s = macs / (a["peak_gmacs"] * 1e9 * efficiency)
-        memory_s = moved / (a["bandwidth_gbs"] * 1e9)
-        latency = (a["op_overhead_us"] * 1e-6 + max(compute_s, memory_s)) * 1e3
-        source = "analytic"
+        latency = analytic_latency_ms(a, efficiency_key(op), macs, moved)
+        source = "calibrated" if profile.calibration is not None else "analytic"
     return OpCost(latency, energy_mj, macs, params, storage, source)
+
+
+def efficiency_key(op: Op) -> str:
+    """Which ``analytic.efficiency`` entry prices ``op`` (``pool`` for the MAC-free ones)."""
+    return {"conv": "conv", "expand": "conv", "dense": "dense", "dwconv": "dwconv"}.get(
+        op.kind, "pool"
+    )
+
+
+def analytic_latency_ms(analytic: dict, kind: str, macs, moved):
+    """The analytic model: per-op overhead + max(MACs / (peak * efficiency), bytes / bandwidth),
+    or their sum where ``analytic.combine`` is ``sum`` (the calibrated tables: compute and
+    memory traffic of these runtimes overlap little); ``analytic.kind_bandwidth_gbs`` may give
+    each kind its own bandwidth. Numbers or numpy arrays; ``kind`` an ``efficiency`` key."""
+    efficiency = analytic["efficiency"].get(kind, analytic["efficiency"].get("pool", 1.0))
+    bandwidth = analytic.get("kind_bandwidth_gbs", {}).get(kind, analytic["bandwidth_gbs"])
+    compute_s = macs / (analytic["peak_gmacs"] * 1e9 * efficiency)
+    memory_s = moved / (bandwidth * 1e9)
+    if analytic.get("combine", "max") == "sum":
+        return (analytic["op_overhead_us"] * 1e-6 + compute_s + memory_s) * 1e3
+    return (analytic["op_overhead_us"] * 1e-6 + np.maximum(compute_s, memory_s)) * 1e3
 
 
 @dataclass(frozen=True)

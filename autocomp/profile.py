@@ -4,6 +4,8 @@
     python -m autocomp.profile device=android serial=<adb serial> experiment=digits \\
         [threads=1] [delegate=xnnpack] [benchmark_binary=/data/local/tmp/benchmark_model] \\
         [energy=none|battery] [power_csv=<monitor.csv>]
+    python -m autocomp.profile device=published source=../shared/data/phones \\
+        [tables=pixel1_tflite,pixel4_a76,...] [out=<folder>]
 
 Any other ``key=value`` is a Hydra override of the experiment (``env.ratios=[...]``). Every layer
 configuration the search can deploy becomes a one-op TFLite model, timed on the device; rows
@@ -11,6 +13,11 @@ are appended to ``<out>.partial.jsonl`` as they are measured, so a killed profil
 where it stopped, and the table is written atomically at the end (rows of an existing table
 at ``out`` are kept, so profiling a second experiment adds to the same table). The base model
 is also measured whole and compared with the table's prediction (``validation``).
+
+``device=published`` builds the phone tables from published phone measurements instead
+(:mod:`autocomp.devices.calibrate`): the measured Pixel 1 table and the phone-calibrated Cortex
+tables, written into ``out`` (default: the package's ``autocomp/devices``, where the shipped
+tables are); it measures nothing and needs no experiment.
 
 Defaults: ``out`` is ``~/.cache/autocomp/devices/<host id>.json`` (what ``device=host`` and
 ``device=auto`` look for) or ``android-<serial>.json``.
@@ -35,6 +42,8 @@ PROFILE_KEYS = {
     "power_csv",
     "adb",
     "limit",
+    "source",
+    "tables",
 }
 USAGE = __doc__.split("\n\n")[1]
 
@@ -49,8 +58,11 @@ def parse_args(argv: list[str]) -> tuple[dict[str, str], list[str]]:
             opts[key] = value
         else:
             overrides.append(arg)
-    if opts.get("device") not in ("host", "android"):
-        raise SystemExit(f"device=host or device=android is required; usage:\n{USAGE}")
+    if opts.get("device") not in ("host", "android", "published"):
+        raise SystemExit(f"device=host, android or published is required; usage:\n{USAGE}")
+    if opts["device"] == "published" and not opts.get("source"):
+        raise SystemExit("device=published needs source=<folder of the published phone data>, "
+                         "e.g. source=../shared/data/phones")  # fmt: skip
     if opts["device"] == "android" and not opts.get("serial"):
         raise SystemExit("device=android needs serial=<adb serial> (see `adb devices`)")
     return opts, overrides
@@ -286,6 +298,8 @@ def run_profile(opts: dict[str, str], overrides: list[str], console=None) -> Pat
         "validation": validation,
         "rows": sorted(rows.values(), key=lambda r: r["key"]),
     }
+    if device == "android":  # a phone table says where its numbers come from
+        table["provenance"] = _own_provenance(opts, runtime, threads, out)
     predicted = float(predict(profile_from_data(table, out)))
     whole = measure(whole_model())
     record = {
@@ -308,6 +322,21 @@ def run_profile(opts: dict[str, str], overrides: list[str], console=None) -> Pat
     return out
 
 
+def _own_provenance(opts: dict[str, str], runtime: str, threads: int, out: Path) -> dict:
+    from autocomp.io import git_sha
+
+    return {
+        "phone": f"adb serial {opts['serial']}",
+        "runtime": runtime,
+        "runtime_version": "the benchmark binary on the phone "
+        f"({opts.get('benchmark_binary', 'default')})",
+        "threads": threads,
+        "method": "measured here with python -m autocomp.profile device=android",
+        "sources": [{"repo": "this autocomp checkout", "commit": git_sha(), "files": out.name,
+                     "license": "your own measurement"}],
+    }  # fmt: skip
+
+
 def _cpu_description() -> str:
     import os
     import platform
@@ -317,8 +346,49 @@ def _cpu_description() -> str:
     return f"{cpu_model()} ({platform.machine()}), {os.cpu_count() or 1} logical CPUs"
 
 
+def build_published(opts: dict[str, str], console=None) -> list[Path]:
+    """Write the phone tables built from the published measurements under ``source``."""
+    from importlib import resources
+
+    from rich.console import Console
+
+    from autocomp.costs import profile_from_data
+    from autocomp.devices.calibrate import TABLES, build_tables
+    from autocomp.io import atomic_write_json
+
+    console = console or Console(stderr=True)
+    names = [n for n in opts.get("tables", ",".join(TABLES)).split(",") if n]
+    out_dir = Path(opts.get("out") or str(resources.files("autocomp.devices"))).expanduser()
+    written = []
+    for name, table in build_tables(Path(opts["source"]).expanduser(), names).items():
+        path = out_dir / f"{name}.json"
+        profile_from_data(table, path)  # validated before anything is written
+        atomic_write_json(path, table)
+        held = table["calibration"]["heldout"]
+        if isinstance(held, dict):
+            fit = (
+                f"held-out MAPE {held['mape']:.1f}%, spearman {held['spearman']:.3f}, n={held['n']}"
+            )
+        else:
+            fit = held
+        console.print(f"wrote {path}: {len(table['rows'])} rows; {fit}")
+        written.append(path)
+    return written
+
+
 def main(argv: list[str] | None = None) -> int:
     opts, overrides = parse_args(sys.argv[1:] if argv is None else argv)
+    if opts["device"] == "published":
+        from autocomp.devices.published import PublishedDataError
+
+        if overrides:
+            raise SystemExit(f"device=published takes no overrides, got {overrides}")
+        try:
+            build_published(opts)
+        except PublishedDataError as err:
+            print(f"{type(err).__name__}: {err}", file=sys.stderr)  # noqa: T201 (CLI output)
+            return 2
+        return 0
     from autocomp.config import ConfigError
     from autocomp.costs import CostTableError
     from autocomp.data import DataError

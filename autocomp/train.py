@@ -20,7 +20,7 @@ from agents.compressor_critic import make_policy as cc_policy
 from agents.compressor_critic import make_train as cc_train
 from autocomp import pipeline
 from autocomp.config import ConfigError, RootConfig, register_configs
-from autocomp.costs import CostTableError, format_shares, source_shares
+from autocomp.costs import CostTableError, format_shares, load_profile, source_shares
 from autocomp.data import DataError
 from autocomp.export import ExportError, export_run
 from autocomp.linen import ModelError
@@ -71,6 +71,8 @@ def run(
 
     With ``config.export``, the run ends with :func:`autocomp.export.export_run`.
     """
+    # First thing a run says: which device its latency and energy numbers are for.
+    log.info("target device: %s", load_profile(config.device.profile).describe())
     if config.model._target_:  # a user's own linen model
         from autocomp.api import run_custom
 

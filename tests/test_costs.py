@@ -84,7 +84,7 @@ def test_lookup_tiers_exact_interpolated_roofline_and_analytic(tmp_path):
     assert analytic.source == "analytic"
     cost = price_ops(profile, (conv(8), Op("relu"), conv(16)), (8, 8, 4), strict=False)
     assert format_shares(cost.sources) == (
-        "table 50.0%, interpolated 50.0%, roofline 0.0%, analytic 0.0%"
+        "table 50.0%, interpolated 50.0%, roofline 0.0%, calibrated 0.0%, analytic 0.0%"
     )
 
 
@@ -145,6 +145,9 @@ def test_every_shipped_table_loads_and_says_what_it_is():
         if name.startswith("analytic"):
             assert profile.kind == "analytic" and not profile.device["measured"]
             assert "not a measurement" in profile.describe()
+        elif profile.platform == "android":  # built from published phone measurements
+            assert profile.kind in ("measured", "calibrated") and profile.provenance
+            assert "Android phone" in profile.describe() or "calibrated" in profile.describe()
         else:  # a measured host table is labelled with its CPU, never as a phone
             assert profile.platform == "host" and profile.device["cpu"]
             assert profile.rows and profile.energy["method"]
@@ -297,6 +300,7 @@ def test_android_profile_runs_end_to_end_through_adb(tmp_path):
     table = load_profile(str(out))
     assert table.platform == "android" and table.name == "android-R58M123"
     assert "measured on an Android phone" in table.describe()
+    assert table.provenance["threads"] == 4 and table.provenance["sources"][0]["commit"]
     calls = log.read_text().splitlines()
     assert any(c.startswith("-s R58M123 push ") for c in calls)
     assert any("--num_threads=4" in c and "--use_xnnpack=true" in c for c in calls)
@@ -311,5 +315,8 @@ def test_bench_costs_times_random_plans_against_the_table(capsys):
 
     main(["costs", "plans=3", "device=analytic_cortex_a76", "env.techniques=[keep,filter,svd]"])
     out = capsys.readouterr().out
-    assert "lookup sources: table 0.0%, interpolated 0.0%, roofline 0.0%, analytic 100.0%" in out
+    assert (
+        "lookup sources: table 0.0%, interpolated 0.0%, roofline 0.0%, calibrated 0.0%, "
+        "analytic 100.0%" in out
+    )
     assert out.strip().splitlines()[-1].startswith("MAPE=") and "plans=3" in out

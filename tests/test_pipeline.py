@@ -44,11 +44,15 @@ def test_default_experiment_cli_end_to_end(tmp_path, cache_dir):
             assert isinstance(metrics[side][key], int | float), (side, key)
     assert metrics["compressed"]["latency_ms"] <= metrics["search"]["budgets"]["latency_ms"]
     assert metrics["materialize_check"]["prediction_agreement"] == 1.0
-    # The run says which cost table priced it (device=auto: this machine's measured table if
-    # there is one, else the analytic fallback) and where its answers came from.
+    # The run says first which cost table priced it (the default: the Pixel 4 table calibrated
+    # on published phone measurements) and where its answers came from.
     table = metrics["device_table"]
-    assert "device table: " + table["name"] in proc.stderr + proc.stdout
-    assert table["platform"] in ("host", "analytic") and table["kind"] in ("measured", "analytic")
+    logs = proc.stderr + proc.stdout
+    assert "device table: " + table["name"] in logs
+    first_log = next(line for line in logs.splitlines() if "[INFO] - " in line)
+    assert "target device: pixel4-a76 [calibrated on published" in first_log
+    assert (table["platform"], table["kind"]) == ("android", "calibrated")
+    assert table["search_space_sources"]["calibrated"] == 1.0
     assert sum(table["search_space_sources"].values()) == pytest.approx(1.0)
     plan = Plan.load(run_dir / "plan.json")
     assert [c.name for c in plan.layers] == ["conv1", "conv2", "fc1", "fc2"]
