@@ -24,6 +24,7 @@ Schema (``schema_version`` 2)::
      "provenance": {"phone", "runtime", "runtime_version", "threads", "method",
                     "sources": [{"repo", "commit", "files", "license"}, ...]},  # android tables
      "calibration": {"data", "fitted", "train_n", "heldout": {"mape", "spearman", "n"}, ...},
+     "int8": {"assumption": bool, "compute_speedup", "bytes_factor", "method"},  # optional
      "sources": [str, ...],
      "validation": [{"model", "measured_ms", "predicted_ms"}, ...],   # optional
      "rows": [{"key": str, "latency_ms": float, "latency_spread_ms": float,
@@ -96,6 +97,7 @@ class DeviceProfile:
     validation: tuple[dict, ...] = field(default=())
     provenance: dict | None = None
     calibration: dict | None = None
+    int8: dict | None = None
 
     @property
     def platform(self) -> str:
@@ -215,12 +217,12 @@ def host_table_path() -> Path | None:
     return None
 
 
-FALLBACK_PROFILE = "analytic_cortex_a76"
+FALLBACK_PROFILE = "pixel4_a76"  # calibrated on a phone's published measurements
 
 
 def resolve_profile_path(profile: str) -> Path:
     """A path as given; ``host``: the measured table of this machine; ``auto``: that table if
-    one exists, else the shipped analytic Cortex-A76 table; else a table shipped in
+    one exists, else the shipped Pixel 4 table (``FALLBACK_PROFILE``); else a table shipped in
     ``autocomp/devices`` by name."""
     if profile in ("host", "auto"):
         found = host_table_path()
@@ -230,9 +232,17 @@ def resolve_profile_path(profile: str) -> Path:
             raise CostTableError(
                 f"no measured cost table for this machine ({host_id()}) in {user_tables_dir()} "
                 "or among the shipped ones; make one with `python -m autocomp.profile "
-                "device=host experiment=<name>`, or use device=auto (falls back to an analytic "
-                "table)"
+                "device=host experiment=<name>`, or target a phone table (device=pixel4_a76, "
+                "the default)"
             )
+        import logging
+
+        logging.getLogger(__name__).info(
+            "device=auto: no measured table of this machine (%s); using %s. To target this "
+            "machine, profile it: python -m autocomp.profile device=host experiment=<name>",
+            host_id(),
+            FALLBACK_PROFILE,
+        )
         profile = FALLBACK_PROFILE
     path = Path(profile).expanduser()
     if path.suffix != ".json":
@@ -283,6 +293,7 @@ def profile_from_data(data: object, path: Path | str) -> DeviceProfile:
         validation=tuple(data.get("validation", ())),
         provenance=data.get("provenance"),
         calibration=data.get("calibration"),
+        int8=data.get("int8"),
     )
 
 
@@ -329,6 +340,17 @@ def validate_table(data: object, path: Path | str) -> None:
             fail("a calibrated table needs calibration with data, fitted, train_n and heldout")
     if device["platform"] == "android":
         _validate_provenance(data.get("provenance"), fail)
+    int8 = data.get("int8")
+    if int8 is not None and not (
+        isinstance(int8, dict)
+        and isinstance(int8.get("assumption"), bool)
+        and int8.get("method")
+        and all(
+            isinstance(int8.get(k), int | float) and int8[k] > 0
+            for k in ("compute_speedup", "bytes_factor")
+        )  # fmt: skip
+    ):
+        fail("int8 needs assumption (bool), method, and positive compute_speedup, bytes_factor")
     if not isinstance(data["energy"].get("measured"), bool) or "method" not in data["energy"]:
         fail("energy needs 'measured' (bool) and 'method' (how energy was measured or estimated)")
     analytic = data["analytic"]
@@ -563,6 +585,37 @@ def analytic_latency_ms(analytic: dict, kind: str, macs, moved):
     if analytic.get("combine", "max") == "sum":
         return (analytic["op_overhead_us"] * 1e-6 + compute_s + memory_s) * 1e3
     return (analytic["op_overhead_us"] * 1e-6 + np.maximum(compute_s, memory_s)) * 1e3
+
+
+def int8_latency_ms(profile: DeviceProfile, op: Op, in_shape: Shape) -> float | None:
+    """Latency of ``op`` run with int8 kernels (as in ``model_int8.tflite``), from the table's
+    ``int8`` column: its float latency (any tier) times the ratio of the analytic model with the
+    int8 MAC rate and bytes to the float one; ``None`` for a table without that column."""
+    cost = price_op(profile, replace(op, bits=32), in_shape)
+    if profile.int8 is None or cost.source == "free":
+        return None if profile.int8 is None else 0.0
+    a, q = profile.analytic, profile.int8
+    macs, _, _, weight_read, act_bytes = op_counts(replace(op, bits=32), in_shape)
+    kind = efficiency_key(op)
+    as_float = analytic_latency_ms(a, kind, macs, weight_read + act_bytes)
+    as_int8 = analytic_latency_ms(
+        dict(a, peak_gmacs=a["peak_gmacs"] * q["compute_speedup"]),
+        kind,
+        macs,
+        (weight_read + act_bytes) * q["bytes_factor"],
+    )
+    return float(cost.latency_ms * as_int8 / as_float)
+
+
+def price_ops_int8(
+    profile: DeviceProfile, ops: Sequence[Op], input_shape: Sequence[int]
+) -> float | None:
+    """Latency of a whole sequential model run in int8 (``None``: no int8 column)."""
+    if profile.int8 is None:
+        return None
+    shapes = walk_shapes(ops, input_shape)
+    total = sum(int8_latency_ms(profile, op, s) for op, s in zip(ops, shapes, strict=False))
+    return profile.invoke_overhead_ms + total
 
 
 @dataclass(frozen=True)

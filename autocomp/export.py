@@ -234,6 +234,16 @@ def verify_logits(
     return report
 
 
+def table_int8_latency(metrics: dict) -> dict:
+    """The int8 latency the run's device table predicts for the compressed model, to read next
+    to the host-measured one (``latency_ms``: the host, not the phone)."""
+    table = metrics.get("device_table") or {}
+    name = table.get("name") if isinstance(table, dict) else table
+    predicted = metrics.get("compressed", {}).get("latency_int8_ms")
+    return {"table": name, "predicted_ms": predicted,
+            "note": None if predicted is not None else "this table has no int8 column"}  # fmt: skip
+
+
 def model_card(run_dir: Path, plan: Plan, metrics: dict, report: dict, record: dict) -> str:
     """A short markdown model card: what the model is, how it was made, how it did."""
     base, comp = metrics["base"], metrics["compressed"]
@@ -261,6 +271,11 @@ def model_card(run_dir: Path, plan: Plan, metrics: dict, report: dict, record: d
                 f"| `{name}` | {r['bytes']:,} | {r['latency_ms']['median']:.4f} | "
                 f"{100 * r['test_accuracy']:.2f}% |"
             )
+    predicted = report.get("int8", {}).get("table_latency_ms") or {}
+    if predicted.get("predicted_ms") is not None:
+        lines += ["", f"The device table `{predicted['table']}` predicts "
+                  f"{predicted['predicted_ms']:.4f} ms for `model_int8.tflite` on its device "
+                  f"({comp['latency_ms']:.4f} ms float32); see its int8 column."]  # fmt: skip
     lines += [
         "",
         f"Input: float32 `{list(record.get('input_shape', cfg['model']['input_shape']))}` "
@@ -406,6 +421,7 @@ def export_run(
     if max_test_examples is not None:
         x_test, y_test = x_test[:max_test_examples], y_test[:max_test_examples]
     report = verify(ops, params, files, x_test, y_test, num_threads, progress)
+    report["int8"]["table_latency_ms"] = table_int8_latency(metrics)
     out = run_dir / "export"
     atomic_write_bytes(out / "model.tflite", files["float32"])
     atomic_write_bytes(out / "model_int8.tflite", files["int8"])

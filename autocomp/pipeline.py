@@ -12,7 +12,7 @@ import jax
 import numpy as np
 
 from autocomp.config import DataConfig, RootConfig
-from autocomp.costs import DeviceProfile, load_profile, price_ops
+from autocomp.costs import DeviceProfile, load_profile, price_ops, price_ops_int8
 from autocomp.data import Dataset, load_dataset
 from autocomp.layers import LayerInfo, compressible_layers
 from autocomp.models import Op, base_ops
@@ -205,6 +205,8 @@ def model_metrics(
         "bytes": int(cost.bytes),
         "macs": int(cost.macs),
         "latency_ms": float(cost.latency_ms),
+        # the whole model as model_int8.tflite runs it, from the table's int8 column (or None)
+        "latency_int8_ms": price_ops_int8(p.profile, ops, p.data.x_train.shape[1:]),
         "energy_mj": float(cost.energy_mj),
         "cost_sources": cost.sources,
         "stored_scalars": int(sum(np.size(x) for x in jax.tree.leaves(params))),

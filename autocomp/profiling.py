@@ -402,3 +402,39 @@ def load_partial(out: Path) -> dict[str, dict]:
 
 def append_partial(out: Path, row: dict) -> None:
     append_jsonl(partial_path(out), row)
+
+
+def experiment_configs(config) -> dict[str, tuple[Op, Shape]]:
+    """:func:`search_configs` of an experiment's search space (built-in or user model)."""
+    from autocomp.techniques import make_techniques
+
+    techniques = make_techniques(config.env.techniques)
+    if config.model._target_:
+        from autocomp.custom import random_network
+
+        net, data = random_network(config)
+        shape = tuple(data.x_train.shape[1:])
+        return search_configs((), net.layers, techniques, config.env.ratios, shape,
+                              net.graph_priced())  # fmt: skip
+    from autocomp.layers import compressible_layers
+    from autocomp.models import base_ops
+
+    ops, shape = base_ops(config.model), tuple(config.model.input_shape)
+    layers = compressible_layers(ops, shape)
+    return search_configs(ops, layers, techniques, config.env.ratios, shape)
+
+
+def profiling_estimate(config, samples: int = 3, threads: int = 1) -> str:
+    """How long ``python -m autocomp.profile device=host`` takes for this experiment on this
+    machine: its configurations counted, and ``samples`` of them converted and timed here."""
+    configs = list(experiment_configs(config).values())
+    start = time.perf_counter()
+    picked = configs[:: max(1, len(configs) // samples)][:samples]
+    for op, shape in picked:
+        time_tflite(micro_model(op, shape), threads)
+    each = (time.perf_counter() - start) / max(1, len(picked))
+    return (
+        f"profiling this experiment's search space here takes about {len(configs) * each:.0f} s "
+        f"({len(configs)} configurations, {each:.2f} s each, measured on {len(picked)}): "
+        f"python -m autocomp.profile device=host experiment={config.name}"
+    )

@@ -34,6 +34,9 @@ def summary_table(metrics: dict, device: str) -> Table:
         else:
             ratio = f"{ratios[f'{key}_x']:.2f}x"
         table.add_row(label, fmt(base[key]), fmt(comp[key]), ratio)
+    b8, c8 = base.get("latency_int8_ms"), comp.get("latency_int8_ms")
+    if b8 is not None and c8 is not None:  # the table's int8 column (model_int8.tflite)
+        table.add_row("int8 latency (ms)", f"{b8:.4f}", f"{c8:.4f}", f"{b8 / max(c8, 1e-12):.2f}x")
     return table
 
 

@@ -72,7 +72,15 @@ def run(
     With ``config.export``, the run ends with :func:`autocomp.export.export_run`.
     """
     # First thing a run says: which device its latency and energy numbers are for.
-    log.info("target device: %s", load_profile(config.device.profile).describe())
+    try:
+        log.info("target device: %s", load_profile(config.device.profile).describe())
+    except CostTableError as err:
+        if config.device.profile != "host":
+            raise
+        from autocomp.profiling import profiling_estimate
+
+        log.info("device=host has no table of this machine: timing a few configurations")
+        raise CostTableError(f"{err}; {profiling_estimate(config)}") from err
     if config.model._target_:  # a user's own linen model
         from autocomp.api import run_custom
 

@@ -160,7 +160,7 @@ def test_host_and_auto_resolve_to_this_machines_table(tmp_path, monkeypatch):
     monkeypatch.setattr(costs, "host_id", lambda: "host-test-cpu")
     with pytest.raises(CostTableError, match="no measured cost table.*host-test-cpu.*profile"):
         load_profile("host")
-    assert load_profile("auto").name == "analytic-cortex-a76"  # the fallback, said as such
+    assert load_profile("auto").name == "pixel4-a76"  # the fallback, said as such
     mine = _measured_table(tmp_path, {"relu|in=4|out=4|k=1|s=1|g=1|float32": 0.1})
     mine.rename(tmp_path / "host-test-cpu.json")
     assert load_profile("host").name == load_profile("auto").name == "test-host"

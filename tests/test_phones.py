@@ -83,6 +83,8 @@ def test_source_shares_of_a_model_priced_by_the_phone_table_add_up(pixel1):
         (lambda t: t["calibration"].pop("heldout"), "needs calibration"),
         (lambda t: t["device"].update(measured=True), "device.measured=false"),
         (lambda t: t["analytic"].update(combine="min"), "combine"),
+        (lambda t: t["int8"].pop("method"), "int8 needs assumption"),
+        (lambda t: t["int8"].update(assumption="yes"), "int8 needs assumption"),
     ],
 )
 def test_a_phone_table_without_provenance_or_license_is_refused(edit, match):
@@ -166,3 +168,36 @@ def test_the_shipped_phone_tables_are_what_the_published_data_rebuild(tmp_path):
                     kind,
                 )
         assert shipped["provenance"] == table["provenance"]
+
+
+def test_device_host_without_a_table_says_how_long_profiling_takes(tmp_path, monkeypatch):
+    from autocomp import costs
+    from autocomp.bench import compose_config
+    from autocomp.train import run
+
+    monkeypatch.setattr(costs, "user_tables_dir", lambda: tmp_path)
+    monkeypatch.setattr(costs, "host_id", lambda: "host-unprofiled-cpu")
+    config = compose_config(["device=host", "env.techniques=[keep,filter]", "env.ratios=[0,0.5]"])
+    with pytest.raises(CostTableError) as err:
+        run(config, tmp_path / "run", {})
+    message = str(err.value)
+    assert "host-unprofiled-cpu" in message
+    assert "search space here takes about" in message and "measured on 3" in message
+    assert "python -m autocomp.profile device=host experiment=digits" in message
+    assert not (tmp_path / "run").exists()  # nothing half-written
+
+
+def test_the_int8_column_is_a_labelled_assumption_and_prices_int8_faster():
+    from autocomp.costs import int8_latency_ms, price_op, price_ops_int8
+
+    phone, host = load_profile("pixel4_a76"), load_profile("analytic_cortex_a76")
+    assert phone.int8["assumption"] is True and "ASSUMPTION" in phone.int8["method"]
+    cases = [(Op("conv", "c", 64, 3), (14, 14, 64)), (Op("dense", "d", 10), (256,)),
+             (Op("add"), (14, 14, 64)), (Op("dwconv", "d", 0, 3), (28, 28, 32))]  # fmt: skip
+    for op, shape in cases:
+        float_ms = price_op(phone, op, shape).latency_ms
+        assert 0 < int8_latency_ms(phone, op, shape) < float_ms
+        assert int8_latency_ms(host, op, shape) is None  # no int8 column: no made-up number
+    ops = (Op("conv", "c", 8, 3), Op("relu"), Op("flatten"), Op("dense", "d", 10))
+    assert price_ops_int8(phone, ops, (8, 8, 1)) < price_ops(phone, ops, (8, 8, 1)).latency_ms
+    assert price_ops_int8(host, ops, (8, 8, 1)) is None

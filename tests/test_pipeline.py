@@ -76,6 +76,13 @@ def test_default_experiment_cli_end_to_end(tmp_path, cache_dir):
     assert verify["int8_test_accuracy"] >= verify["float_test_accuracy"] - 0.01
     assert verify["float_test_accuracy"] == metrics["compressed"]["test_accuracy"]
     assert verify["int8"]["bytes"] < verify["float32"]["bytes"]
+    # the table's int8 prediction for the phone, next to the int8 file measured on the host
+    predicted = verify["int8"]["table_latency_ms"]
+    assert predicted["table"] == "pixel4-a76" and predicted["predicted_ms"] > 0
+    assert predicted["predicted_ms"] == metrics["compressed"]["latency_int8_ms"]
+    assert metrics["compressed"]["latency_int8_ms"] < metrics["compressed"]["latency_ms"]
+    assert "int8 latency (ms)" in proc.stdout
+    assert verify["int8"]["latency_ms"]["median"] > 0
     lat = verify["float32"]["latency_ms"]
     assert 0 < lat["p10"] <= lat["median"] <= lat["p90"] and lat["repeats"] >= 21
     assert set(verify["float32"]["ops"]) <= {"CONV_2D", "DEPTHWISE_CONV_2D", "MAX_POOL_2D",

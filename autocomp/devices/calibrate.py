@@ -80,6 +80,26 @@ PHONE_TABLES = {
 }
 TABLES = ("pixel1_tflite", *PHONE_TABLES)
 
+# No published source here measures int8 on these phones, so the int8 column is an assumption,
+# labelled as one in every table: compute from the core's int8 instructions, half of their peak
+# achieved (requantization, packing), and a quarter of the bytes (1-byte weights and
+# activations instead of 4).
+INT8_DOTPROD = {
+    "assumption": True,
+    "compute_speedup": 2.0,
+    "bytes_factor": 0.25,
+    "method": "ASSUMPTION, not a measurement: ARMv8.2 cores (A76, A78, X1) have SDOT, 16 int8 "
+    "MACs per 128-bit instruction against 4 FP32 MACs per FMLA (4x the peak); half of that is "
+    "assumed achieved (2x the float MAC rate), and int8 tensors move a quarter of the bytes",
+}
+INT8_ARMV8_0 = dict(
+    INT8_DOTPROD,
+    compute_speedup=1.0,
+    method="ASSUMPTION, not a measurement: the Pixel 1's Kryo cores (ARMv8.0) have no SDOT; "
+    "int8 MACs go through widening 8x16-bit multiply-accumulates (2x the FP32 lanes), half of "
+    "that assumed achieved (the float MAC rate), and int8 tensors move a quarter of the bytes",
+)
+
 
 def _terms(ops: Sequence[tuple[Op, Shape]]) -> list[tuple[str, float, float]]:
     out = []
@@ -227,6 +247,7 @@ def pixel1_table(root, networks: Sequence[str] | None = None) -> dict:
         "energy": energy,
         "analytic": fitted,
         "invoke_overhead_ms": 0.0,
+        "int8": INT8_ARMV8_0,
         "provenance": {
             "phone": "Google Pixel 1 (Snapdragon 821)",
             "runtime": "TensorFlow Lite benchmark_model, float32, CPU, no delegate",
@@ -280,6 +301,7 @@ def phone_table(root, name: str) -> dict:
         },
         "energy": energy,
         "analytic": fitted,
+        "int8": INT8_DOTPROD,
         "provenance": {
             "phone": spec["title"],
             "runtime": "TensorFlow Lite benchmark_model through nn-Meter's profiler, float32",
