@@ -112,7 +112,9 @@ class DeviceProfile:
         }[self.platform]
         if self.kind == "calibrated":
             what = f"calibrated on published measurements of a {self.device.get('phone', '?')}"
-        return f"{self.name} [{what}; {len(self.rows)} rows; {self.path}]"
+        threads = self.device.get("threads", 1)
+        plural = "s" if threads != 1 else ""
+        return f"{self.name} [{what}; {threads} thread{plural}; {len(self.rows)} rows; {self.path}]"
 
     @cached_property
     def _families(self) -> dict[tuple, list[tuple[float, float]]]:

@@ -1,6 +1,6 @@
 """Measure a device cost table for an experiment's search space.
 
-    python -m autocomp.profile device=host experiment=digits [threads=1] [out=<table.json>]
+    python -m autocomp.profile device=host experiment=digits [threads=1|4|1,4] [out=<table.json>]
     python -m autocomp.profile device=android serial=<adb serial> experiment=digits \\
         [threads=1] [delegate=xnnpack] [benchmark_binary=/data/local/tmp/benchmark_model] \\
         [energy=none|battery] [power_csv=<monitor.csv>]
@@ -19,8 +19,12 @@ is also measured whole and compared with the table's prediction (``validation``)
 tables, written into ``out`` (default: the package's ``autocomp/devices``, where the shipped
 tables are); it measures nothing and needs no experiment.
 
+``threads=1,4`` profiles with one and with four interpreter threads, one table each (phone apps
+often run TFLite with 2 or 4 threads); a table carries its thread count and runs print it.
+
 Defaults: ``out`` is ``~/.cache/autocomp/devices/<host id>.json`` (what ``device=host`` and
-``device=auto`` look for) or ``android-<serial>.json``.
+``device=auto`` look for; ``<host id>-4t.json`` for 4 threads, which ``device.profile=<path>``
+selects) or ``android-<serial>.json``.
 """
 
 from __future__ import annotations
@@ -120,7 +124,8 @@ def run_profile(opts: dict[str, str], overrides: list[str], console=None) -> Pat
     threads = int(opts.get("threads", 1))
     rounds = int(opts.get("rounds", 21))
     name = host_id() if device == "host" else f"android-{opts['serial']}"
-    out = Path(opts.get("out") or user_tables_dir() / f"{name}.json").expanduser()
+    suffix = "" if threads == 1 else f"-{threads}t"  # one table per thread count
+    out = Path(opts.get("out") or user_tables_dir() / f"{name}{suffix}.json").expanduser()
 
     techniques = make_techniques(config.env.techniques)
     if config.model._target_:  # a user's model: its layers and every op between them
@@ -397,8 +402,13 @@ def main(argv: list[str] | None = None) -> int:
     from autocomp.techniques import TechniqueError
 
     errors = (ConfigError, CostTableError, DataError, ModelError, ProfileError, TechniqueError)
+    counts = opts.get("threads", "1").split(",")
+    if len(counts) > 1 and "out" in opts:
+        raise SystemExit("threads=1,4 writes one table per thread count: drop out=, or profile "
+                         "one thread count per out= file")  # fmt: skip
     try:
-        run_profile(opts, overrides)
+        for count in counts:  # threads=1,4: the 1-thread table, then the 4-thread one
+            run_profile(dict(opts, threads=count), overrides)
     except errors as err:
         print(f"{type(err).__name__}: {err}", file=sys.stderr)  # noqa: T201 (CLI output)
         return 2

@@ -276,6 +276,21 @@ def test_host_profile_measures_resumes_and_validates(tmp_path, monkeypatch):
     )
 
 
+def test_host_profile_with_one_and_four_threads_writes_a_table_each(tmp_path, monkeypatch):
+    from autocomp import costs
+    from autocomp.profile import main
+
+    monkeypatch.setattr(costs, "user_tables_dir", lambda: tmp_path)
+    args = ["device=host", "threads=1,4", "rounds=3", "limit=1", "experiment=digits",
+            "env.techniques=[keep]", "env.ratios=[0.0]"]  # fmt: skip
+    assert main(args) == 0
+    one, four = tmp_path / f"{costs.host_id()}.json", tmp_path / f"{costs.host_id()}-4t.json"
+    assert load_profile(str(one)).device["threads"] == 1
+    assert load_profile(str(four)).device["threads"] == 4
+    assert "; 4 threads;" in load_profile(str(four)).describe()
+    assert load_profile("host").path == str(one)  # device=host: the one-thread table
+
+
 def test_android_profile_runs_end_to_end_through_adb(tmp_path):
     """The android profiler against a stand-in ``adb`` that answers like a phone (it replays a
     recorded benchmark_model log and battery uevent): pushes, timing, energy and the table."""
