@@ -371,7 +371,8 @@ def main(argv: list[str]) -> None:
         for key, value in result.items():
             print(f"{key}: {value:.3f}" if isinstance(value, float) else f"{key}: {value}")
         mape, rho, n = result["MAPE"], result["spearman"], result["plans"]
-        print(f"MAPE={mape:.1f}% spearman={rho:.3f} plans={n}")
+        within = result["within 10%"].split("%")[0]
+        print(f"MAPE={mape:.1f}% within10={within}% spearman={rho:.3f} plans={n}")
         return
     if argv[0] == "phones":
         bench_phones(argv[1:])

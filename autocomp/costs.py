@@ -27,8 +27,10 @@ Schema (``schema_version`` 2)::
      "int8": {"assumption": bool, "compute_speedup", "bytes_factor", "method"},  # optional
      "sources": [str, ...],
      "validation": [{"model", "measured_ms", "predicted_ms"}, ...],   # optional
+     "invoke_overhead_int8_ms": float,   # optional: the same for an int8 model
      "rows": [{"key": str, "latency_ms": float, "latency_spread_ms": float,
-               "energy_mj": float | null, "repeats": int}, ...]}
+               "energy_mj": float | null, "repeats": int,
+               "latency_int8_ms": float}, ...]}  # optional: the op in an int8 model
 
 ``kind: measured`` needs ``platform`` ``host`` or ``android`` and ``device.measured: true``;
 an analytic table can claim neither. A ``calibrated`` table is an analytic model whose
@@ -93,6 +95,7 @@ class DeviceProfile:
     analytic: dict
     rows: dict[str, dict]
     invoke_overhead_ms: float = 0.0
+    invoke_overhead_int8_ms: float | None = None
     sources: tuple[str, ...] = field(default=())
     validation: tuple[dict, ...] = field(default=())
     provenance: dict | None = None
@@ -126,6 +129,19 @@ class DeviceProfile:
                 (_size(op, shape), float(row["latency_ms"]))
             )
         return {k: sorted(v) for k, v in families.items()}
+
+    @cached_property
+    def _int8_ratio(self) -> dict[str, float]:
+        """Per op kind (and ``*``), the median of int8 over float latency of the rows that
+        measured both: what prices an int8 op that has no row of its own."""
+        ratios: dict[str, list[float]] = {}
+        for key, row in self.rows.items():
+            q, f = row.get("latency_int8_ms"), float(row["latency_ms"])
+            if q is not None and f > 0:
+                kind = parse_key(key)[0].kind
+                ratios.setdefault(kind, []).append(q / f)
+                ratios.setdefault("*", []).append(q / f)
+        return {k: float(np.median(v)) for k, v in ratios.items()}
 
     @cached_property
     def _roofline(self) -> dict[str, np.ndarray]:
@@ -291,6 +307,7 @@ def profile_from_data(data: object, path: Path | str) -> DeviceProfile:
         analytic=data["analytic"],
         rows={row["key"]: row for row in data.get("rows", [])},
         invoke_overhead_ms=float(data.get("invoke_overhead_ms", 0.0)),
+        invoke_overhead_int8_ms=data.get("invoke_overhead_int8_ms"),
         sources=tuple(data.get("sources", ())),
         validation=tuple(data.get("validation", ())),
         provenance=data.get("provenance"),
@@ -386,9 +403,10 @@ def validate_table(data: object, path: Path | str) -> None:
         seen.add(row["key"])
         if not isinstance(row.get("latency_ms"), int | float) or not row["latency_ms"] >= 0:
             fail(f"rows[{i}].latency_ms must be a non-negative number")
-        energy = row.get("energy_mj")
-        if energy is not None and (not isinstance(energy, int | float) or energy < 0):
-            fail(f"rows[{i}].energy_mj must be a non-negative number or null")
+        for key in ("energy_mj", "latency_int8_ms"):
+            value = row.get(key)
+            if value is not None and (not isinstance(value, int | float) or value < 0):
+                fail(f"rows[{i}].{key} must be a non-negative number or null")
 
 
 PROVENANCE_KEYS = ("phone", "runtime", "runtime_version", "threads", "method", "sources")
@@ -590,12 +608,23 @@ def analytic_latency_ms(analytic: dict, kind: str, macs, moved):
 
 
 def int8_latency_ms(profile: DeviceProfile, op: Op, in_shape: Shape) -> float | None:
-    """Latency of ``op`` run with int8 kernels (as in ``model_int8.tflite``), from the table's
-    ``int8`` column: its float latency (any tier) times the ratio of the analytic model with the
-    int8 MAC rate and bytes to the float one; ``None`` for a table without that column."""
-    cost = price_op(profile, replace(op, bits=32), in_shape)
-    if profile.int8 is None or cost.source == "free":
-        return None if profile.int8 is None else 0.0
+    """Latency of ``op`` run with int8 kernels (as in ``model_int8.tflite``): its row's measured
+    ``latency_int8_ms``; else its float latency (any tier) times the median int8/float ratio of
+    the measured rows of its kind; else, from the table's ``int8`` column, times the ratio of
+    the analytic model with the int8 MAC rate and bytes to the float one; ``None`` for a table
+    with neither."""
+    float_op = replace(op, bits=32)
+    cost = price_op(profile, float_op, in_shape)
+    if cost.source == "free":
+        return 0.0
+    row = profile.rows.get(op_key(float_op, in_shape), {})
+    if row.get("latency_int8_ms") is not None:
+        return float(row["latency_int8_ms"])
+    ratios = profile._int8_ratio
+    if ratios:
+        return cost.latency_ms * ratios.get(op.kind, ratios["*"])
+    if profile.int8 is None:
+        return None
     a, q = profile.analytic, profile.int8
     macs, _, _, weight_read, act_bytes = op_counts(replace(op, bits=32), in_shape)
     kind = efficiency_key(op)
@@ -612,12 +641,13 @@ def int8_latency_ms(profile: DeviceProfile, op: Op, in_shape: Shape) -> float | 
 def price_ops_int8(
     profile: DeviceProfile, ops: Sequence[Op], input_shape: Sequence[int]
 ) -> float | None:
-    """Latency of a whole sequential model run in int8 (``None``: no int8 column)."""
-    if profile.int8 is None:
-        return None
+    """Latency of a whole sequential model run in int8 (``None``: no int8 rows or column)."""
     shapes = walk_shapes(ops, input_shape)
-    total = sum(int8_latency_ms(profile, op, s) for op, s in zip(ops, shapes, strict=False))
-    return profile.invoke_overhead_ms + total
+    each = [int8_latency_ms(profile, op, s) for op, s in zip(ops, shapes, strict=False)]
+    if any(v is None for v in each):
+        return None
+    overhead = profile.invoke_overhead_int8_ms
+    return (profile.invoke_overhead_ms if overhead is None else overhead) + sum(each)
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
 """Measure a device cost table for an experiment's search space.
 
-    python -m autocomp.profile device=host experiment=digits [threads=1|4|1,4] [out=<table.json>]
+    python -m autocomp.profile device=host experiment=digits [threads=1|4|1,4] [int8=true] \\
+        [out=<table.json>]
     python -m autocomp.profile device=android serial=<adb serial> experiment=digits \\
         [threads=1] [delegate=xnnpack] [benchmark_binary=/data/local/tmp/benchmark_model] \\
         [energy=none|battery] [power_csv=<monitor.csv>]
@@ -19,6 +20,9 @@ is also measured whole and compared with the table's prediction (``validation``)
 tables, written into ``out`` (default: the package's ``autocomp/devices``, where the shipped
 tables are); it measures nothing and needs no experiment.
 
+Each configuration is also converted as the export converts ``model_int8.tflite`` (full
+integer, calibrated) and timed: the row's ``latency_int8_ms`` (``int8=false`` skips it; a table
+without those rows gets them on the next run).
 ``threads=1,4`` profiles with one and with four interpreter threads, one table each (phone apps
 often run TFLite with 2 or 4 threads); a table carries its thread count and runs print it.
 
@@ -48,6 +52,7 @@ PROFILE_KEYS = {
     "limit",
     "source",
     "tables",
+    "int8",
 }
 USAGE = __doc__.split("\n\n")[1]
 
@@ -159,6 +164,7 @@ def run_profile(opts: dict[str, str], overrides: list[str], console=None) -> Pat
 
     rows: dict[str, dict] = {}
     validation: list[dict] = []
+    kept8 = None  # an existing table's int8 call overhead
     if out.is_file():
         try:
             existing = load_profile(str(out))
@@ -171,9 +177,15 @@ def run_profile(opts: dict[str, str], overrides: list[str], console=None) -> Pat
             )
         rows.update(existing.rows)
         validation = list(existing.validation)
+        kept8 = existing.invoke_overhead_int8_ms
     resumed = load_partial(out)
     rows.update(resumed)
-    todo = [k for k in configs if k not in rows]
+    int8 = opts.get("int8", "true").lower() != "false"  # int8 rows, as model_int8.tflite runs
+
+    def missing(key: str) -> bool:
+        return key not in rows or (int8 and rows[key].get("latency_int8_ms") is None)
+
+    todo = [k for k in configs if missing(k)]
     if "limit" in opts:
         todo = todo[: int(opts["limit"])]
     console.print(
@@ -257,21 +269,27 @@ def run_profile(opts: dict[str, str], overrides: list[str], console=None) -> Pat
         runtime = f"TensorFlow Lite benchmark_model ({runner.delegate}) over adb"
 
     overhead = measure(overhead_model()).median_ms
+    overhead8 = measure(overhead_model(int8=True)).median_ms if int8 else None
     start = time.perf_counter()
     columns = (*Progress.get_default_columns()[:-1], MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, console=console, transient=False) as bar:
         task = bar.add_task("profiling ops", total=len(todo))
         for key in todo:
             op, shape = configs[key]
-            content = micro_model(op, shape)
-            timing = measure(content)
-            row = {
-                "key": key,
-                "latency_ms": max(0.0, timing.median_ms - overhead),
-                "latency_spread_ms": timing.spread_ms,
-                "energy_mj": energy(content),
-                "repeats": timing.repeats,
-            }
+            row = rows.get(key)
+            if row is None:
+                content = micro_model(op, shape)
+                timing = measure(content)
+                row = {
+                    "key": key,
+                    "latency_ms": max(0.0, timing.median_ms - overhead),
+                    "latency_spread_ms": timing.spread_ms,
+                    "energy_mj": energy(content),
+                    "repeats": timing.repeats,
+                }
+            if int8 and row.get("latency_int8_ms") is None:
+                timing = measure(micro_model(op, shape, int8=True))
+                row = dict(row, latency_int8_ms=max(0.0, timing.median_ms - overhead8))
             append_partial(out, row)
             rows[key] = row
             bar.advance(task)
@@ -300,6 +318,7 @@ def run_profile(opts: dict[str, str], overrides: list[str], console=None) -> Pat
         "analytic": analytic,
         "invoke_overhead_ms": overhead,
         "sources": sources,
+        **({"invoke_overhead_int8_ms": overhead8 or kept8} if int8 or kept8 else {}),
         "validation": validation,
         "rows": sorted(rows.values(), key=lambda r: r["key"]),
     }

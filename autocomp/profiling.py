@@ -107,18 +107,22 @@ def _graph_micro(kind: str, channels: int):
     }[kind]
 
 
-def micro_model(op: Op, in_shape: Shape, seed: int = 0) -> bytes:
+def micro_model(op: Op, in_shape: Shape, seed: int = 0, int8: bool = False) -> bytes:
     """A batch-1 float32 TFLite model of ``op`` alone (``add``: the input added to itself;
-    ``concat``: the first half of the channels concatenated with itself)."""
+    ``concat``: the first half of the channels concatenated with itself); ``int8``: converted
+    as the export converts ``model_int8.tflite`` (full integer, calibrated on random inputs)."""
     import jax
 
     from autocomp.export import function_to_tflite, to_tflite
+
+    def calibration(shape: Shape) -> np.ndarray | None:
+        return np.random.default_rng(seed).random((8, *shape), np.float32) if int8 else None
 
     if op.kind in GRAPH_KINDS:
         shape, channels = tuple(in_shape), in_shape[-1]
         if op.kind == "concat":  # its key holds the output's shape
             shape = (*shape[:-1], (channels + 1) // 2)
-        return function_to_tflite(_graph_micro(op.kind, channels), shape)
+        return function_to_tflite(_graph_micro(op.kind, channels), shape, calibration(shape))
     op = replace(op, name="op") if op.kind in PARAMETRIC else op
     ops = (Op("save"), op) if op.kind == "add" else (op,)
     rng = np.random.default_rng(seed)
@@ -128,7 +132,7 @@ def micro_model(op: Op, in_shape: Shape, seed: int = 0) -> bytes:
         params = jax.tree.map(
             lambda s: rng.standard_normal(s.shape, np.float32) * 0.1, param_shapes(ops, in_shape)
         )
-    return to_tflite(ops, params, tuple(in_shape))
+    return to_tflite(ops, params, tuple(in_shape), calibration(tuple(in_shape)))
 
 
 # ------------------------------------------------------------------ host timing
@@ -168,10 +172,10 @@ def time_tflite(content: bytes, threads: int = 1, **kwargs) -> Timing:
     return model.timing(x, **kwargs)
 
 
-def overhead_model() -> bytes:
+def overhead_model(int8: bool = False) -> bytes:
     """A model that does almost nothing through the same delegate as the measured ops (a 1x1
     conv of one channel on one pixel): its latency is the interpreter's per-call overhead."""
-    return micro_model(Op("conv", "op", 1, 1), (1, 1, 1))
+    return micro_model(Op("conv", "op", 1, 1), (1, 1, 1), int8=int8)
 
 
 # ------------------------------------------------------------------ energy counters

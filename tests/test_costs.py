@@ -260,10 +260,14 @@ def test_host_profile_measures_resumes_and_validates(tmp_path, monkeypatch):
     run_profile(opts, rest)
     table = json.loads(out.read_text())
     assert {r["key"] for r in table["rows"]} == set(configs)
-    assert next(r for r in table["rows"] if r["key"] == first)["latency_ms"] == 123.0
+    resumed = next(r for r in table["rows"] if r["key"] == first)
+    assert resumed["latency_ms"] == 123.0 and resumed["latency_int8_ms"] >= 0  # int8 added
     assert all(
         r["latency_ms"] >= 0 and r["repeats"] >= 5 for r in table["rows"] if r["key"] != first
     )
+    # every row also timed as the export's int8 file runs it, with its own call overhead
+    assert all(r["latency_int8_ms"] >= 0 for r in table["rows"])
+    assert table["invoke_overhead_int8_ms"] > 0
     assert table["device"]["platform"] == "host" and table["kind"] == "measured"
     assert not table["energy"]["measured"] or "RAPL" in table["energy"]["method"]
     [check] = table["validation"]
@@ -274,6 +278,10 @@ def test_host_profile_measures_resumes_and_validates(tmp_path, monkeypatch):
     assert profile.describe().startswith(profile.name) and "measured on the host" in (
         profile.describe()
     )
+    from autocomp.costs import price_ops_int8
+
+    assert price_ops_int8(profile, ops, (8, 8, 1)) > 0  # every op has its int8 row
+    assert price_ops_int8(load_profile("host_amd_epyc_f25m1"), ops, (8, 8, 1)) is None
 
 
 def test_host_profile_with_one_and_four_threads_writes_a_table_each(tmp_path, monkeypatch):
