@@ -31,3 +31,18 @@ def test_core_never_imports_envs_or_agents():
     for path in (ROOT / "agents").rglob("*.py"):
         text = path.read_text()
         assert "from envs" not in text and "import envs" not in text, path
+
+
+def test_importing_autocomp_pulls_in_no_heavy_or_optional_package():
+    """`import autocomp` is cheap: TensorFlow, LiteRT, wandb and the agents load only when a
+    command needs them (checked in a fresh interpreter, from sys.modules)."""
+    import json
+    import subprocess
+    import sys
+
+    code = (
+        "import json, sys, autocomp; print(json.dumps(sorted(m for m in sys.modules if "
+        "m.split('.')[0] in ('tensorflow', 'ai_edge_litert', 'wandb', 'agents', 'envs'))))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == []
