@@ -25,7 +25,7 @@ from autocomp.data import Dataset
 from autocomp.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from autocomp.linen import Compressed, leaf_names
 from autocomp.plan import Plan, plan_from_indices
-from autocomp.search_space import CHANNELS, plan_cost
+from autocomp.search_space import CHANNELS, build_search_space, plan_cost
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,8 @@ class Result:
         from autocomp.export import export_function
 
         fn = self.compressed.export_fn(self.params)
-        return export_function(fn, self.logits(data.x_test), data, Path(out_dir), int8)
+        return export_function(fn, self.logits(data.x_test), data, Path(out_dir), int8,
+                               metrics=self.metrics)  # fmt: skip
 
 
 def compress(
@@ -179,6 +180,13 @@ def compress_config(
         "val_accuracy_before_finetune": float(sel.accuracy[sel.chosen]),
         "reward": float(sel.reward[sel.chosen]),
     }
+    int8 = profile.int8_table  # the same space priced as model_int8.tflite runs, if it can be
+    if int8 is not None:
+        shape, graph = data.x_train.shape[1:], net.graph_priced()
+        space8 = build_search_space((), net.layers, techniques, ratios, int8, shape, graph,
+                                    net.num_groups)  # fmt: skip
+        base["latency_int8_ms"] = float(space8.base[0])
+        compressed["latency_int8_ms"] = float(plan_cost(space8, indices)[0])
     result.metrics = {
         "model": net.name,
         "base": base,

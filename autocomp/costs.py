@@ -131,6 +131,11 @@ class DeviceProfile:
         return {k: sorted(v) for k, v in families.items()}
 
     @cached_property
+    def int8_table(self) -> DeviceProfile | None:
+        """:func:`int8_view` of this table, built once."""
+        return int8_view(self)
+
+    @cached_property
     def _int8_ratio(self) -> dict[str, float]:
         """Per op kind (and ``*``), the median of int8 over float latency of the rows that
         measured both: what prices an int8 op that has no row of its own."""
@@ -607,47 +612,62 @@ def analytic_latency_ms(analytic: dict, kind: str, macs, moved):
     return (analytic["op_overhead_us"] * 1e-6 + np.maximum(compute_s, memory_s)) * 1e3
 
 
-def int8_latency_ms(profile: DeviceProfile, op: Op, in_shape: Shape) -> float | None:
-    """Latency of ``op`` run with int8 kernels (as in ``model_int8.tflite``): its row's measured
-    ``latency_int8_ms``; else its float latency (any tier) times the median int8/float ratio of
-    the measured rows of its kind; else, from the table's ``int8`` column, times the ratio of
-    the analytic model with the int8 MAC rate and bytes to the float one; ``None`` for a table
-    with neither."""
-    float_op = replace(op, bits=32)
-    cost = price_op(profile, float_op, in_shape)
-    if cost.source == "free":
-        return 0.0
-    row = profile.rows.get(op_key(float_op, in_shape), {})
-    if row.get("latency_int8_ms") is not None:
-        return float(row["latency_int8_ms"])
+def int8_view(profile: DeviceProfile) -> DeviceProfile | None:
+    """The table as ``model_int8.tflite`` runs: each row's measured ``latency_int8_ms``; a row
+    without one, its float latency times the median int8/float ratio of the rows of its kind
+    that have one, or (a table with an ``int8`` column and no int8 rows) times the ratio of the
+    analytic model at the int8 MAC rate and bytes to the float one; the analytic model itself
+    at the int8 rates; the int8 call overhead. Every lookup tier then answers for int8 as it
+    does for float. ``None``: the table has neither int8 rows nor an int8 column."""
     ratios = profile._int8_ratio
-    if ratios:
-        return cost.latency_ms * ratios.get(op.kind, ratios["*"])
-    if profile.int8 is None:
+    if not ratios and profile.int8 is None:
         return None
-    a, q = profile.analytic, profile.int8
-    macs, _, _, weight_read, act_bytes = op_counts(replace(op, bits=32), in_shape)
-    kind = efficiency_key(op)
-    as_float = analytic_latency_ms(a, kind, macs, weight_read + act_bytes)
-    as_int8 = analytic_latency_ms(
-        dict(a, peak_gmacs=a["peak_gmacs"] * q["compute_speedup"]),
-        kind,
-        macs,
-        (weight_read + act_bytes) * q["bytes_factor"],
+    a = a8 = profile.analytic
+    if profile.int8 is not None:
+        speedup, factor = profile.int8["compute_speedup"], profile.int8["bytes_factor"]
+        a8 = dict(
+            a, peak_gmacs=a["peak_gmacs"] * speedup, bandwidth_gbs=a["bandwidth_gbs"] / factor
+        )
+        if "kind_bandwidth_gbs" in a:
+            a8["kind_bandwidth_gbs"] = {k: v / factor for k, v in a["kind_bandwidth_gbs"].items()}
+    rows = {}
+    for key, row in profile.rows.items():
+        latency = row.get("latency_int8_ms")
+        if latency is None:
+            op, shape = parse_key(key)
+            if ratios:
+                latency = row["latency_ms"] * ratios.get(op.kind, ratios["*"])
+            else:
+                macs, _, _, weight_read, act_bytes = op_counts(op, shape)
+                kind, moved = efficiency_key(op), weight_read + act_bytes
+                as_float = analytic_latency_ms(a, kind, macs, moved)
+                latency = row["latency_ms"] * analytic_latency_ms(a8, kind, macs, moved) / as_float
+        rows[key] = dict(row, latency_ms=float(latency))
+    overhead = profile.invoke_overhead_int8_ms
+    return replace(
+        profile,
+        name=f"{profile.name} (int8)",
+        rows=rows,
+        analytic=a8,
+        invoke_overhead_ms=profile.invoke_overhead_ms if overhead is None else overhead,
     )
-    return float(cost.latency_ms * as_int8 / as_float)
+
+
+def int8_latency_ms(profile: DeviceProfile, op: Op, in_shape: Shape) -> float | None:
+    """Latency of ``op`` run with int8 kernels (:func:`int8_view`); ``None`` without int8 data."""
+    view = profile.int8_table
+    return None if view is None else price_op(view, replace(op, bits=32), in_shape).latency_ms
 
 
 def price_ops_int8(
     profile: DeviceProfile, ops: Sequence[Op], input_shape: Sequence[int]
 ) -> float | None:
-    """Latency of a whole sequential model run in int8 (``None``: no int8 rows or column)."""
-    shapes = walk_shapes(ops, input_shape)
-    each = [int8_latency_ms(profile, op, s) for op, s in zip(ops, shapes, strict=False)]
-    if any(v is None for v in each):
+    """Latency of a whole sequential model run as ``model_int8.tflite`` (``None``: the table
+    has no int8 data)."""
+    view = profile.int8_table
+    if view is None:
         return None
-    overhead = profile.invoke_overhead_int8_ms
-    return (profile.invoke_overhead_ms if overhead is None else overhead) + sum(each)
+    return price_ops(view, [replace(op, bits=32) for op in ops], input_shape).latency_ms
 
 
 @dataclass(frozen=True)

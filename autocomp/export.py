@@ -348,10 +348,12 @@ def export_function(
     num_threads: int = 1,
     calibration_examples: int = 200,
     progress: Callable[[str], None] | None = None,
+    metrics: dict | None = None,
 ) -> dict:
     """Convert any model function ``fn(x) -> logits`` (a user's compressed model) to float32
     and int8 TFLite files in ``out_dir``, verified in the LiteRT interpreter on the test split
-    against its JAX test logits ``reference``; writes and returns ``verify.json``."""
+    against its JAX test logits ``reference``; writes and returns ``verify.json`` (with the
+    run's ``metrics``, the table's int8 prediction beside the int8 file's host latency)."""
     shape = data.x_test.shape[1:]
     if progress is not None:
         progress("converting to TFLite (float32" + (" and int8)" if int8 else ")"))
@@ -366,6 +368,8 @@ def export_function(
     n = len(reference)
     report = verify_logits(reference, files, data.x_test[:n], data.y_test[:n], num_threads,
                            progress)  # fmt: skip
+    if metrics is not None and "int8" in report:
+        report["int8"]["table_latency_ms"] = table_int8_latency(metrics)
     atomic_write_json(out_dir / "verify.json", report)
     return report
 
@@ -390,7 +394,7 @@ def export_custom_run(
     reference = restored.logits(x_test)
     fn = restored.compressed.export_fn(restored.params)
     report = export_function(fn, reference, data, run_dir / "export", True, num_threads,
-                             calibration_examples, progress)  # fmt: skip
+                             calibration_examples, progress, restored.metrics)  # fmt: skip
     write_model_card(run_dir, restored.plan, restored.metrics, report, restored.record)
     return report
 

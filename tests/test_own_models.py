@@ -465,7 +465,7 @@ def test_cli_compresses_a_user_model_from_its_orbax_checkpoint(trained_small_res
                 "logger=none",
                 "agent.episodes=64",
                 "finetune.epochs=1",
-                "device=analytic_cortex_a76",
+                "device=pixel4_a76",  # the default phone table, with its int8 column
                 "env.techniques=[keep,filter,svd]",
                 "env.ratios=[0,0.5]",
                 "reward.max_latency_frac=0.7",
@@ -485,6 +485,11 @@ def test_cli_compresses_a_user_model_from_its_orbax_checkpoint(trained_small_res
     assert export_main([f"run={run_dir}", "test_examples=300"]) == 0
     report = json.loads((run_dir / "export" / "verify.json").read_text())
     assert report["tflite_top1_agreement"] >= 0.999 and report["examples"] == 300
+    # the table's int8 prediction for the user's model, next to the int8 file's host latency
+    predicted = report["int8"]["table_latency_ms"]["predicted_ms"]
+    assert predicted == metrics["compressed"]["latency_int8_ms"]
+    assert 0 < predicted < metrics["compressed"]["latency_ms"]
+    assert metrics["base"]["latency_int8_ms"] < metrics["base"]["latency_ms"]
     card = (run_dir / "export" / "MODEL_CARD.md").read_text()
     assert "[8, 8, 1]" in card and f"{metrics['compressed']['params']:,}" in card
     # a checkpoint of another model is refused with the leaf that does not fit
