@@ -162,34 +162,13 @@ def bench_survey(overrides: list[str]) -> None:
         print(f"{kind}: {path}")
 
 
-def random_plans(space, n: int, seed: int = 0) -> list[np.ndarray]:
-    """``n`` distinct plans, each layer's (technique, ratio bin) uniform over its allowed ones."""
-    rng = np.random.default_rng(seed)
-    choices = [np.argwhere(space.allowed[l]) for l in range(len(space.layers))]
-    total = int(np.prod([len(c) for c in choices], dtype=np.float64).clip(max=1e9))
-    plans, seen = [], set()
-    while len(plans) < min(n, total):
-        plan = np.stack([c[rng.integers(len(c))] for c in choices]).astype(np.int32)
-        if plan.tobytes() not in seen:
-            seen.add(plan.tobytes())
-            plans.append(plan)
-    return plans
-
-
 def bench_costs(argv: list[str]) -> dict:
     """Whole-model TFLite latency of random plans on this host against the table's prediction."""
     from rich.progress import Progress
     from scipy.stats import spearmanr
 
-    from autocomp.config import DistillConfig
-    from autocomp.costs import format_shares, load_profile, price_ops
-    from autocomp.export import to_tflite
-    from autocomp.layers import compressible_layers
-    from autocomp.models import base_ops, init_params
-    from autocomp.plan import materialize, plan_from_indices, prepare_aux
-    from autocomp.profiling import time_tflite
-    from autocomp.search_space import build_search_space
-    from autocomp.techniques import PrepareContext, make_techniques
+    from autocomp.costs import format_shares, load_profile
+    from autocomp.devices.plan_timing import time_plans
 
     opts = {a.split("=", 1)[0]: a.split("=", 1)[1] for a in argv if a.split("=")[0] in
             ("plans", "threads", "seed")}  # fmt: skip
@@ -199,52 +178,13 @@ def bench_costs(argv: list[str]) -> dict:
     config = compose_config(overrides)
     profile = load_profile(config.device.profile)
     n_plans, threads = int(opts.get("plans", 50)), int(opts.get("threads", 1))
-    techniques = make_techniques(config.env.techniques)
-    ratios = tuple(config.env.ratios)
-    # Latency does not depend on the weights: random ones, replacements without distillation.
-    ctx = PrepareContext(ratios, distill=DistillConfig(steps=0, examples=64))
-    if config.model._target_:  # a user's model, every op between its layers priced
-        from autocomp.custom import compressed_model, random_network
-        from autocomp.export import function_to_tflite
-        from autocomp.search_space import plan_cost
-
-        net, data = random_network(config)
-        shape, layers = tuple(data.x_train.shape[1:]), net.layers
-        space = build_search_space((), layers, techniques, ratios, profile, shape,
-                                   net.graph_priced(), net.num_groups)  # fmt: skip
-        sources = Counter(space.cost_sources)
-        aux = prepare_aux(layers, net.base_params(), techniques, ctx, net, data.x_train[:64])
-
-        def deployed(plan, indices):
-            cmp = compressed_model(net, aux, techniques, plan)
-            content = function_to_tflite(cmp.export_fn(cmp.params), shape)
-            return content, float(plan_cost(space, indices)[0])
-    else:
-        ops = base_ops(config.model)
-        shape = tuple(config.model.input_shape)
-        layers = compressible_layers(ops, shape)
-        space = build_search_space(ops, layers, techniques, ratios, profile, shape)
-        params = init_params(ops, shape, jax.random.key(0))
-        x = np.random.default_rng(0).random((64, *shape), np.float32)
-        aux = prepare_aux(layers, params, techniques, ctx, ops, x)
-        sources = Counter()
-
-        def deployed(plan, indices):
-            new_ops, new_params, _ = materialize(ops, layers, params, aux, techniques, plan)
-            cost = price_ops(profile, new_ops, shape)
-            sources.update(cost.sources)
-            return to_tflite(new_ops, new_params, shape), cost.latency_ms
-
-    measured, predicted, names = [], [], []
     with Progress() as bar:
         task = bar.add_task("plans: materialize, convert, time", total=n_plans)
-        for indices in random_plans(space, n_plans, int(opts.get("seed", 0))):
-            plan = plan_from_indices(config.model.name, layers, techniques, ratios, indices)
-            content, latency = deployed(plan, indices)
-            measured.append(time_tflite(content, threads).median_ms)
-            names.append(" ".join(f"{c.technique}:{c.ratio:g}" for c in plan.layers))
-            predicted.append(latency)
-            bar.advance(task)
+        timed, sources = time_plans(config, profile, n_plans, int(opts.get("seed", 0)), threads,
+                                    lambda: bar.advance(task))  # fmt: skip
+    measured = [t.measured_ms for t in timed]
+    predicted = [t.predicted_ms for t in timed]
+    names = [t.name for t in timed]
     m, p = np.asarray(measured), np.asarray(predicted)
     ape = np.abs(p - m) / m
     worst = np.argsort(-ape)[:3]
@@ -256,6 +196,7 @@ def bench_costs(argv: list[str]) -> dict:
             for i in worst
         ),
         "lookup sources": format_shares(dict(sources)),
+        "per-op correction": f"{1e3 * profile.per_op_correction_ms:.2f} us",
         "plans": len(m),
         "measured ms (median of plans)": float(np.median(m)),
         "within 10%": f"{100 * np.mean(ape <= 0.10):.0f}% of plans",

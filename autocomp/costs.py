@@ -28,6 +28,8 @@ Schema (``schema_version`` 2)::
      "sources": [str, ...],
      "validation": [{"model", "measured_ms", "predicted_ms"}, ...],   # optional
      "invoke_overhead_int8_ms": float,   # optional: the same for an int8 model
+     "per_op_correction_ms": float,      # optional: taken off every op priced from the rows
+     "correction": {"method", "fits": [...]},  # how it was fitted
      "rows": [{"key": str, "latency_ms": float, "latency_spread_ms": float,
                "energy_mj": float | null, "repeats": int,
                "latency_int8_ms": float}, ...]}  # optional: the op in an int8 model
@@ -96,6 +98,8 @@ class DeviceProfile:
     rows: dict[str, dict]
     invoke_overhead_ms: float = 0.0
     invoke_overhead_int8_ms: float | None = None
+    per_op_correction_ms: float = 0.0
+    correction: dict | None = None
     sources: tuple[str, ...] = field(default=())
     validation: tuple[dict, ...] = field(default=())
     provenance: dict | None = None
@@ -313,6 +317,8 @@ def profile_from_data(data: object, path: Path | str) -> DeviceProfile:
         rows={row["key"]: row for row in data.get("rows", [])},
         invoke_overhead_ms=float(data.get("invoke_overhead_ms", 0.0)),
         invoke_overhead_int8_ms=data.get("invoke_overhead_int8_ms"),
+        per_op_correction_ms=float(data.get("per_op_correction_ms", 0.0)),
+        correction=data.get("correction"),
         sources=tuple(data.get("sources", ())),
         validation=tuple(data.get("validation", ())),
         provenance=data.get("provenance"),
@@ -392,9 +398,10 @@ def validate_table(data: object, path: Path | str) -> None:
         isinstance(v, int | float) and v > 0 for v in kind_bandwidth.values()
     ):
         fail("analytic.kind_bandwidth_gbs must map op kinds to positive numbers")
-    overhead = data.get("invoke_overhead_ms", 0.0)
-    if not isinstance(overhead, int | float) or overhead < 0:
-        fail("invoke_overhead_ms must be a non-negative number")
+    for key in ("invoke_overhead_ms", "per_op_correction_ms"):
+        value = data.get(key, 0.0)
+        if not isinstance(value, int | float) or value < 0:
+            fail(f"{key} must be a non-negative number")
     seen = set()
     for i, row in enumerate(data.get("rows", [])):
         if not isinstance(row, dict) or not isinstance(row.get("key"), str):
@@ -573,10 +580,12 @@ def price_op(profile: DeviceProfile, op: Op, in_shape: Shape) -> OpCost:
     energy_mj = (energy_pj + act_bytes * a["pj_per_sram_byte"]) * 1e-9
     float_op = replace(op, bits=32)
     row = profile.rows.get(op_key(float_op, in_shape))
+    correction = profile.per_op_correction_ms  # see autocomp.devices.plan_timing
     if row is not None:
         energy = row.get("energy_mj")
         energy_mj = float(energy) if energy is not None else energy_mj
-        return OpCost(float(row["latency_ms"]), energy_mj, macs, params, storage, "table")
+        latency = max(0.0, float(row["latency_ms"]) - correction)
+        return OpCost(latency, energy_mj, macs, params, storage, "table")
     # Bytes the float op moves: only the weights' share depends on ``bits``.
     moved = act_bytes + (weight_read if op.bits >= 32 else op_counts(float_op, in_shape)[3])
     latency = _interpolate(profile, float_op, in_shape)
@@ -585,6 +594,8 @@ def price_op(profile: DeviceProfile, op: Op, in_shape: Shape) -> OpCost:
         fit = profile._roofline.get(op.kind, profile._roofline.get("*"))
         if fit is not None:
             latency, source = float(fit @ np.array([1.0, macs, moved])), "roofline"
+    if latency is not None:  # from the rows: the same correction as an exact row
+        latency = max(0.0, latency - correction)
     if latency is None:
         latency = analytic_latency_ms(a, efficiency_key(op), macs, moved)
         source = "calibrated" if profile.calibration is not None else "analytic"

@@ -38,6 +38,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 PROFILE_KEYS = {
     "device",
     "serial",
@@ -53,6 +55,7 @@ PROFILE_KEYS = {
     "source",
     "tables",
     "int8",
+    "calibration_plans",
 }
 USAGE = __doc__.split("\n\n")[1]
 
@@ -165,6 +168,7 @@ def run_profile(opts: dict[str, str], overrides: list[str], console=None) -> Pat
     rows: dict[str, dict] = {}
     validation: list[dict] = []
     kept8 = None  # an existing table's int8 call overhead
+    existing_fits: list[dict] = []  # per-op corrections fitted for other experiments
     if out.is_file():
         try:
             existing = load_profile(str(out))
@@ -178,6 +182,7 @@ def run_profile(opts: dict[str, str], overrides: list[str], console=None) -> Pat
         rows.update(existing.rows)
         validation = list(existing.validation)
         kept8 = existing.invoke_overhead_int8_ms
+        existing_fits = list(existing.correction.get("fits", [])) if existing.correction else []
     resumed = load_partial(out)
     rows.update(resumed)
     int8 = opts.get("int8", "true").lower() != "false"  # int8 rows, as model_int8.tflite runs
@@ -324,6 +329,9 @@ def run_profile(opts: dict[str, str], overrides: list[str], console=None) -> Pat
     }
     if device == "android":  # a phone table says where its numbers come from
         table["provenance"] = _own_provenance(opts, runtime, threads, out)
+    plans = int(opts.get("calibration_plans", 20 if device == "host" else 0))
+    if plans and not config.model._target_:
+        _fit_correction(table, existing_fits, config, plans, threads, out, console)
     predicted = float(predict(profile_from_data(table, out)))
     whole = measure(whole_model())
     record = {
@@ -344,6 +352,31 @@ def run_profile(opts: dict[str, str], overrides: list[str], console=None) -> Pat
         f"({len(rows)} rows)"
     )
     return out
+
+
+def _fit_correction(table, fits, config, plans, threads, out, console) -> None:
+    """Time ``plans`` whole random plans (seed 1; ``bench costs`` checks on seed 0) and fit the
+    per-op correction (:mod:`autocomp.devices.plan_timing`); the table keeps one fit per
+    experiment and uses their mean."""
+    from autocomp.costs import profile_from_data
+    from autocomp.devices.plan_timing import fit_per_op_correction, time_plans
+
+    start = time.perf_counter()
+    timed, _ = time_plans(config, profile_from_data(table, out), plans, seed=1, threads=threads)
+    value = fit_per_op_correction(timed)
+    fits = [f for f in fits if f["experiment"] != config.name]
+    fits.append({"experiment": config.name, "plans": len(timed), "seed": 1,
+                 "per_op_correction_ms": value})  # fmt: skip
+    table["per_op_correction_ms"] = float(np.mean([f["per_op_correction_ms"] for f in fits]))
+    table["correction"] = {
+        "method": "an op inside a whole model costs less than its one-op model minus the call "
+        "overhead: the mean of per-experiment fits of one per-op amount, least squares on the "
+        "relative error of whole random plans timed here, subtracted from every op priced "
+        "from the rows",
+        "fits": fits,
+    }
+    console.print(f"per-op correction: {value * 1e3:.2f} us, fitted on {len(timed)} whole plans "
+                  f"({time.perf_counter() - start:.0f} s)")  # fmt: skip
 
 
 def _own_provenance(opts: dict[str, str], runtime: str, threads: int, out: Path) -> dict:

@@ -343,3 +343,25 @@ def test_bench_costs_times_random_plans_against_the_table(capsys):
         "analytic 100.0%" in out
     )
     assert out.strip().splitlines()[-1].startswith("MAPE=") and "plans=3" in out
+
+
+def test_the_per_op_correction_is_fitted_on_whole_plans_and_taken_off_row_prices(tmp_path):
+    from autocomp.devices.plan_timing import TimedPlan, fit_per_op_correction
+
+    # whole plans that run 2 us per row-priced op faster than their rows add up to
+    truth = 0.002
+    timed = [
+        TimedPlan(f"p{n}", 0.01 * n + 0.05, 0.01 * n + 0.05 + truth * n, n) for n in (2, 4, 7, 9)
+    ]
+    assert fit_per_op_correction(timed) == pytest.approx(truth)
+    assert fit_per_op_correction([TimedPlan("user", 1.0, 1.2, None)]) == 0.0  # nothing counted
+    conv = Op("conv", "c", 8, 3)
+    path = _measured_table(tmp_path, {op_key(conv, (8, 8, 4)): 0.05})
+    table = json.loads(path.read_text())
+    table["per_op_correction_ms"] = truth
+    path.write_text(json.dumps(table))
+    assert price_op(load_profile(str(path)), conv, (8, 8, 4)).latency_ms == pytest.approx(0.048)
+    table["per_op_correction_ms"] = -1.0
+    path.write_text(json.dumps(table))
+    with pytest.raises(CostTableError, match="per_op_correction_ms must be a non-negative"):
+        load_profile(str(path))
