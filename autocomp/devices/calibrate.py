@@ -328,13 +328,19 @@ def phone_table(root, name: str) -> dict:
     return table
 
 
+def block_predictions(profile, blocks: Sequence[Block]) -> list[float]:
+    """Each block's latency through ``profile``: the sum of its ops."""
+    from autocomp.costs import price_op
+
+    return [sum(price_op(profile, op, s).latency_ms for op, s in b.ops) for b in blocks]
+
+
 def block_errors(table: dict, blocks: Sequence[Block], phone: str) -> dict:
     """Error of a table (its parsed JSON) on blocks measured on ``phone``."""
-    from autocomp.costs import price_op, profile_from_data
+    from autocomp.costs import profile_from_data
 
     profile = profile_from_data(table, f"<{table['device']['name']}>")
-    predicted = [sum(price_op(profile, op, s).latency_ms for op, s in b.ops) for b in blocks]
-    return errors(predicted, [b.latency_ms[phone] for b in blocks])
+    return errors(block_predictions(profile, blocks), [b.latency_ms[phone] for b in blocks])
 
 
 def build_tables(root, names: Sequence[str] = TABLES) -> dict[str, dict]:

@@ -17,15 +17,17 @@ from pathlib import Path
 import numpy as np
 
 from autocomp.costs import load_profile, price_op, profile_from_data
-from autocomp.devices.calibrate import PHONE_TABLES, errors, pixel1_table, split_blocks
+from autocomp.devices.calibrate import (
+    PHONE_TABLES,
+    block_predictions,
+    errors,
+    pixel1_table,
+    split_blocks,
+)
 from autocomp.devices.published import Block, network_totals, nnmeter_blocks, pixel1_timings
 
 PROXYLESS = "proxylessnas_mobile"
 ANALYTIC_BASE = {"pixel4_a76": "analytic_cortex_a76", "pixel6_tensor": "analytic_cortex_x1"}
-
-
-def _block_predictions(profile, blocks: Sequence[Block]) -> list[float]:
-    return [sum(price_op(profile, op, s).latency_ms for op, s in b.ops) for b in blocks]
 
 
 def pixel1_leave_one_out(root) -> dict:
@@ -62,13 +64,14 @@ def pixel1_leave_one_out(root) -> dict:
     }
 
 
-def calibrated_heldout(root, name: str) -> dict:
-    """The shipped calibrated table ``name`` (and its analytic base) on the held-out blocks."""
+def calibrated_heldout(blocks: Sequence[Block], name: str) -> dict:
+    """The shipped calibrated table ``name`` (and its analytic base) on the held-out share of
+    nn-Meter's ``blocks``."""
     spec = PHONE_TABLES[name]
-    train, held = split_blocks(nnmeter_blocks(root))
+    train, held = split_blocks(blocks)
     profile = load_profile(name)
     measured = [b.latency_ms[spec["phone"]] for b in held]
-    predicted = _block_predictions(profile, held)
+    predicted = block_predictions(profile, held)
     out = {
         "table": name,
         "heldout": f"nn-Meter blocks of the {spec['title']}, every 5th held out",
@@ -77,19 +80,18 @@ def calibrated_heldout(root, name: str) -> dict:
     }
     base = ANALYTIC_BASE.get(name)
     if base:
-        uncalibrated = _block_predictions(load_profile(base), held)
+        uncalibrated = block_predictions(load_profile(base), held)
         out["uncalibrated"] = {"table": base, **errors(uncalibrated, measured)}
     if (profile.calibration or {}).get("train_n") != len(train):
         out["note"] = f"{name} was not fitted on this split (train_n): rebuild it"
     return out
 
 
-def pixel1_on_blocks(root) -> dict:
+def pixel1_on_blocks(blocks: Sequence[Block]) -> dict:
     """The shipped Pixel 1 table on nn-Meter's Pixel 1 blocks: the same phone, another
     runtime version and profiler (information, not a target)."""
-    blocks = nnmeter_blocks(root)
     measured = [b.latency_ms["pixel1"] for b in blocks]
-    predicted = _block_predictions(load_profile("pixel1_tflite"), blocks)
+    predicted = block_predictions(load_profile("pixel1_tflite"), blocks)
     return {"table": "pixel1_tflite", "heldout": "nn-Meter's Pixel 1 blocks (all)",
             **errors(predicted, measured)}  # fmt: skip
 
@@ -98,8 +100,9 @@ def bench_phones(root) -> list[dict]:
     """Held-out fidelity of every shipped phone table (the Pixel 1 one with, as ``blocks``,
     its error on nn-Meter's Pixel 1 blocks)."""
     root = Path(root)
-    pixel1 = dict(pixel1_leave_one_out(root), blocks=pixel1_on_blocks(root))
-    return [pixel1, *(calibrated_heldout(root, n) for n in PHONE_TABLES)]
+    blocks = nnmeter_blocks(root)  # read once for every table
+    pixel1 = dict(pixel1_leave_one_out(root), blocks=pixel1_on_blocks(blocks))
+    return [pixel1, *(calibrated_heldout(blocks, n) for n in PHONE_TABLES)]
 
 
 def plot_phones(results: Sequence[dict], path: Path) -> Path:
