@@ -5,7 +5,7 @@ evaluation, plan evaluations per second (random masked plans through the environ
 agent updates), and how many compilations happened after the first plan (target: zero).
 
 ``python -m autocomp.bench survey [experiment=digits] [survey.*=...]``: the survey's comparison
-table, every technique alone (see :mod:`autocomp.survey`).
+table, every technique alone (see :mod:`autocomp.survey.builtin`).
 
 ``python -m autocomp.bench costs [experiment=digits] [plans=50] [threads=1] [device=host]``: how
 well the device table predicts real latency: random plans of the search space are materialized,
@@ -13,7 +13,7 @@ converted to TFLite and timed whole in the LiteRT interpreter on this host, agai
 prediction. Ends with ``MAPE=<percent> spearman=<rho> plans=<n>``.
 
 ``python -m autocomp.bench convs [batch=64]``: forward+backward time of depthwise and grouped
-convs (VGG-sized CIFAR-10 shapes) as XLA:CPU trains them (:func:`autocomp.models.conv_nhwc`)
+convs (VGG-sized CIFAR-10 shapes) as XLA:CPU trains them (:func:`autocomp.models.ops.conv_nhwc`)
 against the one grouped ``lax`` conv the export lowers them to.
 """
 
@@ -46,17 +46,6 @@ class CompileCounter:
         return self.events["compiles"]
 
 
-def compose_config(overrides: list[str]):
-    """The root config of `experiments/` with Hydra overrides (no run directory, no logger)."""
-    from hydra import compose, initialize
-
-    from autocomp.train import register, to_config
-
-    register()
-    with initialize(version_base="1.3", config_path="../experiments"):
-        return to_config(compose("config", overrides=["logger=none", *overrides]))
-
-
 def _random_plans(env, params, batch: int):
     """A jitted rollout of uniformly random *allowed* actions: one batch of plans per call."""
 
@@ -79,16 +68,17 @@ def _random_plans(env, params, batch: int):
 
 
 def bench_search(overrides: list[str], batches: int = 20) -> dict[str, float]:
-    from autocomp.pipeline import prepare
-    from autocomp.train import AGENTS, build_env
+    from agents import AGENTS
+    from autocomp.run import build_env, compose
+    from autocomp.workflow.pipeline import prepare
 
     counter = CompileCounter()
-    config = compose_config(overrides)
+    config = compose(overrides)
     if config.model._target_:  # a user's model (random weights: speed, not accuracy)
         from autocomp.config import DistillConfig
-        from autocomp.custom import random_network, search_setup
-        from autocomp.pipeline import validate
         from autocomp.techniques import PrepareContext
+        from autocomp.workflow.custom import random_network, search_setup
+        from autocomp.workflow.pipeline import validate
         from envs.compression import CompressionEnv
 
         net, data = random_network(config)
@@ -113,7 +103,7 @@ def bench_search(overrides: list[str], batches: int = 20) -> dict[str, float]:
     eval_s = time.perf_counter() - start
     recompiles_eval = counter.compiles - before
 
-    train = AGENTS[config.agent.name][1](config.agent, env, params)
+    train = AGENTS[config.agent.name].make_train(config.agent, env, params)
     state = train.init(jax.random.key(0))
     start = time.perf_counter()
     state, _ = jax.block_until_ready(train.run_chunk(state))
@@ -144,13 +134,14 @@ def bench_survey(overrides: list[str]) -> None:
     import logging
 
     from autocomp.config import ConfigError
-    from autocomp.survey import run_survey, write_survey
+    from autocomp.run import compose
+    from autocomp.survey.builtin import run_survey, write_survey
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     for noisy in ("jax._src.xla_bridge", "absl", "tensorflow"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
-        config = compose_config(overrides)
+        config = compose(overrides)
         rows = run_survey(config)
     except ConfigError as err:
         print(f"ConfigError: {err}")
@@ -167,15 +158,16 @@ def bench_costs(argv: list[str]) -> dict:
     from rich.progress import Progress
     from scipy.stats import spearmanr
 
-    from autocomp.costs import format_shares, load_profile
+    from autocomp.devices.costs import format_shares, load_profile
     from autocomp.devices.plan_timing import time_plans
+    from autocomp.run import compose
 
     opts = {a.split("=", 1)[0]: a.split("=", 1)[1] for a in argv if a.split("=")[0] in
             ("plans", "threads", "seed")}  # fmt: skip
     overrides = [a for a in argv if a.split("=")[0] not in opts]
     if not any(a.startswith("device=") or a.startswith("device.") for a in overrides):
         overrides.append("device=host")
-    config = compose_config(overrides)
+    config = compose(overrides)
     profile = load_profile(config.device.profile)
     n_plans, threads = int(opts.get("plans", 50)), int(opts.get("threads", 1))
     with Progress() as bar:
@@ -219,7 +211,7 @@ CONV_CASES = (  # (name, (H, W, C), kernel, stride, groups): depthwise and group
 def bench_convs(argv: list[str]) -> list[dict]:
     """Milliseconds per jitted forward+backward pass (input and kernel gradients) of each case,
     both lowerings (best of 3)."""
-    from autocomp.models import conv_nhwc, export_lowering
+    from autocomp.models.ops import conv_nhwc, export_lowering
 
     args = dict(a.split("=", 1) for a in argv)
     batch = int(args.get("batch", 64))

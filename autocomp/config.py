@@ -117,8 +117,8 @@ class DataConfig:
 
     Attributes:
         source: ``digits`` (scikit-learn's bundled 8x8 digits, no network needed), ``local``
-            (``.npz`` files on disk, see ``autocomp/data_local.py``) or ``tfds``
-            (tensorflow-datasets, see ``autocomp/data_tfds.py``).
+            (``.npz`` files on disk, see ``autocomp/data/local.py``) or ``tfds``
+            (tensorflow-datasets, see ``autocomp/data/tfds.py``).
         name: the data set's name (for a folder of split files, their prefix; for tfds, the
             TFDS name such as ``mnist``, ``cifar10``, ``imagenet2012``).
         path: file or folder for file-based sources.

@@ -82,7 +82,7 @@ def parse_args(argv: list[str]) -> tuple[dict[str, str], list[str]]:
 
 def _analytic_section(platform: str) -> tuple[dict, list[str]]:
     """The energy estimate's constants (and the roofline of last resort) of a measured table."""
-    from autocomp.costs import load_profile
+    from autocomp.devices.costs import load_profile
 
     a76 = load_profile("analytic_cortex_a76")
     energy = next(s for s in a76.sources if s.startswith("Energy per op"))
@@ -97,8 +97,7 @@ def run_profile(opts: dict[str, str], overrides: list[str], console=None) -> Pat
     from rich.console import Console
     from rich.progress import MofNCompleteColumn, Progress, TimeRemainingColumn
 
-    from autocomp.bench import compose_config
-    from autocomp.costs import (
+    from autocomp.devices.costs import (
         SCHEMA_VERSION,
         CostTableError,
         host_id,
@@ -107,11 +106,7 @@ def run_profile(opts: dict[str, str], overrides: list[str], console=None) -> Pat
         profile_from_data,
         user_tables_dir,
     )
-    from autocomp.export import to_tflite
-    from autocomp.io import atomic_write_json
-    from autocomp.layers import compressible_layers
-    from autocomp.models import base_ops, init_params
-    from autocomp.profiling import (
+    from autocomp.devices.profiling import (
         AndroidRunner,
         append_partial,
         host_energy_counters,
@@ -124,10 +119,15 @@ def run_profile(opts: dict[str, str], overrides: list[str], console=None) -> Pat
         search_configs,
         time_tflite,
     )
+    from autocomp.export import to_tflite
+    from autocomp.io import atomic_write_json
+    from autocomp.models.layers import compressible_layers
+    from autocomp.models.ops import base_ops, init_params
+    from autocomp.run import compose
     from autocomp.techniques import make_techniques
 
     console = console or Console(stderr=True)
-    config = compose_config(overrides)
+    config = compose(overrides)
     device = opts["device"]
     threads = int(opts.get("threads", 1))
     rounds = int(opts.get("rounds", 21))
@@ -137,9 +137,9 @@ def run_profile(opts: dict[str, str], overrides: list[str], console=None) -> Pat
 
     techniques = make_techniques(config.env.techniques)
     if config.model._target_:  # a user's model: its layers and every op between them
-        from autocomp.custom import random_network
         from autocomp.export import function_to_tflite
-        from autocomp.search_space import build_search_space
+        from autocomp.search.space import build_search_space
+        from autocomp.workflow.custom import random_network
 
         net, data = random_network(config)
         input_shape = tuple(data.x_train.shape[1:])
@@ -358,7 +358,7 @@ def _fit_correction(table, fits, config, plans, threads, out, console) -> None:
     """Time ``plans`` whole random plans (seed 1; ``bench costs`` checks on seed 0) and fit the
     per-op correction (:mod:`autocomp.devices.plan_timing`); the table keeps one fit per
     experiment and uses their mean."""
-    from autocomp.costs import profile_from_data
+    from autocomp.devices.costs import profile_from_data
     from autocomp.devices.plan_timing import fit_per_op_correction, time_plans
 
     start = time.perf_counter()
@@ -398,7 +398,7 @@ def _cpu_description() -> str:
     import os
     import platform
 
-    from autocomp.costs import cpu_model
+    from autocomp.devices.costs import cpu_model
 
     return f"{cpu_model()} ({platform.machine()}), {os.cpu_count() or 1} logical CPUs"
 
@@ -409,8 +409,8 @@ def build_published(opts: dict[str, str], console=None) -> list[Path]:
 
     from rich.console import Console
 
-    from autocomp.costs import profile_from_data
     from autocomp.devices.calibrate import TABLES, build_tables
+    from autocomp.devices.costs import profile_from_data
     from autocomp.io import atomic_write_json
 
     console = console or Console(stderr=True)
@@ -447,10 +447,10 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         return 0
     from autocomp.config import ConfigError
-    from autocomp.costs import CostTableError
     from autocomp.data import DataError
-    from autocomp.linen import ModelError
-    from autocomp.profiling import ProfileError
+    from autocomp.devices.costs import CostTableError
+    from autocomp.devices.profiling import ProfileError
+    from autocomp.models.linen import ModelError
     from autocomp.techniques import TechniqueError
 
     errors = (ConfigError, CostTableError, DataError, ModelError, ProfileError, TechniqueError)

@@ -10,11 +10,11 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int
 
-from autocomp.layers import as_network, layer_inputs
-from autocomp.models import apply_op
-from autocomp.reward import RewardParams, compute_reward
-from autocomp.search_space import SearchSpace, min_rest
-from autocomp.spaces import EnvSpec, Observation, StepInfo
+from autocomp.models.layers import as_network, layer_inputs
+from autocomp.models.ops import apply_op
+from autocomp.search.reward import RewardParams, compute_reward
+from autocomp.search.space import SearchSpace, min_rest
+from autocomp.search.spaces import EnvSpec, Observation, StepInfo
 from autocomp.techniques import Technique, layer_forward, layer_out_mask
 
 N_STATIC = 10
@@ -55,14 +55,14 @@ class EnvState(NamedTuple):
 class CompressionEnv:
     """Per-layer compression of a trained Flax model (built-in op tuple or a user's network).
 
-    - Observation (:class:`~autocomp.spaces.Observation`): ``features`` float32[obs_dim] =
+    - Observation (:class:`~autocomp.search.spaces.Observation`): ``features`` float32[obs_dim] =
       the layer's static descriptors [10] (index, kind, widths, kernel, stride, weights, MAC
       share, classifier flag), its sensitivity [T*R] (relative output error of every technique
       at every ratio on the layer's inputs: the compressor reads the weights, as DeepIoT's), the
       input-width bin one-hot [R], cost spent so far / base [3], cheapest rest / base [3],
       budget slack / base [3], previous action one-hots [T + R]; ``action_mask`` bool[T, R].
     - Action: int32[2] (technique index, ratio-bin index).
-    - Reward: 0 until the last layer, then :func:`autocomp.reward.compute_reward` of the plan
+    - Reward: 0 until the last layer, then :func:`autocomp.search.reward.compute_reward` of the plan
       (validation accuracy of the simulated plan; latency, energy, size from the cost table).
     - Termination: after ``L`` steps (one per compressible layer).
     - Budgets: an action is masked when even the cheapest completion of the plan would exceed

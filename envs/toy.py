@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from autocomp.spaces import EnvSpec, Observation, StepInfo
+from autocomp.search.spaces import EnvSpec, Observation, StepInfo
 
 
 class ToyParams(NamedTuple):

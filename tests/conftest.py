@@ -72,6 +72,6 @@ def tiny_config(cache_dir):
 
 @pytest.fixture(scope="session")
 def prepared(tiny_config):
-    from autocomp.pipeline import prepare
+    from autocomp.workflow.pipeline import prepare
 
     return prepare(tiny_config())

@@ -12,8 +12,8 @@ from hydra import compose, initialize
 from hydra.errors import ConfigCompositionException, MissingConfigException
 
 from autocomp.config import ConfigError
-from autocomp.costs import CostTableError, load_profile
-from autocomp.train import register, to_config
+from autocomp.devices.costs import CostTableError, load_profile
+from autocomp.run import register, to_config
 
 ROOT = Path(__file__).resolve().parents[1]
 # The bigger models' smoke runs (about 2-3 min each on 2 CPU cores) run with `make test-slow`;
@@ -50,7 +50,7 @@ def _compose(overrides):
 def test_experiment_composes_and_runs_a_few_steps(name, tmp_path, cache_dir):
     from omegaconf import OmegaConf
 
-    from autocomp.train import run
+    from autocomp.run import run
 
     # The big models run a few steps with a subset of the techniques (every technique runs on
     # the small ones here, and on its own in test_techniques): compiling 12 branches per layer
@@ -89,7 +89,7 @@ def _sweep_overrides(path: Path) -> list[list[str]]:
 def test_launch_files_compose_and_run(path, tmp_path, cache_dir):
     from omegaconf import OmegaConf
 
-    from autocomp.train import run
+    from autocomp.run import run
 
     spec = yaml.safe_load(path.read_text())
     assert "autocomp.train" in " ".join(map(str, spec["command"]))
@@ -127,7 +127,7 @@ def test_unknown_key_fails_at_compose():
 
 def test_missing_cost_table_fails_before_anything_is_written(tmp_path, tiny_config):
     from autocomp.config import DeviceConfig
-    from autocomp.train import run
+    from autocomp.run import run
 
     config = tiny_config(device=DeviceConfig("nope", str(tmp_path / "missing.json")))
     with pytest.raises(CostTableError, match="not found.*analytic_cortex_a76"):
@@ -164,8 +164,8 @@ def test_analytic_table_cannot_claim_to_be_measured(tmp_path):
 def test_exact_table_rows_win_over_the_analytic_model(tmp_path):
     import json
 
-    from autocomp.costs import op_key, price_op
-    from autocomp.models import Op
+    from autocomp.devices.costs import op_key, price_op
+    from autocomp.models.ops import Op
 
     shipped = json.loads(Path(load_profile("analytic_cortex_a76").path).read_text())
     op = Op("dense", "fc", 10)

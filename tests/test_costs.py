@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from autocomp.costs import (
+from autocomp.devices.costs import (
     CostTableError,
     format_shares,
     load_profile,
@@ -18,8 +18,7 @@ from autocomp.costs import (
     price_op,
     price_ops,
 )
-from autocomp.models import Op
-from autocomp.profiling import (
+from autocomp.devices.profiling import (
     AndroidRunner,
     ProfileError,
     append_partial,
@@ -31,6 +30,7 @@ from autocomp.profiling import (
     read_rapl_uj,
     search_configs,
 )
+from autocomp.models.ops import Op
 
 DATA = Path(__file__).parent / "data"
 
@@ -154,7 +154,7 @@ def test_every_shipped_table_loads_and_says_what_it_is():
 
 
 def test_host_and_auto_resolve_to_this_machines_table(tmp_path, monkeypatch):
-    from autocomp import costs
+    from autocomp.devices import costs
 
     monkeypatch.setattr(costs, "user_tables_dir", lambda: tmp_path)
     monkeypatch.setattr(costs, "host_id", lambda: "host-test-cpu")
@@ -245,12 +245,12 @@ def test_host_profile_measures_resumes_and_validates(tmp_path, monkeypatch):
     out = tmp_path / "host.json"
     overrides = ["experiment=digits", "env.techniques=[keep]", "env.ratios=[0.0]"]
     opts, rest = parse_args(["device=host", f"out={out}", "rounds=5", *overrides])
-    from autocomp.bench import compose_config
-    from autocomp.layers import compressible_layers
-    from autocomp.models import base_ops
+    from autocomp.models.layers import compressible_layers
+    from autocomp.models.ops import base_ops
+    from autocomp.run import compose
     from autocomp.techniques import make_techniques
 
-    config = compose_config(rest)
+    config = compose(rest)
     ops = base_ops(config.model)
     configs = search_configs(ops, compressible_layers(ops, (8, 8, 1)),
                              make_techniques(["keep"]), [0.0], (8, 8, 1))  # fmt: skip
@@ -278,14 +278,14 @@ def test_host_profile_measures_resumes_and_validates(tmp_path, monkeypatch):
     assert profile.describe().startswith(profile.name) and "measured on the host" in (
         profile.describe()
     )
-    from autocomp.costs import price_ops_int8
+    from autocomp.devices.costs import price_ops_int8
 
     assert price_ops_int8(profile, ops, (8, 8, 1)) > 0  # every op has its int8 row
     assert price_ops_int8(load_profile("host_amd_epyc_f25m1"), ops, (8, 8, 1)) is None
 
 
 def test_host_profile_with_one_and_four_threads_writes_a_table_each(tmp_path, monkeypatch):
-    from autocomp import costs
+    from autocomp.devices import costs
     from autocomp.profile import main
 
     monkeypatch.setattr(costs, "user_tables_dir", lambda: tmp_path)

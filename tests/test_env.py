@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 
 from autocomp.config import LayerConfig, ModelConfig, RewardConfig
-from autocomp.costs import load_profile
-from autocomp.layers import compressible_layers
-from autocomp.models import base_ops, init_params
-from autocomp.plan import prepare_aux
-from autocomp.reward import make_reward_params
-from autocomp.search_space import CHANNELS, build_search_space, plan_cost
+from autocomp.devices.costs import load_profile
+from autocomp.models.layers import compressible_layers
+from autocomp.models.ops import base_ops, init_params
+from autocomp.search.plan import prepare_aux
+from autocomp.search.reward import make_reward_params
+from autocomp.search.space import CHANNELS, build_search_space, plan_cost
 from autocomp.techniques import make_techniques
 from envs.compression import CompressionEnv, EnvState
 
@@ -29,7 +29,7 @@ def _random_actions(key, mask_shape, n):
 
 @pytest.fixture(scope="module")
 def env_and_params(prepared):
-    from autocomp.train import build_env
+    from autocomp.run import build_env
 
     return build_env(prepared)
 
@@ -166,7 +166,7 @@ def test_reward_equals_hand_computation():
 
 def test_costs_of_plan_match_materialized_model(prepared, env_and_params):
     """The table's cost of a plan equals the priced ops of its materialized model."""
-    from autocomp.pipeline import compress
+    from autocomp.workflow.pipeline import compress
 
     env, params = env_and_params
     names = [t.name for t in prepared.techniques]
@@ -180,7 +180,7 @@ def test_costs_of_plan_match_materialized_model(prepared, env_and_params):
         np.int32,
     )
     comp = compress(prepared, plan, lambda x: env.logits(jnp.asarray(plan), params, x))
-    from autocomp.pipeline import model_metrics
+    from autocomp.workflow.pipeline import model_metrics
 
     metrics = model_metrics(prepared, comp.ops, comp.params, 0.0)
     table = dict(zip(CHANNELS, plan_cost(prepared.space, plan), strict=False))

@@ -10,8 +10,8 @@ import pytest
 
 from autocomp.config import LayerConfig, ModelConfig
 from autocomp.export import ExportError, TfliteModel, main, tflite_op_names, to_tflite
-from autocomp.models import base_ops, init_params
-from autocomp.plan import LayerChoice, Plan, PlanError, apply_plan
+from autocomp.models.ops import base_ops, init_params
+from autocomp.search.plan import LayerChoice, Plan, PlanError, apply_plan
 from autocomp.techniques import TechniqueError
 
 
@@ -33,7 +33,7 @@ def test_residual_depthwise_and_gap_models_convert_and_agree():
     ops = base_ops(ModelConfig("mix", [16, 16, 3], 5, layers))
     params = init_params(ops, (16, 16, 3), jax.random.key(0))
     x = np.random.default_rng(0).random((8, 16, 16, 3), np.float32)
-    from autocomp.training import predict
+    from autocomp.training.loop import predict
 
     reference = predict(ops, params, x)
     content = to_tflite(ops, params, (16, 16, 3))
@@ -46,7 +46,7 @@ def test_residual_depthwise_and_gap_models_convert_and_agree():
 
 
 def test_apply_plan_reproduces_the_materialized_model(prepared, tmp_path):
-    from autocomp.plan import materialize, plan_from_indices
+    from autocomp.search.plan import materialize, plan_from_indices
 
     p = prepared
     names = [t.name for t in p.techniques]
@@ -163,9 +163,9 @@ def test_every_technique_converts_to_tflite_and_agrees():
     from test_techniques import LAYERS, OPS, RATIOS, TECHS
 
     from autocomp.config import DistillConfig
-    from autocomp.plan import LayerChoice, Plan, materialize, prepare_aux
+    from autocomp.search.plan import LayerChoice, Plan, materialize, prepare_aux
     from autocomp.techniques import PrepareContext
-    from autocomp.training import predict
+    from autocomp.training.loop import predict
 
     params = init_params(OPS, (8, 8, 1), jax.random.key(1))
     x = np.random.default_rng(1).random((16, 8, 8, 1), np.float32)
@@ -198,8 +198,8 @@ def test_every_technique_converts_to_tflite_and_agrees():
 def test_apply_plan_redistills_replacements_with_training_images(prepared):
     """A plan with distilled replacements needs the training images, and then reproduces the
     search's layers."""
-    from autocomp.pipeline import prepare_context
-    from autocomp.plan import materialize
+    from autocomp.search.plan import materialize
+    from autocomp.workflow.pipeline import prepare_context
 
     p = prepared
     choices = {"conv1": ("dwsep", 0.75), "conv2": ("fire", 0.5), "fc1": ("gap", 0.0)}

@@ -11,8 +11,8 @@ import yaml
 
 from autocomp.config import LayerConfig, ModelConfig
 from autocomp.data import Dataset
-from autocomp.layers import compressible_layers
-from autocomp.models import (
+from autocomp.models.layers import compressible_layers
+from autocomp.models.ops import (
     SequentialNet,
     base_ops,
     fold_batchnorm,
@@ -20,7 +20,7 @@ from autocomp.models import (
     walk_shapes,
 )
 from autocomp.techniques import make_techniques
-from autocomp.training import augment_batch, fit
+from autocomp.training.loop import augment_batch, fit
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -132,7 +132,7 @@ def test_interrupted_training_resumes_where_it_stopped(tmp_path):
     assert epochs_run == [2]
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), resumed, full)
     ckpt.write_bytes(b"garbage")
-    from autocomp.training import CheckpointError
+    from autocomp.training.loop import CheckpointError
 
     with pytest.raises(CheckpointError, match="corrupt"):
         fit(train_ops, v["params"], data, checkpoint=ckpt, **kwargs)
@@ -154,7 +154,7 @@ def test_fast_grouped_and_depthwise_convs_equal_the_lax_conv(shape, kernel, stri
     lax conv's values and gradients; under export_lowering it is the grouped lax conv itself."""
     from jax import lax
 
-    from autocomp.models import conv_nhwc, export_lowering
+    from autocomp.models.ops import conv_nhwc, export_lowering
 
     rng = np.random.default_rng(0)
     x = rng.standard_normal((2, *shape)).astype(np.float32)
@@ -185,7 +185,7 @@ def test_conv_module_has_flax_conv_params():
     checkpoints written before it load unchanged."""
     import flax.linen as nn
 
-    from autocomp.models import Conv
+    from autocomp.models.ops import Conv
 
     x = np.zeros((1, 8, 8, 6), np.float32)
     ours = Conv(9, (3, 3), (2, 2), groups=3).init(jax.random.key(0), x)

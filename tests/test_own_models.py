@@ -15,12 +15,12 @@ import pytest
 from own_models import ShapeBranching, TinyMobileNetV2
 
 from autocomp.config import RewardConfig
-from autocomp.costs import load_profile
+from autocomp.devices.costs import load_profile
 from autocomp.export import TfliteModel, function_to_tflite
-from autocomp.linen import LinenNetwork, export_form, materialize
-from autocomp.plan import plan_from_indices, prepare_aux
-from autocomp.reward import make_reward_params
-from autocomp.search_space import CHANNELS, build_search_space, plan_cost
+from autocomp.models.linen import LinenNetwork, export_form, materialize
+from autocomp.search.plan import plan_from_indices, prepare_aux
+from autocomp.search.reward import make_reward_params
+from autocomp.search.space import CHANNELS, build_search_space, plan_cost
 from autocomp.techniques import make_techniques, technique_fits
 from envs.compression import CompressionEnv
 
@@ -254,7 +254,7 @@ def test_gap_replaces_a_dense_head_over_the_users_flatten():
     alike, with the down-sampling group pruned by half at the same time."""
     from own_models import SmallResNet
 
-    from autocomp.plan import PrepareContext
+    from autocomp.search.plan import PrepareContext
 
     model = SmallResNet()
     x = np.random.default_rng(0).normal(size=(64, 8, 8, 1)).astype(np.float32)
@@ -305,7 +305,7 @@ def test_profile_enumerates_the_ops_between_a_users_layers_at_every_width():
     """``python -m autocomp.profile`` on a user's model measures what its cost table prices:
     the layers' configurations and every op between them at each width its group can keep,
     each as a one-op TFLite model that runs."""
-    from autocomp.profiling import micro_model, search_configs
+    from autocomp.devices.profiling import micro_model, search_configs
 
     net, x = _mobilenet()
     techs = make_techniques(["keep", "filter"])
@@ -371,7 +371,7 @@ class _Branchy(nn.Module):
 
 
 def test_bad_models_get_one_clear_error():
-    from autocomp.linen import ModelError
+    from autocomp.models.linen import ModelError
 
     x = np.zeros((1, 4, 4, 1), np.float32)
     model = TinyMobileNetV2()
@@ -444,7 +444,7 @@ def test_cli_compresses_a_user_model_from_its_orbax_checkpoint(trained_small_res
     from hydra import compose, initialize
     from omegaconf import OmegaConf
 
-    from autocomp.train import register, run, to_config
+    from autocomp.run import register, run, to_config
 
     _, variables, _ = trained_small_resnet
     ckpt = tmp_path / "ckpt"
@@ -480,7 +480,7 @@ def test_cli_compresses_a_user_model_from_its_orbax_checkpoint(trained_small_res
     }
     assert (run_dir / "checkpoint" / "search.msgpack").is_file()  # a killed search resumes
     # python -m autocomp.export rebuilds the user's model from the run and exports it
-    from autocomp.export import main as export_main
+    from autocomp.export.__main__ import main as export_main
 
     assert export_main([f"run={run_dir}", "test_examples=300"]) == 0
     report = json.loads((run_dir / "export" / "verify.json").read_text())
@@ -495,8 +495,8 @@ def test_cli_compresses_a_user_model_from_its_orbax_checkpoint(trained_small_res
     # a checkpoint of another model is refused with the leaf that does not fit
     from own_models import TinyMobileNetV2
 
-    from autocomp.custom import load_checkpoint, template
-    from autocomp.linen import ModelError
+    from autocomp.models.linen import ModelError
+    from autocomp.workflow.custom import load_checkpoint, template
 
     with pytest.raises(ModelError, match="another model"):
         model_cfg = to_config(cfg).model
@@ -506,9 +506,9 @@ def test_cli_compresses_a_user_model_from_its_orbax_checkpoint(trained_small_res
 def test_a_base_model_trained_by_a_run_is_kept_for_its_resume_and_export(tmp_path, monkeypatch):
     """Without ``model.checkpoint`` the run trains the model once, saves it in the run
     directory (complete or absent), and a resumed run or the export reads it back."""
-    from autocomp import custom
-    from autocomp.api import compose
     from autocomp.data import load_dataset
+    from autocomp.run import compose
+    from autocomp.workflow import custom
 
     target = "model._target_=own_models.SmallResNet"
     kwargs = "+model.apply_kwargs.train=false"
@@ -530,8 +530,8 @@ def test_a_base_model_trained_by_a_run_is_kept_for_its_resume_and_export(tmp_pat
 def test_survey_of_a_users_model(tmp_path):
     """``python -m autocomp.bench survey`` on a user's model: each technique on every layer it
     fits, priced by its search space, measured on the compressed model itself."""
-    from autocomp.api import compose
-    from autocomp.survey import run_survey
+    from autocomp.run import compose
+    from autocomp.survey.builtin import run_survey
 
     config = compose([
         "experiment=custom", "model._target_=own_models.SmallResNet", "data=digits",
@@ -553,8 +553,8 @@ def test_nnx_model_analysed_pruned_and_exported_like_its_linen_twin():
     from flax import nnx
     from own_models import NnxTinyMobileNetV2
 
-    from autocomp.nnx_model import NnxNetwork
-    from autocomp.nnx_model import materialize as materialize_nnx
+    from autocomp.models.nnx import NnxNetwork
+    from autocomp.models.nnx import materialize as materialize_nnx
 
     model = NnxTinyMobileNetV2(rngs=nnx.Rngs(0))
     for path, mod in nnx.iter_modules(model):  # batch statistics away from (0, 1)

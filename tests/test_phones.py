@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from autocomp.costs import (
+from autocomp.devices import calibrate, published
+from autocomp.devices.costs import (
     CostTableError,
     analytic_latency_ms,
     efficiency_key,
@@ -23,8 +24,7 @@ from autocomp.costs import (
     profile_from_data,
     source_shares,
 )
-from autocomp.devices import calibrate, published
-from autocomp.models import Op
+from autocomp.models.ops import Op
 
 SLICE = Path(__file__).parent / "data" / "phones"
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "phones"
@@ -171,13 +171,12 @@ def test_the_shipped_phone_tables_are_what_the_published_data_rebuild(tmp_path):
 
 
 def test_device_host_without_a_table_says_how_long_profiling_takes(tmp_path, monkeypatch):
-    from autocomp import costs
-    from autocomp.bench import compose_config
-    from autocomp.train import run
+    from autocomp.devices import costs
+    from autocomp.run import compose, run
 
     monkeypatch.setattr(costs, "user_tables_dir", lambda: tmp_path)
     monkeypatch.setattr(costs, "host_id", lambda: "host-unprofiled-cpu")
-    config = compose_config(["device=host", "env.techniques=[keep,filter]", "env.ratios=[0,0.5]"])
+    config = compose(["device=host", "env.techniques=[keep,filter]", "env.ratios=[0,0.5]"])
     with pytest.raises(CostTableError) as err:
         run(config, tmp_path / "run", {})
     message = str(err.value)
@@ -188,7 +187,7 @@ def test_device_host_without_a_table_says_how_long_profiling_takes(tmp_path, mon
 
 
 def test_the_int8_column_is_a_labelled_assumption_and_prices_int8_faster():
-    from autocomp.costs import int8_latency_ms, price_op, price_ops_int8
+    from autocomp.devices.costs import int8_latency_ms, price_op, price_ops_int8
 
     phone, host = load_profile("pixel4_a76"), load_profile("analytic_cortex_a76")
     assert phone.int8["assumption"] is True and "ASSUMPTION" in phone.int8["method"]

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from flax import serialization
 
-from autocomp.plan import Plan
+from autocomp.search.plan import Plan
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [
@@ -94,7 +94,7 @@ def test_default_experiment_cli_end_to_end(tmp_path, cache_dir):
 
 
 def test_same_config_and_seed_give_the_same_plan(tiny_config, tmp_path):
-    from autocomp.train import run
+    from autocomp.run import run
 
     plans, rewards = [], []
     for name in ("a", "b"):
@@ -109,15 +109,16 @@ def test_resume_continues_a_killed_search(tiny_config, tmp_path):
     exactly where an uninterrupted search ends."""
     import jax
 
-    from autocomp.pipeline import prepare
-    from autocomp.search import load_checkpoint, run_search
-    from autocomp.tracking import NullTracker
-    from autocomp.train import AGENTS, build_env
+    from agents import AGENTS
+    from autocomp.run import build_env
+    from autocomp.search.loop import load_checkpoint, run_search
+    from autocomp.workflow.pipeline import prepare
+    from autocomp.workflow.tracking import NullTracker
 
     config = tiny_config()
     p = prepare(config)
     env, params = build_env(p)
-    train = AGENTS["compressor_critic"][1](config.agent, env, params)
+    train = AGENTS["compressor_critic"].make_train(config.agent, env, params)
     ckpt = tmp_path / "search.msgpack"
     per_chunk = config.agent.batch_episodes * config.agent.updates_per_chunk
     assert train.num_chunks >= 2
@@ -146,7 +147,7 @@ def test_resume_continues_a_killed_search(tiny_config, tmp_path):
     # A checkpoint of another config is refused with a clear error.
     import pytest
 
-    from autocomp.training import CheckpointError
+    from autocomp.training.loop import CheckpointError
 
     with pytest.raises(CheckpointError, match="another config"):
         run_search(train, jax.random.key(0), per_chunk, NullTracker(), ckpt, "other", False)
@@ -161,7 +162,7 @@ def test_default_experiment_meets_its_bars(tmp_path, cache_dir):
     from hydra import compose, initialize
     from omegaconf import OmegaConf
 
-    from autocomp.train import register, run, to_config
+    from autocomp.run import register, run, to_config
 
     register()
     with initialize(version_base="1.3", config_path="../experiments"):
@@ -182,8 +183,8 @@ def test_base_cache_is_an_orbax_checkpoint_and_bad_entries_are_refused(tiny_conf
     import pytest
     from flax import serialization
 
-    from autocomp.pipeline import prepare
-    from autocomp.training import CheckpointError
+    from autocomp.training.loop import CheckpointError
+    from autocomp.workflow.pipeline import prepare
 
     config = tiny_config()
     config = dataclasses.replace(
@@ -213,7 +214,7 @@ def test_base_cache_is_an_orbax_checkpoint_and_bad_entries_are_refused(tiny_conf
 
 
 def test_epoch_bar_logs_epochs_when_output_is_not_a_terminal(caplog):
-    from autocomp.report import EpochBar
+    from autocomp.workflow.report import EpochBar
 
     with caplog.at_level("INFO"), EpochBar("base model", 2) as bar:
         bar.callback(0, 1.5)

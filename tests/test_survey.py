@@ -8,8 +8,8 @@ import json
 import pytest
 
 from autocomp.config import ConfigError, SurveyConfig
-from autocomp.costs import load_profile
-from autocomp.survey import partial_path, run_survey, write_survey
+from autocomp.devices.costs import load_profile
+from autocomp.survey.builtin import partial_path, run_survey, write_survey
 
 
 def test_survey_writes_table_csv_and_plot(tiny_config, tmp_path):

@@ -10,12 +10,19 @@ import numpy as np
 import pytest
 
 from autocomp.config import DistillConfig, LayerConfig, ModelConfig, RewardConfig
-from autocomp.costs import load_profile, price_ops
-from autocomp.layers import compressible_layers, layer_inputs
-from autocomp.models import apply_op, bake_quantized, base_ops, fake_quant, init_params
-from autocomp.plan import LayerChoice, Plan, check_plan, materialize, plan_from_indices, prepare_aux
-from autocomp.reward import make_reward_params
-from autocomp.search_space import build_search_space
+from autocomp.devices.costs import load_profile, price_ops
+from autocomp.models.layers import compressible_layers, layer_inputs
+from autocomp.models.ops import apply_op, bake_quantized, base_ops, fake_quant, init_params
+from autocomp.search.plan import (
+    LayerChoice,
+    Plan,
+    check_plan,
+    materialize,
+    plan_from_indices,
+    prepare_aux,
+)
+from autocomp.search.reward import make_reward_params
+from autocomp.search.space import build_search_space
 from autocomp.techniques import (
     REGISTRY,
     PrepareContext,
@@ -23,7 +30,7 @@ from autocomp.techniques import (
     layer_forward,
     make_techniques,
 )
-from autocomp.training import predict
+from autocomp.training.loop import predict
 from envs.compression import CompressionEnv
 
 # A strided conv, a conv after it, a dense head over a flattened map and a classifier: every

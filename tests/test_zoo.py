@@ -1,4 +1,4 @@
-"""The built-in models written as ordinary linen modules (``autocomp.zoo``) go through the
+"""The built-in models written as ordinary linen modules (``autocomp.models.zoo``) go through the
 own-model front end and come out as the op-tuple path sees them."""
 
 from __future__ import annotations
@@ -7,13 +7,13 @@ import jax
 import numpy as np
 import pytest
 
-from autocomp import zoo
-from autocomp.api import compose
-from autocomp.costs import load_profile
-from autocomp.layers import compressible_layers
-from autocomp.linen import LinenNetwork
-from autocomp.models import base_ops
-from autocomp.search_space import CHANNELS, build_search_space
+from autocomp.devices.costs import load_profile
+from autocomp.models import zoo
+from autocomp.models.layers import compressible_layers
+from autocomp.models.linen import LinenNetwork
+from autocomp.models.ops import base_ops
+from autocomp.run import compose
+from autocomp.search.space import CHANNELS, build_search_space
 from autocomp.techniques import make_techniques
 
 MODELS = {

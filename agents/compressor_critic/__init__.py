@@ -2,5 +2,8 @@
 
 from agents.compressor_critic.config import CompressorCriticConfig
 from agents.compressor_critic.train import TrainState, make_policy, make_train
+from autocomp.search.agent import Agent
 
-__all__ = ["CompressorCriticConfig", "TrainState", "make_policy", "make_train"]
+AGENT = Agent(CompressorCriticConfig, make_train, make_policy)
+
+__all__ = ["AGENT", "CompressorCriticConfig", "TrainState", "make_policy", "make_train"]

@@ -19,7 +19,7 @@ import optax
 from agents.compressor_critic import losses
 from agents.compressor_critic.config import CompressorCriticConfig
 from agents.compressor_critic.networks import CompressorCritic, greedy_action, sample_action
-from autocomp.spaces import Environment
+from autocomp.search.spaces import Environment
 
 
 class TrainState(NamedTuple):

@@ -27,7 +27,7 @@ from statistics import median
 
 import numpy as np
 
-from autocomp.costs import (
+from autocomp.devices.costs import (
     SCHEMA_VERSION,
     analytic_latency_ms,
     efficiency_key,
@@ -45,7 +45,7 @@ from autocomp.devices.published import (
     nnmeter_blocks,
     pixel1_timings,
 )
-from autocomp.models import Op, Shape
+from autocomp.models.ops import Op, Shape
 
 FITTED = ("conv", "dwconv", "dense")  # efficiencies the fit moves (pool stays: no MACs)
 MAX_GBS = 64.0  # about twice these SoCs' DRAM peak (34 GB/s, Snapdragon 855): cache-resident
@@ -330,14 +330,14 @@ def phone_table(root, name: str) -> dict:
 
 def block_predictions(profile, blocks: Sequence[Block]) -> list[float]:
     """Each block's latency through ``profile``: the sum of its ops."""
-    from autocomp.costs import price_op
+    from autocomp.devices.costs import price_op
 
     return [sum(price_op(profile, op, s).latency_ms for op, s in b.ops) for b in blocks]
 
 
 def block_errors(table: dict, blocks: Sequence[Block], phone: str) -> dict:
     """Error of a table (its parsed JSON) on blocks measured on ``phone``."""
-    from autocomp.costs import profile_from_data
+    from autocomp.devices.costs import profile_from_data
 
     profile = profile_from_data(table, f"<{table['device']['name']}>")
     return errors(block_predictions(profile, blocks), [b.latency_ms[phone] for b in blocks])

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 
-from autocomp.costs import load_profile, price_op, profile_from_data
 from autocomp.devices.calibrate import (
     PHONE_TABLES,
     block_predictions,
@@ -24,6 +23,7 @@ from autocomp.devices.calibrate import (
     pixel1_table,
     split_blocks,
 )
+from autocomp.devices.costs import load_profile, price_op, profile_from_data
 from autocomp.devices.published import Block, network_totals, nnmeter_blocks, pixel1_timings
 
 PROXYLESS = "proxylessnas_mobile"

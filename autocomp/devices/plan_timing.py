@@ -60,13 +60,13 @@ def time_plans(
     import jax
 
     from autocomp.config import DistillConfig
-    from autocomp.costs import price_ops
+    from autocomp.devices.costs import price_ops
+    from autocomp.devices.profiling import time_tflite
     from autocomp.export import to_tflite
-    from autocomp.layers import compressible_layers
-    from autocomp.models import base_ops, init_params
-    from autocomp.plan import materialize, plan_from_indices, prepare_aux
-    from autocomp.profiling import time_tflite
-    from autocomp.search_space import build_search_space
+    from autocomp.models.layers import compressible_layers
+    from autocomp.models.ops import base_ops, init_params
+    from autocomp.search.plan import materialize, plan_from_indices, prepare_aux
+    from autocomp.search.space import build_search_space
     from autocomp.techniques import PrepareContext, make_techniques
 
     techniques = make_techniques(config.env.techniques)
@@ -75,9 +75,9 @@ def time_plans(
     ctx = PrepareContext(ratios, distill=DistillConfig(steps=0, examples=64))
     sources: Counter = Counter()
     if config.model._target_:  # a user's model, every op between its layers priced
-        from autocomp.custom import compressed_model, random_network
         from autocomp.export import function_to_tflite
-        from autocomp.search_space import plan_cost
+        from autocomp.search.space import plan_cost
+        from autocomp.workflow.custom import compressed_model, random_network
 
         net, data = random_network(config)
         shape, layers = tuple(data.x_train.shape[1:]), net.layers

@@ -42,8 +42,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from autocomp.config import DistillConfig
-from autocomp.layers import LayerInfo
-from autocomp.models import Op, apply_op
+from autocomp.models.layers import LayerInfo
+from autocomp.models.ops import Op, apply_op
 
 Params = dict[str, Any]
 

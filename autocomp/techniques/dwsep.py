@@ -18,8 +18,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
-from autocomp.distill import distill, least_squares_conv, refit_sample
-from autocomp.models import Op, apply_op, conv_nhwc
+from autocomp.models.ops import Op, apply_op, conv_nhwc
 from autocomp.techniques.base import (
     Materialized,
     Technique,
@@ -28,6 +27,7 @@ from autocomp.techniques.base import (
     kept,
     need_inputs,
 )
+from autocomp.training.distill import distill, least_squares_conv, refit_sample
 
 
 def _fits(layer):

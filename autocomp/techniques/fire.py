@@ -21,8 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from autocomp.distill import distill, least_squares_conv, refit_sample
-from autocomp.models import Op, apply_op, conv_nhwc, out_shape
+from autocomp.models.ops import Op, apply_op, conv_nhwc, out_shape
 from autocomp.techniques.base import (
     Materialized,
     Technique,
@@ -32,6 +31,7 @@ from autocomp.techniques.base import (
     kept,
     need_inputs,
 )
+from autocomp.training.distill import distill, least_squares_conv, refit_sample
 
 
 def _fits(layer):

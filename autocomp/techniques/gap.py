@@ -17,9 +17,9 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
-from autocomp.distill import ridge_fit
-from autocomp.models import Op
+from autocomp.models.ops import Op
 from autocomp.techniques.base import Materialized, Technique, need_inputs
+from autocomp.training.distill import ridge_fit
 
 
 def _fits(layer):

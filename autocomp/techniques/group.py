@@ -21,7 +21,7 @@ from dataclasses import replace
 import jax.numpy as jnp
 import numpy as np
 
-from autocomp.models import conv_nhwc
+from autocomp.models.ops import conv_nhwc
 from autocomp.techniques.base import Materialized, Technique, slice_rows
 
 MAX_GROUPS = 64

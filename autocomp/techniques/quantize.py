@@ -1,14 +1,15 @@
 """k-bit weight quantization, composed with a technique whose deployed form is the layer's own
 op (``keep``, ``magnitude``, ``filter``): ``<technique>+q<bits>``, e.g. ``magnitude+q8``.
 
-Weights are quantized symmetrically per output channel (:func:`autocomp.models.fake_quant`,
+Weights are quantized symmetrically per output channel (:func:`autocomp.models.ops.fake_quant`,
 TFLite's per-channel int8 scheme) after the inner technique has pruned them, so the action's
 ratio is the inner technique's. Simulation and the materialized model run the same fake-quant
 (the materialized op carries ``bits``, so fine-tuning it is quantization-aware training with a
 straight-through gradient); the export converts the quantized values.
 
 Params and MACs are the inner technique's; storage is ``bits`` per non-zero weight plus one
-float32 scale per output channel (``autocomp.costs.op_counts``); no intermediate feature map.
+float32 scale per output channel (``autocomp.devices.costs.op_counts``); no intermediate feature
+map.
 The device table prices the op under its integer dtype (``|int8`` in the key).
 """
 
@@ -19,7 +20,7 @@ import re
 
 import jax.numpy as jnp
 
-from autocomp.models import apply_op, fake_quant
+from autocomp.models.ops import apply_op, fake_quant
 from autocomp.techniques.base import Materialized, Technique, TechniqueError
 
 QUANTIZABLE = ("keep", "magnitude", "filter")  # one op, whose kernel is simulate's kernel

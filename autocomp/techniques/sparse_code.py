@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from autocomp.models import Op
+from autocomp.models.ops import Op
 from autocomp.techniques.base import Materialized, Technique, kept
 
 

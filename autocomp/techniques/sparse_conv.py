@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from autocomp.models import Op
+from autocomp.models.ops import Op
 from autocomp.techniques.base import Materialized, Technique, magnitude_mask, removed
 
 

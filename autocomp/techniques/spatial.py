@@ -17,7 +17,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
-from autocomp.models import Op
+from autocomp.models.ops import Op
 from autocomp.techniques.base import Materialized, Technique, kept, truncate_spectrum
 
 

@@ -13,7 +13,7 @@ from dataclasses import replace
 import jax.numpy as jnp
 import numpy as np
 
-from autocomp.models import Op
+from autocomp.models.ops import Op
 from autocomp.techniques.base import (
     Materialized,
     Technique,

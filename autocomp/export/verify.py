@@ -1,0 +1,84 @@
+"""Verification of exported files: each TFLite file run in the LiteRT interpreter on the test
+split against the JAX model (top-1 agreement, logit difference, accuracy, host latency), with
+pass/fail against the bars."""
+
+from __future__ import annotations
+
+import platform
+from collections.abc import Callable
+
+import numpy as np
+
+from autocomp.devices.costs import cpu_model
+from autocomp.export.tflite import TfliteModel, tflite_op_names
+from autocomp.models.ops import Op
+from autocomp.training.loop import predict
+
+FLOAT_AGREEMENT_BAR = 0.999
+INT8_ACCURACY_DROP_BAR = 0.01
+
+
+def verify(
+    ops: tuple[Op, ...],
+    params: dict,
+    files: dict[str, bytes],
+    x_test: np.ndarray,
+    y_test: np.ndarray,
+    num_threads: int = 1,
+    progress: Callable[[str], None] | None = None,
+) -> dict:
+    """Run the TFLite files on the test split against the JAX model; measure host latency."""
+    return verify_logits(predict(ops, params, x_test), files, x_test, y_test, num_threads, progress)
+
+
+def verify_logits(
+    reference: np.ndarray,
+    files: dict[str, bytes],
+    x_test: np.ndarray,
+    y_test: np.ndarray,
+    num_threads: int = 1,
+    progress: Callable[[str], None] | None = None,
+) -> dict:
+    """:func:`verify` against the JAX model's test logits ``reference`` (any model)."""
+    report: dict = {
+        "examples": int(len(x_test)),
+        "jax_test_accuracy": float(np.mean(reference.argmax(-1) == y_test)),
+        "num_threads": num_threads,
+        "host": {"machine": platform.machine(), "processor": cpu_model()},
+    }
+    for kind, content in files.items():
+        if progress is not None:
+            progress(f"running {kind} TFLite model on {len(x_test)} test examples")
+        model = TfliteModel(content, num_threads)
+        logits = model(x_test)
+        report[kind] = {
+            "test_accuracy": float(np.mean(logits.argmax(-1) == y_test)),
+            "top1_agreement": float(np.mean(logits.argmax(-1) == reference.argmax(-1))),
+            "max_abs_logit_diff": float(np.abs(logits - reference).max()),
+            "latency_ms": model.latency_ms(x_test[0]),
+            "bytes": len(content),
+            "ops": tflite_op_names(content),
+        }
+    float_acc = report["float32"]["test_accuracy"]
+    report["tflite_top1_agreement"] = report["float32"]["top1_agreement"]
+    report["tflite_max_abs_logit_diff"] = report["float32"]["max_abs_logit_diff"]
+    report["float_test_accuracy"] = float_acc
+    checks = {"float_agreement_ok": report["tflite_top1_agreement"] >= FLOAT_AGREEMENT_BAR}
+    if "int8" in report:
+        report["int8_test_accuracy"] = report["int8"]["test_accuracy"]
+        checks["int8_within_1pt_ok"] = (
+            report["int8_test_accuracy"] >= float_acc - INT8_ACCURACY_DROP_BAR
+        )
+    report["checks"] = checks
+    report["passed"] = all(checks.values())
+    return report
+
+
+def table_int8_latency(metrics: dict) -> dict:
+    """The int8 latency the run's device table predicts for the compressed model, to read next
+    to the host-measured one (``latency_ms``: the host, not the phone)."""
+    table = metrics.get("device_table") or {}
+    name = table.get("name") if isinstance(table, dict) else table
+    predicted = metrics.get("compressed", {}).get("latency_int8_ms")
+    return {"table": name, "predicted_ms": predicted,
+            "note": None if predicted is not None else "this table has no int8 column"}  # fmt: skip

@@ -1,0 +1,139 @@
+"""A run of a built-in model (``experiment=digits|mnist|audio|cifar``): base model, search with
+the configured agent in the compression environment, selection, materialization, fine-tuning by
+distillation, outputs, tracking and (``export=true``) the phone files."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from agents import AGENTS
+from autocomp.config import RootConfig
+from autocomp.devices.costs import format_shares, source_shares
+from autocomp.export import export_run
+from autocomp.search.loop import config_fingerprint, run_search
+from autocomp.search.reward import RESOURCES
+from autocomp.workflow import pipeline
+from autocomp.workflow.outputs import write_run
+from autocomp.workflow.report import EpochBar, print_report
+from autocomp.workflow.tracking import make_tracker
+from envs.compression import CompressionEnv
+
+log = logging.getLogger("autocomp.train")
+
+
+def build_env(p: pipeline.Prepared):
+    env = CompressionEnv(p.ops, p.space)
+    n_val = p.config.env.val_examples or len(p.data.x_val)
+    params = env.make_params(
+        p.base_params, p.aux, p.data.x_val[:n_val], p.data.y_val[:n_val], p.reward
+    )
+    return env, params
+
+
+def run_builtin(
+    config: RootConfig,
+    run_dir: Path,
+    resolved: dict,
+    show_progress: bool = True,
+    overrides: Sequence[str] = (),
+) -> dict:
+    """The whole run of a built-in model; returns the metrics written to
+    ``run_dir/metrics.json``. With ``config.export``, the run ends with
+    :func:`autocomp.export.export_run`."""
+    agent = AGENTS[config.agent.name]
+    started = time.perf_counter()
+    with EpochBar("base model", config.base.epochs, show_progress) as bar:
+        p = pipeline.prepare(config, on_epoch=bar.callback)
+    log.info(
+        "base model: val %.4f test %.4f (%s)",
+        p.base_val_accuracy,
+        p.base_test_accuracy,
+        "cached" if p.base_from_cache else "trained",
+    )
+    log.info(
+        "device table: %s; search space priced by %s",
+        p.profile.describe(),
+        format_shares(p.space.cost_sources),
+    )
+    tracker = make_tracker(config.logger, run_dir, resolved, f"{config.name}-seed{config.seed}")
+    env, env_params = build_env(p)
+    train = agent.make_train(config.agent, env, env_params)
+    paths = pipeline.run_paths(run_dir)
+    state, history, timings = run_search(
+        train,
+        jax.random.key(config.seed),
+        config.agent.batch_episodes * config.agent.updates_per_chunk,
+        tracker,
+        paths["checkpoint"] if config.resume else None,
+        config_fingerprint(resolved),
+        show_progress,
+    )
+    greedy = agent.make_policy(config.agent, env, env_params)(state.params)
+    greedy_hist = jax.device_get(env.evaluate_plans(greedy[None], env_params))
+    history = pipeline.merge_history(history, {k: v[None] for k, v in greedy_hist.items()})
+    sel = pipeline.select(p, history)
+    indices = sel.plans[sel.chosen]
+    comp = pipeline.compress(p, indices, jax.jit(lambda x: env.logits(indices, env_params, x)))
+    with EpochBar("fine-tune (KD)", config.finetune.epochs, show_progress) as bar:
+        params, test_acc = pipeline.finetune_compressed(p, comp, on_epoch=bar.callback)
+    base = pipeline.model_metrics(p, p.ops, p.base_params, p.base_test_accuracy)
+    compressed = pipeline.model_metrics(p, comp.ops, params, test_acc)
+    metrics = {
+        "base": {**base, "val_accuracy": p.base_val_accuracy},
+        "compressed": {
+            **compressed,
+            "val_accuracy_before_finetune": float(sel.accuracy[sel.chosen]),
+            "reward": float(sel.reward[sel.chosen]),
+        },
+        "ratios": pipeline.ratios_of(base, compressed),
+        "materialize_check": comp.check,
+        "search": {
+            "episodes": int(len(history["reward"])),
+            "unique_plans": int(len(sel.plans)),
+            "pareto_front": int(len(sel.front)),
+            **timings,
+            "budgets": {  # null: no budget (JSON has no infinity)
+                name: float(b) if np.isfinite(b) else None
+                for name, b in zip(RESOURCES, np.asarray(p.reward.budgets), strict=True)
+            },
+        },
+        "device_table": {
+            "name": p.profile.name,
+            "kind": p.profile.kind,
+            "platform": p.profile.platform,
+            "path": p.profile.path,
+            "search_space_sources": source_shares(p.space.cost_sources),
+            "energy": p.profile.energy["method"],
+        },
+        "wall_time_s": time.perf_counter() - started,
+    }
+    paths = write_run(run_dir, p, sel, comp, params, metrics, resolved, overrides)
+    tracker.log_table(
+        "plan",
+        ["layer", "technique", "ratio", "latency_ms", "energy_mj"],
+        [[c.name, c.technique, c.ratio, c.latency_ms, c.energy_mj] for c in comp.plan.layers],
+    )
+    tracker.log_table("pareto_front", *pipeline.history_table(p, sel))
+    tracker.log_image("pareto", paths["pareto"])
+    tracker.summary(
+        {f"base/{k}": v for k, v in base.items() if k != "cost_sources"}
+        | {f"compressed/{k}": v for k, v in compressed.items() if k != "cost_sources"}
+    )
+    tracker.finish()
+    print_report(metrics, comp.plan, p.profile.name)
+    if config.export:
+        report = export_run(run_dir, progress=log.info)
+        log.info(
+            "exported %s/export: float32 agreement %.4f, int8 test accuracy %.4f, checks %s",
+            run_dir,
+            report["tflite_top1_agreement"],
+            report["int8_test_accuracy"],
+            report["checks"],
+        )
+    return metrics

@@ -1,0 +1,251 @@
+"""A run of a user's own Flax model: :func:`compress` from Python, :func:`run_custom` for
+``python -m autocomp.train model._target_=...``. Search with the configured agent in the
+compression environment, materialize the chosen plan on the user's model, fine-tune it by
+distillation from the original, report and (``export=true``) export."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from agents import AGENTS
+from autocomp.config import RootConfig
+from autocomp.data import Dataset, load_dataset
+from autocomp.devices.costs import source_shares
+from autocomp.export import write_model_card
+from autocomp.io import atomic_write_json, git_sha
+from autocomp.models.linen import Compressed, leaf_names
+from autocomp.run.compose import compose
+from autocomp.run.result import Result
+from autocomp.search.loop import config_fingerprint, run_search
+from autocomp.search.plan import LayerChoice, Plan, plan_from_indices
+from autocomp.search.space import CHANNELS, build_search_space, plan_bins, plan_cost
+from autocomp.workflow.custom import (
+    base_variables,
+    compressed_model,
+    finetune,
+    network,
+    predict,
+    search_setup,
+)
+from autocomp.workflow.custom import output_fn as model_output_fn
+from autocomp.workflow.pipeline import (
+    merge_history,
+    prepare_context,
+    run_paths,
+    select_plans,
+    validate,
+)
+from autocomp.workflow.report import EpochBar, print_report
+from autocomp.workflow.tracking import NullTracker
+from envs.compression import CompressionEnv
+
+log = logging.getLogger(__name__)
+
+
+def compress(
+    model,
+    variables: Mapping,
+    data: Dataset,
+    overrides: Sequence[str] = (),
+    apply_kwargs: Mapping | None = None,
+    output_fn: Callable | None = None,
+    name: str | None = None,
+    show_progress: bool = False,
+) -> Result:
+    """Search a per-layer compression plan for a user's trained linen model, materialize it
+    into a really smaller linen model and fine-tune it by distillation from the original.
+
+    Args:
+        model: the ``flax.linen`` module.
+        variables: its trained variables (``{"params": ..., "batch_stats": ...}``).
+        data: :func:`autocomp.data.arrays` (or any :class:`autocomp.data.Dataset`).
+        overrides: Hydra overrides as for ``python -m autocomp.train`` (``agent.episodes=256``,
+            ``reward.max_latency_frac=0.3``, ``device=analytic_cortex_a76``, ...).
+        apply_kwargs: keyword arguments of ``model.apply`` at inference (``train=False``).
+        output_fn: maps the model's output to logits (``lambda out: out.logits``).
+        name: the model's name in the plan.
+        show_progress: progress bars for the search and the fine-tuning.
+    """
+    config = compose(overrides)
+    return compress_config(
+        model, variables, data, config, apply_kwargs, output_fn, name, show_progress
+    )
+
+
+def compress_config(
+    model,
+    variables: Mapping,
+    data: Dataset,
+    config: RootConfig,
+    apply_kwargs: Mapping | None = None,
+    output_fn: Callable | None = None,
+    name: str | None = None,
+    show_progress: bool = False,
+    checkpoint: Path | None = None,
+    fingerprint: str = "",
+) -> Result:
+    """:func:`compress` with a composed config (the CLI's path for ``model._target_``);
+    ``checkpoint``: where the search saves itself after every chunk and resumes from."""
+    started = time.perf_counter()
+    profile, techniques = validate(config)
+    net = network(model, variables, data.x_train[:1], apply_kwargs, output_fn, name)
+    ratios = tuple(config.env.ratios)
+    base_params = net.base_params()
+    s = search_setup(net, data, config, profile, techniques, prepare_context(config),
+                     CompressionEnv)  # fmt: skip
+    space, aux, env, env_params, base_val = s.space, s.aux, s.env, s.env_params, s.base_val
+    agent = AGENTS[config.agent.name]
+    train = agent.make_train(config.agent, env, env_params)
+    episodes = config.agent.batch_episodes * config.agent.updates_per_chunk
+    state, history, timings = run_search(
+        train, jax.random.key(config.seed), episodes, NullTracker(), checkpoint, fingerprint,
+        show_progress,
+    )  # fmt: skip
+    greedy = agent.make_policy(config.agent, env, env_params)(state.params)
+    greedy_hist = jax.device_get(env.evaluate_plans(greedy[None], env_params))
+    history = merge_history(history, {k: v[None] for k, v in greedy_hist.items()})
+    sel = select_plans(space, history)
+    indices = sel.plans[sel.chosen]
+    plan = plan_from_indices(net.name, net.layers, techniques, ratios, indices)
+    cmp = compressed_model(net, aux, techniques, plan)
+    plan = _annotate(space, plan, indices, cmp, net)
+    check = _check(cmp, env, env_params, indices, np.asarray(env_params.x_val))
+
+    with EpochBar("fine-tune", config.finetune.epochs, show_progress) as bar:
+        params = finetune(net, cmp, data, config.finetune, config.seed, base_params, bar.callback)
+    small, small_variables = cmp.build(params)
+    result = Result(plan, {}, small, small_variables, net, cmp, params)
+    base_logits = predict(net.forward, base_params, data.x_test)
+    base_test = float(np.mean(base_logits.argmax(-1) == data.y_test))
+    test = float(np.mean(result.logits(data.x_test).argmax(-1) == data.y_test))
+    base = _costs(space.base) | {"test_accuracy": base_test, "val_accuracy": base_val}
+    compressed = _costs(plan_cost(space, indices)) | {
+        "test_accuracy": test,
+        "val_accuracy_before_finetune": float(sel.accuracy[sel.chosen]),
+        "reward": float(sel.reward[sel.chosen]),
+    }
+    int8 = profile.int8_table  # the same space priced as model_int8.tflite runs, if it can be
+    if int8 is not None:
+        shape, graph = data.x_train.shape[1:], net.graph_priced()
+        space8 = build_search_space((), net.layers, techniques, ratios, int8, shape, graph,
+                                    net.num_groups)  # fmt: skip
+        base["latency_int8_ms"] = float(space8.base[0])
+        compressed["latency_int8_ms"] = float(plan_cost(space8, indices)[0])
+    result.metrics = {
+        "model": net.name,
+        "base": base,
+        "compressed": compressed,
+        "ratios": {
+            f"{k}_x": base[k] / max(compressed[k], 1e-12)
+            for k in ("params", "bytes", "macs", "latency_ms", "energy_mj")
+        }
+        | {"accuracy_drop_points": 100 * (base_test - test)},
+        "materialize_check": check,
+        "search": {
+            "episodes": int(len(history["reward"])),
+            "unique_plans": int(len(sel.plans)),
+            **timings,
+        },
+        "device_table": {
+            "name": profile.name,
+            "kind": profile.kind,
+            "platform": profile.platform,
+            "path": profile.path,
+            "search_space_sources": source_shares(space.cost_sources),
+            "energy": profile.energy["method"],
+        },
+        "wall_time_s": time.perf_counter() - started,
+    }
+    return result
+
+
+def _annotate(space, plan: Plan, indices, cmp: Compressed, net) -> Plan:
+    """Each layer's resulting kernel shapes and cost-table row, as a CLI run's plan has."""
+    shapes = {
+        leaf_names(path): list(np.shape(leaf))
+        for path, leaf in jax.tree_util.tree_leaves_with_path(cmp.params)
+    }
+    bins = plan_bins(space, indices)
+    layers = []
+    for layer, choice, (t, r) in zip(net.layers, plan.layers, indices, strict=True):
+        row = space.costs[layer.index, t, r, bins[layer.index]]
+        path = tuple(map(str, net.by_path_of(layer)))
+        kernels = [
+            shapes[key]
+            for op in cmp.ops[layer.name]
+            if (key := (*path, str(op.name), "kernel")) in shapes
+        ]
+        layers.append(
+            LayerChoice(choice.name, choice.technique, choice.ratio, kernels, float(row[0]),
+                        float(row[1]), int(row[3]), int(row[2]))
+        )  # fmt: skip
+    return Plan(plan.model, tuple(layers))
+
+
+def run_custom(
+    config: RootConfig,
+    run_dir: Path,
+    resolved: dict,
+    show_progress: bool = True,
+    overrides: Sequence[str] = (),
+):
+    """``python -m autocomp.train model._target_=...``: the user's model from config, its
+    checkpoint (or one trained here and kept in the run directory), compressed; the run
+    directory as :meth:`Result.save` and ``run.json``; the export with ``export=true``. A
+    killed run resumes its search (``resume=true``) and reuses the base model it trained."""
+    data = load_dataset(config.data)
+    model, variables, base_checkpoint = base_variables(config, data, run_dir)
+    paths = run_paths(run_dir)
+    result = compress_config(
+        model, variables, data, config, config.model.apply_kwargs, model_output_fn(config.model),
+        config.model.name, show_progress, paths["checkpoint"] if config.resume else None,
+        config_fingerprint(resolved),
+    )  # fmt: skip
+    result.save(run_dir)
+    record = {
+        "git_sha": git_sha(),
+        "seed": config.seed,
+        "overrides": list(overrides),
+        "cwd": os.getcwd(),  # relative paths in the config are relative to it
+        "config": resolved,
+        "base_checkpoint": base_checkpoint,
+        "input_shape": list(data.x_train.shape[1:]),
+        "num_classes": int(np.max(data.y_train)) + 1,
+    }
+    atomic_write_json(run_dir / "run.json", record)
+    if config.export:
+        result.metrics["export"] = result.export(run_dir / "export", data)
+        atomic_write_json(run_dir / "metrics.json", result.metrics)
+        write_model_card(run_dir, result.plan, result.metrics, result.metrics["export"], record)
+    print_report(result.metrics, result.plan, result.metrics["device_table"]["name"])
+    return result.metrics
+
+
+def _costs(row: np.ndarray) -> dict:
+    """A cost row as metrics (counts as ints, as a CLI run reports them)."""
+    counts = ("params", "bytes", "macs")
+    return {c: int(v) if c in counts else float(v) for c, v in zip(CHANNELS, row, strict=True)}
+
+
+def _check(cmp: Compressed, env, env_params, indices, x) -> dict:
+    """The materialized model against the environment's simulation of the plan."""
+    sim = np.asarray(jax.jit(lambda xb: env.logits(jnp.asarray(indices), env_params, xb))(x))
+    real = predict(cmp.logits, cmp.params, x)
+    check = {
+        "max_abs_logit_diff": float(np.abs(real - sim).max()),
+        "prediction_agreement": float(np.mean(real.argmax(-1) == sim.argmax(-1))),
+    }
+    if check["max_abs_logit_diff"] > 1e-3 * (float(np.abs(sim).max()) + 1.0):
+        raise RuntimeError(
+            f"the materialized model disagrees with its simulation ({check}); please report "
+            "the model: a channel group was analysed wrongly"
+        )
+    return check

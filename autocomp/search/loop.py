@@ -1,0 +1,150 @@
+"""The host side of a search: drive an agent's jitted chunks, show progress, log, checkpoint and
+resume. Works with any agent built as ``make_train(config, env, env_params) -> train`` exposing
+``train.init``, ``train.run_chunk`` and ``train.num_chunks``."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+from flax import serialization
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from autocomp.io import atomic_write_bytes
+from autocomp.training.loop import CheckpointError
+from autocomp.workflow.pipeline import merge_history
+
+log = logging.getLogger(__name__)
+
+
+def _to_saveable(state) -> dict:
+    params, opt_state, key, update = state
+    return {
+        "params": params,
+        "opt_state": opt_state,
+        "key": np.asarray(jax.random.key_data(key)),
+        "update": np.asarray(update),
+    }
+
+
+def save_checkpoint(path: Path, state, history: dict, fingerprint: str) -> None:
+    blob = {"fingerprint": fingerprint, "state": _to_saveable(state), "history": history}
+    atomic_write_bytes(
+        path, serialization.msgpack_serialize(serialization.to_state_dict(jax.device_get(blob)))
+    )
+
+
+def load_checkpoint(path: Path, template_state, fingerprint: str):
+    """Restore (state, history) saved by :func:`save_checkpoint` for the same config."""
+    try:
+        raw = serialization.msgpack_restore(path.read_bytes())
+    except Exception as err:  # msgpack raises several unrelated types on corrupt input
+        raise CheckpointError(
+            f"search checkpoint {str(path)!r} is corrupt ({err}); delete it to start the search "
+            "afresh, or run with resume=false"
+        ) from err
+    if raw.get("fingerprint") != fingerprint:
+        raise CheckpointError(
+            f"search checkpoint {str(path)!r} belongs to another config; use a new "
+            "hydra.run.dir, delete the checkpoint, or run with resume=false"
+        )
+    template = _to_saveable(template_state)
+    saved = serialization.from_state_dict(template, raw["state"])
+    key = jax.random.wrap_key_data(saved["key"])
+    state = type(template_state)(saved["params"], saved["opt_state"], key, saved["update"])
+    return state, {k: np.asarray(v) for k, v in raw["history"].items()}
+
+
+def config_fingerprint(resolved: dict) -> str:
+    """Hash of the parts of a config that change a search (not logging or resume)."""
+    relevant = {k: v for k, v in resolved.items() if k not in ("logger", "resume", "finetune")}
+    return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def run_search(
+    train,
+    key: jax.Array,
+    episodes_per_chunk: int,
+    tracker,
+    checkpoint: Path | None = None,
+    fingerprint: str = "",
+    show_progress: bool = True,
+) -> tuple[Any, dict[str, np.ndarray], dict[str, float]]:
+    """Run (or resume) a search; returns (agent state, history of every episode, timings)."""
+    state, history = train.init(key), None
+    if checkpoint is not None and checkpoint.is_file():
+        state, history = load_checkpoint(checkpoint, state, fingerprint)
+        log.info("resuming search from %s at update %d", checkpoint, int(state.update))
+    total = train.num_chunks * episodes_per_chunk
+    done = 0 if history is None else len(history["reward"])
+    best = {"reward": -np.inf, "accuracy": np.nan, "latency_ms": np.nan}
+    timings = {"first_chunk_s": 0.0, "steady_s": 0.0, "steady_episodes": 0}
+    columns = (
+        TextColumn("[bold]search"),
+        BarColumn(bar_width=16),
+        MofNCompleteColumn(),
+        TextColumn("best r={task.fields[r]} acc={task.fields[a]} lat={task.fields[l]}ms"),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, disable=not show_progress, transient=False) as bar:
+        task = bar.add_task("search", total=total, completed=done, r="-", a="-", l="-")
+        while done < total:
+            start = time.perf_counter()
+            state, metrics = train.run_chunk(state)
+            metrics = jax.device_get(metrics)
+            elapsed = time.perf_counter() - start
+            first = timings["first_chunk_s"] == 0.0  # first chunk of this process (compiles)
+            history = merge_history(history, metrics)
+            n_new = len(history["reward"]) - done
+            if first:
+                timings["first_chunk_s"] = elapsed
+            else:
+                timings["steady_s"] += elapsed
+                timings["steady_episodes"] += n_new
+            _log_chunk(tracker, history, done, best)
+            done = len(history["reward"])
+            if checkpoint is not None:
+                save_checkpoint(checkpoint, state, history, fingerprint)
+            bar.update(
+                task,
+                completed=done,
+                r=f"{best['reward']:.4f}",
+                a=f"{best['accuracy']:.4f}",
+                l=f"{best['latency_ms']:.4f}",
+            )
+            if show_progress and not bar.console.is_terminal:  # a background run's log
+                log.info(
+                    "search: %d/%d episodes, best reward %.4f (val acc %.4f, %.4f ms)",
+                    done, total, best["reward"], best["accuracy"], best["latency_ms"],
+                )  # fmt: skip
+    return state, history, timings
+
+
+def _log_chunk(tracker, history: dict, start: int, best: dict) -> None:
+    """Per-episode metrics to the tracker, and the running best (within budgets)."""
+    for i in range(start, len(history["reward"])):
+        ok = not bool(history["violation"][i])
+        if ok and history["reward"][i] > best["reward"]:
+            best.update(
+                reward=float(history["reward"][i]),
+                accuracy=float(history["accuracy"][i]),
+                latency_ms=float(history["latency_ms"][i]),
+            )
+        tracker.log(
+            {
+                "episode/reward": float(history["reward"][i]),
+                "episode/accuracy": float(history["accuracy"][i]),
+                "episode/latency_ms": float(history["latency_ms"][i]),
+                "episode/energy_mj": float(history["energy_mj"][i]),
+                "episode/bytes": float(history["bytes"][i]),
+                "episode/violation": int(history["violation"][i]),
+                "best/reward": best["reward"],
+            },
+            step=i,
+        )

@@ -1,0 +1,359 @@
+"""A user's own linen model from config (``model._target_``): build it, load its orbax
+checkpoint or train it, and hand it to :func:`autocomp.run.compress_config`."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import jax
+import numpy as np
+import optax
+
+from autocomp.config import ModelConfig, TrainConfig
+from autocomp.data import Dataset
+from autocomp.models.linen import LinenNetwork, ModelError
+
+log = logging.getLogger(__name__)
+
+
+def import_target(path: str) -> Callable:
+    """The object at ``package.module.Name``; a clear error where it cannot be imported."""
+    module_name, _, attr = path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError, ValueError) as err:
+        raise ModelError(
+            f"model._target_={path!r} cannot be imported ({err}); give the import path of your "
+            "nn.Module class, e.g. model._target_=my_pkg.nets.ResNet18, with my_pkg importable "
+            "(installed, or on PYTHONPATH)"
+        ) from err
+
+
+def build_model(cfg: ModelConfig):
+    model = import_target(cfg._target_)(**dict(cfg.kwargs))
+    if not hasattr(model, "apply") or not hasattr(model, "init"):
+        raise ModelError(
+            f"model._target_={cfg._target_!r} gave a {type(model).__name__}, not a flax.linen "
+            "Module; point it at the module class (or a function returning one)"
+        )
+    return model
+
+
+def output_fn(cfg: ModelConfig) -> Callable | None:
+    """The logits out of the model's output, by ``model.output`` (attribute or key)."""
+    if not cfg.output:
+        return None
+    name = cfg.output
+
+    def pick(out):
+        return out[name] if isinstance(out, Mapping) else getattr(out, name)
+
+    return pick
+
+
+def template(model, cfg: ModelConfig, example: np.ndarray) -> dict:
+    """The variables' shapes, as ``model.init`` makes them (nothing computed)."""
+    return jax.eval_shape(
+        lambda k, x: model.init(k, x, **dict(cfg.apply_kwargs)), jax.random.key(0), example
+    )
+
+
+def load_checkpoint(path: str, like: dict) -> dict:
+    """Variables from an orbax checkpoint, checked leaf by leaf against the model's."""
+    import orbax.checkpoint as ocp
+
+    where = Path(path).expanduser().resolve()
+    if not where.exists():
+        raise ModelError(f"model.checkpoint={path!r} does not exist; give the orbax checkpoint dir")
+    try:
+        restored = ocp.StandardCheckpointer().restore(where)
+    except Exception as err:  # orbax raises many types on a directory that is not its own
+        raise ModelError(f"model.checkpoint={path!r} is not an orbax checkpoint ({err})") from err
+    want = {jax.tree_util.keystr(p): a.shape for p, a in jax.tree_util.tree_leaves_with_path(like)}
+    got = {
+        jax.tree_util.keystr(p): np.shape(a)
+        for p, a in jax.tree_util.tree_leaves_with_path(restored)
+    }
+    for key, shape in want.items():
+        if key not in got:
+            raise ModelError(f"model.checkpoint={path!r} has no {key}: it is of another model")
+        if tuple(got[key]) != tuple(shape):
+            raise ModelError(
+                f"model.checkpoint={path!r}: {key} has shape {tuple(got[key])}, the model "
+                f"wants {tuple(shape)}; the checkpoint is of another configuration"
+            )
+    return jax.tree.map(np.asarray, restored)
+
+
+def train_base(model, cfg: ModelConfig, data: Dataset, train: TrainConfig, seed: int) -> dict:
+    """Train the user's model from scratch when no checkpoint is given (Adam with cosine
+    decay, cross-entropy, batch statistics updated where the model has them)."""
+    variables = model.init(jax.random.key(seed), data.x_train[:1], **dict(cfg.apply_kwargs))
+    params = variables["params"]
+    stats = {k: v for k, v in variables.items() if k != "params"}
+    mutable = [k for k in stats]
+    batch = min(train.batch_size, len(data.x_train))
+    steps = max(1, train.epochs * (len(data.x_train) // batch))
+    tx = optax.adamw(
+        optax.cosine_decay_schedule(train.learning_rate, steps), weight_decay=train.weight_decay
+    )
+    opt = tx.init(params)
+    kwargs = dict(cfg.train_kwargs) or dict(cfg.apply_kwargs)
+    pick = output_fn(cfg) or (lambda out: out)
+
+    @jax.jit
+    def step(params, stats, opt, x, y):
+        def loss_fn(p):
+            out = model.apply({"params": p, **stats}, x, **kwargs, mutable=mutable)
+            logits, new = out if mutable else (out, {})
+            loss = optax.softmax_cross_entropy_with_integer_labels(pick(logits), y).mean()
+            return loss, {**stats, **new}
+
+        (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        updates, opt = tx.update(grads, opt, params)
+        return optax.apply_updates(params, updates), stats, opt, loss
+
+    for epoch in range(train.epochs):
+        order = np.random.default_rng([seed, epoch]).permutation(len(data.x_train))
+        for b in range(len(data.x_train) // batch):
+            sel = order[b * batch : (b + 1) * batch]
+            params, stats, opt, loss = step(
+                params, stats, opt, data.x_train[sel], data.y_train[sel]
+            )
+        log.info("base model epoch %d/%d: loss %.4f", epoch + 1, train.epochs, float(loss))
+    return jax.tree.map(np.asarray, {"params": params, **stats})
+
+
+def network(model, variables, example, apply_kwargs=None, output_fn=None, name=None):
+    """The front end that fits ``model``: NNX for an ``nnx.Module``, else linen."""
+    from flax import nnx
+
+    if isinstance(model, nnx.Module):
+        from autocomp.models.nnx import NnxNetwork
+
+        return NnxNetwork(model, example, dict(apply_kwargs or {}), output_fn, name or "")
+    return LinenNetwork(model, variables, example, apply_kwargs or {}, output_fn, name or "")
+
+
+def compressed_model(net, aux, techniques, plan):
+    """A plan materialized on a user's model (:class:`autocomp.models.linen.Compressed`)."""
+    if isinstance(net, LinenNetwork):
+        from autocomp.models.linen import compressed
+
+        return compressed(net, aux, techniques, plan)
+    from autocomp.models.nnx import compressed
+
+    return compressed(net, aux, techniques, plan)
+
+
+@dataclass
+class SearchSetup:
+    """What a search of a user's model runs on (see :func:`search_setup`)."""
+
+    space: object
+    aux: dict
+    env: object
+    env_params: object
+    base_val: float
+
+
+def search_setup(net, data: Dataset, config, profile, techniques, ctx, env_cls) -> SearchSetup:
+    """The priced search space of ``net`` (its layers and every op between them), the
+    techniques' precomputations, and the environment (``env_cls``, the entry point's
+    ``CompressionEnv``: the core does not import the environment) with its params on the
+    validation split."""
+    from autocomp.search.plan import prepare_aux
+    from autocomp.search.reward import make_reward_params
+    from autocomp.search.space import build_search_space
+
+    shape = data.x_train.shape[1:]
+    space = build_search_space((), net.layers, techniques, tuple(config.env.ratios), profile,
+                               shape, net.graph_priced(), net.num_groups)  # fmt: skip
+    base_params = net.base_params()
+    aux = prepare_aux(net.layers, base_params, techniques, ctx, net, data.x_train)
+    n_val = config.env.val_examples or len(data.x_val)
+    x_val, y_val = data.x_val[:n_val], data.y_val[:n_val]
+    base_val = float(np.mean(predict(net.forward, base_params, x_val).argmax(-1) == y_val))
+    reward = make_reward_params(config.reward, tuple(space.base[:3]), base_val)
+    env = env_cls(net, space)
+    env_params = env.make_params(base_params, aux, x_val, y_val, reward)
+    return SearchSetup(space, aux, env, env_params, base_val)
+
+
+def random_network(config, data: Dataset | None = None):
+    """The configured model (``model._target_``) with random weights, as autocomp sees it,
+    and its data: what latency depends on (profiling, cost checks), without training."""
+    from autocomp.data import load_dataset
+
+    data = data if data is not None else load_dataset(config.data)
+    model = build_model(config.model)
+    example = data.x_train[:1]
+    variables = model.init(jax.random.key(config.seed), example, **dict(config.model.apply_kwargs))
+    kwargs = dict(config.model.apply_kwargs)
+    net = network(model, variables, example, kwargs, output_fn(config.model), config.model.name)
+    return net, data
+
+
+def load_or_train(model, cfg: ModelConfig, data: Dataset, train: TrainConfig, seed: int) -> dict:
+    if cfg.checkpoint:
+        return load_checkpoint(cfg.checkpoint, template(model, cfg, data.x_train[:1]))
+    log.info(
+        "model.checkpoint is empty: training %s for %d epochs first", cfg._target_, train.epochs
+    )
+    return train_base(model, cfg, data, train, seed)
+
+
+def save_checkpoint(path: Path, variables: dict) -> None:
+    """An orbax checkpoint of ``variables``, complete or absent (written beside, then moved)."""
+    import shutil
+
+    import orbax.checkpoint as ocp
+
+    path = Path(path).resolve()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save(partial, variables)
+    checkpointer.wait_until_finished()
+    partial.rename(path)
+
+
+def base_variables(config, data: Dataset, run_dir: Path) -> tuple[object, dict, str]:
+    """(model, trained variables, checkpoint they are in): ``model.checkpoint``, else the base
+    model this run directory trained before (a resumed run), else one trained now and saved
+    to ``<run_dir>/base_checkpoint``."""
+    model = build_model(config.model)
+    if config.model.checkpoint:
+        variables = load_or_train(model, config.model, data, config.base, config.seed)
+        return model, variables, str(Path(config.model.checkpoint).expanduser().resolve())
+    saved = Path(run_dir) / "base_checkpoint"
+    if saved.is_dir():
+        log.info("reusing the base model this run trained (%s)", saved)
+        like = template(model, config.model, data.x_train[:1])
+        return model, load_checkpoint(str(saved), like), str(saved.resolve())
+    variables = load_or_train(model, config.model, data, config.base, config.seed)
+    save_checkpoint(saved, variables)
+    return model, variables, str(saved.resolve())
+
+
+@dataclass
+class Restored:
+    """A finished run of a user's model, rebuilt (see :func:`restore_run`)."""
+
+    plan: object
+    metrics: dict
+    record: dict
+    data: Dataset
+    network: object
+    compressed: object
+    params: object
+
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        return predict(self.compressed.logits, self.params, x)
+
+
+def restore_run(run_dir: Path) -> Restored:
+    """The compressed model of a ``model._target_`` run: the model rebuilt from its import path
+    and base checkpoint, the plan materialized on it again (distilled replacements from the
+    cache the run filled), the fine-tuned params of ``compressed_params.msgpack`` put in."""
+    import json
+
+    from flax import serialization
+    from omegaconf import OmegaConf
+
+    from autocomp.config import RootConfig
+    from autocomp.data import load_dataset
+    from autocomp.search.plan import Plan, prepare_aux
+    from autocomp.techniques import make_techniques
+    from autocomp.workflow.pipeline import prepare_context, recorded_data, run_paths
+
+    paths = run_paths(Path(run_dir))
+    for key in ("run", "metrics", "params", "plan"):
+        if not paths[key].is_file():
+            raise ModelError(
+                f"{str(paths[key])!r} is missing: {str(run_dir)!r} is not a finished autocomp "
+                "run; point run= at the directory a train run printed"
+            )
+    record = json.loads(paths["run"].read_text())
+    config = OmegaConf.to_object(
+        OmegaConf.merge(OmegaConf.structured(RootConfig), record["config"])
+    )
+    data = load_dataset(recorded_data(record))
+    model = build_model(config.model)
+    like = template(model, config.model, data.x_train[:1])
+    checkpoint = record.get("base_checkpoint") or config.model.checkpoint
+    if not checkpoint:
+        raise ModelError(
+            f"{str(run_dir)!r} does not say where its base model is (a run of an older "
+            "autocomp that trained it): re-run it, or pass its checkpoint as model.checkpoint"
+        )
+    variables = load_checkpoint(checkpoint, like)
+    plan = Plan.load(paths["plan"])
+    net = network(model, variables, data.x_train[:1], dict(config.model.apply_kwargs),
+                  output_fn(config.model), config.model.name)  # fmt: skip
+    techniques = make_techniques(config.env.techniques)
+    aux = prepare_aux(net.layers, net.base_params(), techniques, prepare_context(config), net,
+                      data.x_train)  # fmt: skip
+    cmp = compressed_model(net, aux, techniques, plan)
+    saved = serialization.msgpack_restore(paths["params"].read_bytes())
+    params = serialization.from_state_dict(
+        cmp.params, saved["params"] if isinstance(net, LinenNetwork) else saved
+    )
+    metrics = json.loads(paths["metrics"].read_text())
+    return Restored(plan, metrics, record, data, net, cmp, params)
+
+
+def predict(fn: Callable, params, x: np.ndarray, batch: int = 512) -> np.ndarray:
+    """``fn(params, x)`` over ``x`` in batches, as numpy."""
+    jitted = jax.jit(fn)
+    return np.concatenate(
+        [np.asarray(jitted(params, x[i : i + batch])) for i in range(0, len(x), batch)]
+    )
+
+
+def finetune(net, cmp, data: Dataset, cfg, seed: int, base_params, on_epoch=None):
+    """Knowledge distillation from the original model into the compressed one (Hinton et
+    al., 2015); batch statistics stay as they are, sparsity masks are kept; ``on_epoch(epoch,
+    loss)`` after each epoch. Returns the trained params."""
+    import jax.numpy as jnp
+
+    from autocomp.models.linen import keep_masks
+    from autocomp.training.loop import _kd_loss, augment_batch, make_optimizer
+
+    if cfg.epochs == 0:
+        return cmp.params
+    teacher = predict(net.forward, base_params, data.x_train)
+    batch = min(cfg.batch_size, len(data.x_train))
+    steps_per_epoch = max(1, len(data.x_train) // batch)
+    tx = make_optimizer("adamw", cfg.learning_rate, 0.0, cfg.epochs * steps_per_epoch)
+    masks = {k: jnp.asarray(m) for k, m in cmp.masks.items()}
+
+    @jax.jit
+    def step(p, s, x, y, t, key):
+        if cfg.augment:
+            x = augment_batch(key, x)
+        loss, grads = jax.value_and_grad(
+            lambda p: _kd_loss(cmp.logits(p, x), y, t, cfg.temperature, cfg.alpha)
+        )(p)
+        updates, s = tx.update(grads, s, p)
+        return keep_masks(optax.apply_updates(p, updates), masks), s, loss
+
+    params = jax.tree.map(jnp.asarray, cmp.params)
+    state = tx.init(params)
+    key = jax.random.key(seed + 1)
+    for epoch in range(cfg.epochs):
+        order = np.random.default_rng([seed, epoch]).permutation(len(data.x_train))
+        for b in range(steps_per_epoch):
+            sel = order[b * batch : (b + 1) * batch]
+            params, state, loss = step(
+                params, state, data.x_train[sel], data.y_train[sel], teacher[sel],
+                jax.random.fold_in(key, epoch * steps_per_epoch + b),
+            )  # fmt: skip
+        if on_epoch is not None:
+            on_epoch(epoch, float(loss))
+    return jax.tree.map(np.asarray, params)

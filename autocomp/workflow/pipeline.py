@@ -1,0 +1,269 @@
+"""The steps of a run, as library functions. ``autocomp.train`` injects the environment and the
+agent (autocomp never imports ``envs`` or ``agents``)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from autocomp.config import DataConfig, RootConfig
+from autocomp.data import Dataset, load_dataset
+from autocomp.devices.costs import DeviceProfile, load_profile, price_ops, price_ops_int8
+from autocomp.models.layers import LayerInfo, compressible_layers
+from autocomp.models.ops import Op, base_ops
+from autocomp.search.pareto import pareto_front
+from autocomp.search.plan import LayerChoice, Plan, materialize, plan_from_indices, prepare_aux
+from autocomp.search.reward import RewardParams, make_reward_params
+from autocomp.search.space import CHANNELS, SearchSpace, build_search_space, plan_bins, plan_cost
+from autocomp.techniques import PrepareContext, Technique, make_techniques
+from autocomp.training.loop import accuracy, cache_root, finetune, predict, train_base
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """Everything a search needs, built before it starts."""
+
+    config: RootConfig
+    data: Dataset
+    ops: tuple[Op, ...]
+    layers: tuple[LayerInfo, ...]
+    techniques: tuple[Technique, ...]
+    profile: DeviceProfile
+    space: SearchSpace
+    base_params: dict
+    aux: tuple[dict, ...]
+    base_val_accuracy: float
+    base_test_accuracy: float
+    reward: RewardParams
+    base_from_cache: bool
+
+
+def validate(config: RootConfig) -> tuple[DeviceProfile, tuple[Technique, ...]]:
+    """Checks that need files or registries, run before anything is trained or written."""
+    return load_profile(config.device.profile), make_techniques(config.env.techniques)
+
+
+def prepare(config: RootConfig, on_epoch=None) -> Prepared:
+    """Load data, train (or load) the base model, and build the priced search space."""
+    profile, techniques = validate(config)
+    data = load_dataset(config.data)
+    ops = base_ops(config.model)
+    input_shape = data.x_train.shape[1:]
+    params, cached = train_base(config.model, ops, data, config.base, config.seed, on_epoch)
+    layers = compressible_layers(ops, input_shape)
+    space = build_search_space(ops, layers, techniques, config.env.ratios, profile, input_shape)
+    n_val = config.env.val_examples or len(data.x_val)
+    val_acc = accuracy(ops, params, data.x_val[:n_val], data.y_val[:n_val])
+    reward = make_reward_params(config.reward, tuple(space.base[:3]), val_acc)
+    return Prepared(
+        config=config,
+        data=data,
+        ops=ops,
+        layers=layers,
+        techniques=techniques,
+        profile=profile,
+        space=space,
+        base_params=params,
+        aux=prepare_aux(layers, params, techniques, prepare_context(config), ops, data.x_train),
+        base_val_accuracy=val_acc,
+        base_test_accuracy=accuracy(ops, params, data.x_test, data.y_test),
+        reward=reward,
+        base_from_cache=cached,
+    )
+
+
+def prepare_context(config: RootConfig) -> PrepareContext:
+    """Ratio bins and distillation settings of a run (distilled layers cached beside the base
+    models)."""
+    return PrepareContext(
+        ratios=tuple(config.env.ratios),
+        distill=config.env.distill,
+        cache_dir=cache_root(config.base) / "distill",
+        seed=config.seed,
+    )
+
+
+HISTORY_KEYS = ("plan", "reward", "accuracy", "latency_ms", "energy_mj", "bytes", "violation")
+
+
+def merge_history(history: dict[str, np.ndarray] | None, chunk: dict) -> dict[str, np.ndarray]:
+    """Append a chunk's per-episode records ([U, B, ...] flattened to [U*B, ...])."""
+    flat = {k: np.asarray(chunk[k]).reshape(-1, *np.shape(chunk[k])[2:]) for k in HISTORY_KEYS}
+    if history is None:
+        return flat
+    return {k: np.concatenate([history[k], flat[k]]) for k in HISTORY_KEYS}
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The unique evaluated plans, their Pareto front and the chosen one."""
+
+    plans: np.ndarray
+    reward: np.ndarray
+    accuracy: np.ndarray
+    costs: np.ndarray  # [N, 5] CHANNELS
+    violation: np.ndarray
+    front: np.ndarray
+    chosen: int
+
+
+def select(prepared: Prepared, history: dict[str, np.ndarray]) -> Selection:
+    """Deduplicate evaluated plans, find the Pareto front, pick the best plan within budgets."""
+    return select_plans(prepared.space, history)
+
+
+def select_plans(space: SearchSpace, history: dict[str, np.ndarray]) -> Selection:
+    """:func:`select` for any model's search space."""
+    flat = history["plan"].reshape(len(history["plan"]), -1)
+    _, first = np.unique(flat, axis=0, return_index=True)
+    first = np.sort(first)
+    plans = history["plan"][first]
+    costs = np.stack([plan_cost(space, p) for p in plans])
+    reward, acc = history["reward"][first], history["accuracy"][first]
+    violation = history["violation"][first]
+    front = pareto_front(acc, costs[:, :3])
+    candidates = np.flatnonzero(~violation)
+    if len(candidates) == 0:
+        log.warning("no evaluated plan meets the budgets; choosing the best-reward plan anyway")
+        candidates = np.arange(len(plans))
+    chosen = int(candidates[np.argmax(reward[candidates])])
+    return Selection(plans, reward, acc, costs, violation, front, chosen)
+
+
+@dataclass(frozen=True)
+class Compressed:
+    plan: Plan
+    ops: tuple[Op, ...]
+    params: dict
+    masks: dict[str, np.ndarray]
+    check: dict[str, float]
+
+
+def compress(prepared: Prepared, indices: np.ndarray, simulated_logits) -> Compressed:
+    """Materialize a plan and check that it reproduces the simulated model's predictions."""
+    p = prepared
+    ratios = p.config.env.ratios
+    plan = plan_from_indices(p.config.model.name, p.layers, p.techniques, ratios, indices)
+    ops, params, masks = materialize(p.ops, p.layers, p.base_params, p.aux, p.techniques, plan)
+    x_val = p.data.x_val
+    real = predict(ops, params, x_val)
+    sim = np.asarray(simulated_logits(x_val))
+    check = {
+        "max_abs_logit_diff": float(np.abs(real - sim).max()),
+        "prediction_agreement": float(np.mean(real.argmax(-1) == sim.argmax(-1))),
+        "simulated_val_accuracy": float(np.mean(sim.argmax(-1) == p.data.y_val)),
+        "materialized_val_accuracy": float(np.mean(real.argmax(-1) == p.data.y_val)),
+    }
+    scale = float(np.abs(sim).max()) + 1.0
+    if check["max_abs_logit_diff"] > 1e-3 * scale:
+        raise RuntimeError(f"materialized model disagrees with its simulation: {check}")
+    return Compressed(_annotate(p, plan, indices, params), ops, params, masks, check)
+
+
+def _annotate(p: Prepared, plan: Plan, indices: np.ndarray, params: dict) -> Plan:
+    """Fill each layer's resulting shapes and its cost-table row into the plan."""
+    layers, bins = [], plan_bins(p.space, indices)
+    for layer, choice, (t, r) in zip(p.layers, plan.layers, indices, strict=True):
+        row = p.space.costs[layer.index, t, r, bins[layer.index]]
+        shapes = [  # every kernel of the layer's ops (a fire module's expand has two)
+            list(np.shape(a))
+            for k, v in params.items()
+            if k == layer.name or k.startswith(f"{layer.name}_")
+            for name, a in sorted(v.items())
+            if name.startswith("kernel")
+        ]
+        layers.append(
+            LayerChoice(
+                choice.name,
+                choice.technique,
+                choice.ratio,
+                shapes,
+                float(row[0]),
+                float(row[1]),
+                int(row[3]),
+                int(row[2]),
+            )
+        )
+    return Plan(plan.model, tuple(layers))
+
+
+def model_metrics(
+    p: Prepared, ops: tuple[Op, ...], params: dict, test_accuracy: float
+) -> dict[str, Any]:
+    """Exact counts and device-table costs of a deployed model."""
+    cost = price_ops(p.profile, ops, p.data.x_train.shape[1:])
+    return {
+        "test_accuracy": test_accuracy,
+        "params": int(cost.params),
+        "bytes": int(cost.bytes),
+        "macs": int(cost.macs),
+        "latency_ms": float(cost.latency_ms),
+        # the whole model as model_int8.tflite runs it, from the table's int8 column (or None)
+        "latency_int8_ms": price_ops_int8(p.profile, ops, p.data.x_train.shape[1:]),
+        "energy_mj": float(cost.energy_mj),
+        "cost_sources": cost.sources,
+        "stored_scalars": int(sum(np.size(x) for x in jax.tree.leaves(params))),
+    }
+
+
+def finetune_compressed(p: Prepared, c: Compressed, on_epoch=None) -> tuple[dict, float]:
+    """Distil the base model into the compressed one; returns (params, test accuracy)."""
+
+    def teacher(x):
+        return predict(p.ops, p.base_params, x)
+
+    params = finetune(
+        c.ops, c.params, c.masks, p.data, p.config.finetune, teacher, p.config.seed, on_epoch
+    )
+    return params, accuracy(c.ops, params, p.data.x_test, p.data.y_test)
+
+
+def ratios_of(base: dict, compressed: dict) -> dict[str, float]:
+    """How many times smaller/faster the compressed model is, and the accuracy drop."""
+    out = {
+        f"{k}_x": base[k] / max(compressed[k], 1e-12)
+        for k in ("params", "bytes", "macs", "latency_ms", "energy_mj")
+    }
+    out["accuracy_drop_points"] = 100 * (base["test_accuracy"] - compressed["test_accuracy"])
+    return out
+
+
+def history_table(p: Prepared, sel: Selection) -> tuple[list[str], list[list[Any]]]:
+    """Front plans as table rows for trackers."""
+    names = [t.name for t in p.techniques]
+    rows = []
+    for i in sel.front:
+        plan = " ".join(f"{names[t]}@{p.config.env.ratios[r]:g}" for t, r in sel.plans[i])
+        rows.append(
+            [plan, float(sel.accuracy[i]), *map(float, sel.costs[i][:3]), float(sel.reward[i])]
+        )
+    return ["plan", "val_accuracy", *CHANNELS[:3], "reward"], rows
+
+
+def recorded_data(record: dict) -> DataConfig:
+    """The data config of a finished run (``run.json``); a relative path that does not exist
+    from here is taken relative to where the run was started (``cwd``)."""
+    data_cfg = DataConfig(**record["config"]["data"])
+    if data_cfg.path and not Path(data_cfg.path).is_absolute() and "cwd" in record:
+        recorded = Path(record["cwd"]) / data_cfg.path
+        if not Path(data_cfg.path).exists() and recorded.exists():
+            data_cfg.path = str(recorded)
+    return data_cfg
+
+
+def run_paths(run_dir: Path) -> dict[str, Path]:
+    return {
+        "plan": run_dir / "plan.json",
+        "metrics": run_dir / "metrics.json",
+        "params": run_dir / "compressed_params.msgpack",
+        "pareto": run_dir / "pareto.png",
+        "checkpoint": run_dir / "checkpoint" / "search.msgpack",
+        "run": run_dir / "run.json",
+    }
