@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 
 from autocomp.config import LayerConfig, ModelConfig
-from autocomp.export import ExportError, TfliteModel, main, tflite_op_names, to_tflite
+from autocomp.export import ExportError, TfliteModel, to_tflite
+from autocomp.export.__main__ import main
+from autocomp.export.tflite import tflite_op_names
 from autocomp.models.ops import base_ops, init_params
 from autocomp.search.plan import LayerChoice, Plan, PlanError, apply_plan
 from autocomp.techniques import TechniqueError
@@ -112,7 +114,7 @@ def test_export_cli_bad_input_exits_2(tmp_path, capsys):
     assert main(["runn=x"]) == 2 and "unknown argument" in capsys.readouterr().err
     assert main(["run=x", "threads=two"]) == 2 and "threads" in capsys.readouterr().err
     with pytest.raises(ExportError, match="required"):
-        from autocomp.export import parse_args
+        from autocomp.export.__main__ import parse_args
 
         parse_args([])
 
