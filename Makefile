@@ -21,7 +21,7 @@ train: $(STAMP)
 JOBS ?= 2
 
 test: $(STAMP)
-	$(PY) -m pytest -q -n $(JOBS) -m "not slow" $(ARGS)
+	$(PY) -m pytest -q -n $(JOBS) --dist loadgroup --durations=15 -m "not slow" $(ARGS)
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -n $(JOBS) -m slow $(ARGS) || [ $$? -eq 5 ]  # 5: no test is marked slow

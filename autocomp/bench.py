@@ -13,7 +13,7 @@ converted to TFLite and timed whole in the LiteRT interpreter on this host, agai
 prediction. Ends with ``MAPE=<percent> spearman=<rho> plans=<n>``.
 
 ``python -m autocomp.bench convs [batch=64]``: forward+backward time of depthwise and grouped
-convs (VGG-sized CIFAR-10 shapes) as XLA:CPU trains them (:func:`autocomp.models.ops.conv_nhwc`)
+convs (VGG-sized CIFAR-10 shapes) as XLA:CPU trains them (:func:`autocomp.models.convs.conv_nhwc`)
 against the one grouped ``lax`` conv the export lowers them to.
 """
 
@@ -158,8 +158,9 @@ def bench_costs(argv: list[str]) -> dict:
     from rich.progress import Progress
     from scipy.stats import spearmanr
 
-    from autocomp.devices.costs import format_shares, load_profile
+    from autocomp.devices.costs import format_shares
     from autocomp.devices.plan_timing import time_plans
+    from autocomp.devices.tables import load_profile
     from autocomp.run import compose
 
     opts = {a.split("=", 1)[0]: a.split("=", 1)[1] for a in argv if a.split("=")[0] in
@@ -211,7 +212,7 @@ CONV_CASES = (  # (name, (H, W, C), kernel, stride, groups): depthwise and group
 def bench_convs(argv: list[str]) -> list[dict]:
     """Milliseconds per jitted forward+backward pass (input and kernel gradients) of each case,
     both lowerings (best of 3)."""
-    from autocomp.models.ops import conv_nhwc, export_lowering
+    from autocomp.models.convs import conv_nhwc, export_lowering
 
     args = dict(a.split("=", 1) for a in argv)
     batch = int(args.get("batch", 64))

@@ -239,31 +239,16 @@ class EnvConfig:
     """The compression environment.
 
     Attributes:
-        techniques: technique names the agent may choose from, in action-index order.
+        techniques: technique names the agent may choose from, in action-index order (empty:
+            every registered technique, in registry order; ``autocomp.techniques.REGISTRY``).
+            It must include the technique that leaves a layer as it is (``keep``), checked where
+            the techniques are built (``make_techniques``).
         ratios: compression ratio bins (fraction removed), each in [0, 1); the first must be 0.
         val_examples: cap on validation examples scored per plan (None: all).
         distill: layer-wise distillation of replacement layers.
     """
 
-    techniques: list[str] = field(
-        default_factory=lambda: [
-            "keep",
-            "magnitude",
-            "filter",
-            "svd",
-            "sparse_code",
-            "spatial",
-            "sparse_conv",
-            "dwsep",
-            "group",
-            "fire",
-            "gap",
-            "mlpconv",
-            "keep+q8",
-            "magnitude+q8",
-            "filter+q8",
-        ]  # fmt: skip
-    )
+    techniques: list[str] = field(default_factory=list)
     ratios: list[float] = field(
         default_factory=lambda: [0.0, 0.25, 0.5, 0.625, 0.75, 0.875, 0.9375]
     )
@@ -281,8 +266,6 @@ class EnvConfig:
             raise ConfigError("env.ratios must start with 0.0 (the uncompressed bin)")
         if list(self.ratios) != sorted(set(self.ratios)):
             raise ConfigError(f"env.ratios={list(self.ratios)} must be strictly increasing")
-        if "keep" not in self.techniques:
-            raise ConfigError("env.techniques must include 'keep' so every layer has a choice")
 
 
 @dataclass

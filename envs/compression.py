@@ -1,13 +1,12 @@
 """The compression environment: one episode is one sweep over a model's compressible layers."""
 
-from __future__ import annotations
-
 import functools
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 from jaxtyping import Array, Float, Int
 
 from autocomp.models.layers import as_network, layer_inputs
@@ -15,7 +14,7 @@ from autocomp.models.ops import apply_op
 from autocomp.search.reward import RewardParams, compute_reward
 from autocomp.search.space import SearchSpace, min_rest
 from autocomp.search.spaces import EnvSpec, Observation, StepInfo
-from autocomp.techniques import Technique, layer_forward, layer_out_mask
+from autocomp.techniques import Technique, identity_index, layer_forward, layer_out_mask
 
 N_STATIC = 10
 PROBE_EXAMPLES = 64  # validation images whose layer inputs measure each technique's error
@@ -118,7 +117,7 @@ class CompressionEnv:
     def _static_features(self) -> np.ndarray:
         s = self.space
         n_l = len(self.layers)
-        keep = self.spec.technique_names.index("keep")
+        keep = identity_index(self.techniques)
         macs = s.costs[:, keep, 0, 0, 4]
         rows = []
         for layer in self.layers:
@@ -169,14 +168,16 @@ class CompressionEnv:
         return out
 
     # ------------------------------------------------------------ simulation
-    def logits(self, plan: Int[Array, "L 2"], params: EnvParams, x: Array) -> Array:
+    def logits(
+        self, plan: Int[ArrayLike, "L 2"], params: EnvParams, x: Float[ArrayLike, "n ..."]
+    ) -> Float[Array, "n k"]:
         """The base model with ``plan`` applied: each compressible layer is the output of its
         technique (``lax.switch``: one branch runs per plan), fed only the channels its input
         group keeps (the group's root decided them; removed channels are zeroed at the input,
         so what a batch norm or a residual add does to them does not matter)."""
         kept: dict[int, Array] = {}
 
-        def hook(layer, h: Array):
+        def hook(layer, h: ArrayLike):
             in_keep = kept.get(layer.in_group)
             if in_keep is None:
                 in_keep = jnp.ones(layer.in_channels, bool)
@@ -209,7 +210,7 @@ class CompressionEnv:
 
         return branch
 
-    def accuracy(self, plan: Int[Array, "L 2"], params: EnvParams) -> Float[Array, ""]:
+    def accuracy(self, plan: Int[ArrayLike, "L 2"], params: EnvParams) -> Float[Array, ""]:
         """Validation accuracy of the simulated plan."""
         pred = jnp.argmax(self.logits(plan, params, params.x_val), axis=-1)
         return jnp.mean(pred == params.y_val)
@@ -321,7 +322,7 @@ class CompressionEnv:
         return obs, new_state, reward, done, info
 
     @functools.partial(jax.jit, static_argnums=0)
-    def evaluate_plans(self, plans: Int[Array, "B L 2"], params: EnvParams) -> dict[str, Array]:
+    def evaluate_plans(self, plans: Int[ArrayLike, "B L 2"], params: EnvParams) -> dict[str, Array]:
         """Score given plans exactly as the search does (a lockstep rollout of fixed actions,
         compiled once as a scan over the layers)."""
         keys = jax.random.split(jax.random.key(0), plans.shape[0])

@@ -15,6 +15,20 @@ _SHARED = os.path.join(
 if os.path.isdir(_SHARED):
     os.environ.setdefault("AUTOCOMP_DATA", os.path.abspath(_SHARED))
 
+# The jaxtyping annotations on the public array boundaries (reward, spaces, environment, the
+# agent's networks and losses) are checked at run time in every test, by beartype through
+# jaxtyping's import hook; it must be installed before those modules are first imported.
+import jaxtyping  # noqa: E402
+
+CHECKED = (
+    "autocomp.search.reward",
+    "autocomp.search.spaces",
+    "envs.compression",
+    "agents.compressor_critic.networks",
+    "agents.compressor_critic.losses",
+)
+jaxtyping.install_import_hook(CHECKED, "beartype.beartype")
+
 import dataclasses  # noqa: E402
 
 import pytest  # noqa: E402
@@ -75,3 +89,29 @@ def prepared(tiny_config):
     from autocomp.workflow.pipeline import prepare
 
     return prepare(tiny_config())
+
+
+# The longest tests first (from `--durations` of the default run), so that the two workers do
+# not end with one of them alone on a long test.
+LONGEST = (
+    "test_default_experiment_meets_its_bars",
+    "test_default_experiment_cli_end_to_end",
+    "test_same_config_and_seed_give_the_same_plan",
+    "test_structured_pruning_materializes_as_simulated",
+    "test_experiment_composes_and_runs_a_few_steps",
+    "test_compress_a_trained_user_model_end_to_end",
+    "test_launch_files_compose_and_run",
+    "test_cli_compresses_a_user_model_from_its_orbax_checkpoint",
+    "test_compress_a_trained_nnx_model_end_to_end",
+    "test_resnet18_groups_match_a_hand_analysis",
+    "test_mobilenet_groups_match_a_hand_analysis",
+    "test_every_technique_converts_to_tflite_and_agrees",
+)
+
+
+def pytest_collection_modifyitems(items):
+    def rank(item) -> int:
+        name = item.originalname or item.name
+        return LONGEST.index(name) if name in LONGEST else len(LONGEST)
+
+    items.sort(key=rank)  # a stable sort: the rest keep their order

@@ -5,6 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from agents.compressor_critic import CompressorCriticConfig, losses, make_policy, make_train
 from envs.toy import ToyEnv
@@ -46,3 +47,17 @@ def test_learns_toy_optimum():
     np.testing.assert_array_equal(plan, env.optimum(params))
     first, last = chunks[0]["reward"].mean(), chunks[-1]["reward"].mean()
     assert last > first
+
+
+def test_array_annotations_are_checked_at_test_time():
+    """conftest installs jaxtyping's import hook with beartype: a wrong shape at a public
+    boundary is an error here, not a silent broadcast."""
+    from jaxtyping import TypeCheckError
+
+    from autocomp.config import RewardConfig
+    from autocomp.search.reward import compute_reward, make_reward_params
+
+    params = make_reward_params(RewardConfig(), (1.0, 1.0, 1.0), 0.9)
+    compute_reward(params, jnp.float32(0.8), jnp.ones(3))
+    with pytest.raises(TypeCheckError):
+        compute_reward(params, jnp.float32(0.8), jnp.ones(4))

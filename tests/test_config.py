@@ -12,18 +12,24 @@ from hydra import compose, initialize
 from hydra.errors import ConfigCompositionException, MissingConfigException
 
 from autocomp.config import ConfigError
-from autocomp.devices.costs import CostTableError, load_profile
+from autocomp.devices.tables import CostTableError, load_profile
 from autocomp.run import register, to_config
 
 ROOT = Path(__file__).resolve().parents[1]
 # The bigger models' smoke runs (about 2-3 min each on 2 CPU cores) run with `make test-slow`;
-# the default test run keeps digits and MNIST.
+# the default test run keeps MNIST (digits, the default, runs end to end through the CLI in
+# tests/test_pipeline.py).
 BIG = {"audio", "cifar", "imagenet"}
 # `custom` needs the user's model (model._target_): tests/test_own_models.py runs it with one.
-EXPERIMENTS = [
-    pytest.param(p.stem, marks=pytest.mark.slow) if p.stem in BIG else p.stem
+NAMES = [
+    p.stem
     for p in sorted((ROOT / "experiments" / "experiment").glob("*.yaml"))
     if p.stem != "custom"
+]
+EXPERIMENTS = [
+    pytest.param(name, marks=pytest.mark.slow) if name in BIG else name
+    for name in NAMES
+    if name != "digits"
 ]
 LAUNCH = sorted((ROOT / "launch").glob("*.yaml"))
 TINY = [
@@ -46,6 +52,14 @@ def _compose(overrides):
         return compose("config", overrides=overrides, return_hydra_config=False)
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_every_experiment_composes_and_says_its_command(name):
+    header = (ROOT / "experiments" / "experiment" / f"{name}.yaml").read_text()
+    assert header.startswith("# @package _global_") and "# Command:" in header
+    config = to_config(_compose([f"experiment={name}", "logger=none"]))
+    assert config.env.ratios[0] == 0.0 and config.model.layers
+
+
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_experiment_composes_and_runs_a_few_steps(name, tmp_path, cache_dir):
     from omegaconf import OmegaConf
@@ -59,8 +73,6 @@ def test_experiment_composes_and_runs_a_few_steps(name, tmp_path, cache_dir):
     cfg = _compose([f"experiment={name}", f"base.cache_dir={cache_dir}", *tiny])
     if cfg.data.source == "local" and not Path(cfg.data.path).exists():
         pytest.skip(f"data for experiment={name} not found at {cfg.data.path}")
-    header = (ROOT / "experiments" / "experiment" / f"{name}.yaml").read_text()
-    assert header.startswith("# @package _global_") and "# Command:" in header
     with contextlib.ExitStack() as stack:
         if cfg.data.source == "tfds":  # users' data sets are not here: TFDS's mock data
             import tensorflow_datasets as tfds
@@ -164,7 +176,8 @@ def test_analytic_table_cannot_claim_to_be_measured(tmp_path):
 def test_exact_table_rows_win_over_the_analytic_model(tmp_path):
     import json
 
-    from autocomp.devices.costs import op_key, price_op
+    from autocomp.devices.costs import price_op
+    from autocomp.devices.opkeys import op_key
     from autocomp.models.ops import Op
 
     shipped = json.loads(Path(load_profile("analytic_cortex_a76").path).read_text())
@@ -187,8 +200,13 @@ def test_config_errors_name_the_key():
         RewardConfig(max_latency_frac=2.0)
     with pytest.raises(ConfigError, match="reward.latency_weight"):
         RewardConfig(latency_weight="fast")
-    with pytest.raises(ConfigError, match="keep"):
-        EnvConfig(techniques=["svd"])
+    from autocomp.techniques import REGISTRY, TechniqueError, make_techniques
+
+    EnvConfig(techniques=["svd"])  # composes; the techniques are checked where they are built
+    with pytest.raises(TechniqueError, match="env.techniques.*'keep'"):
+        make_techniques(EnvConfig(techniques=["svd"]).techniques)
+    # the default lists no names: every registered technique, in registry order
+    assert [t.name for t in make_techniques(EnvConfig().techniques)] == list(REGISTRY)
 
 
 @pytest.mark.parametrize(

@@ -9,27 +9,20 @@ from pathlib import Path
 
 import pytest
 
-from autocomp.devices.costs import (
-    CostTableError,
-    format_shares,
-    load_profile,
-    op_key,
-    parse_key,
-    price_op,
-    price_ops,
-)
+from autocomp.devices.costs import format_shares, price_op, price_ops
+from autocomp.devices.opkeys import op_key, parse_key
+from autocomp.devices.profiler import append_partial, load_partial
 from autocomp.devices.profiling import (
     AndroidRunner,
     ProfileError,
-    append_partial,
     host_energy_counters,
-    load_partial,
     parse_battery,
     parse_benchmark_output,
     power_from_csv,
     read_rapl_uj,
     search_configs,
 )
+from autocomp.devices.tables import CostTableError, load_profile
 from autocomp.models.ops import Op
 
 DATA = Path(__file__).parent / "data"
@@ -154,10 +147,10 @@ def test_every_shipped_table_loads_and_says_what_it_is():
 
 
 def test_host_and_auto_resolve_to_this_machines_table(tmp_path, monkeypatch):
-    from autocomp.devices import costs
+    from autocomp.devices import host
 
-    monkeypatch.setattr(costs, "user_tables_dir", lambda: tmp_path)
-    monkeypatch.setattr(costs, "host_id", lambda: "host-test-cpu")
+    monkeypatch.setattr(host, "user_tables_dir", lambda: tmp_path)
+    monkeypatch.setattr(host, "host_id", lambda: "host-test-cpu")
     with pytest.raises(CostTableError, match="no measured cost table.*host-test-cpu.*profile"):
         load_profile("host")
     assert load_profile("auto").name == "pixel4-a76"  # the fallback, said as such
@@ -285,14 +278,14 @@ def test_host_profile_measures_resumes_and_validates(tmp_path, monkeypatch):
 
 
 def test_host_profile_with_one_and_four_threads_writes_a_table_each(tmp_path, monkeypatch):
-    from autocomp.devices import costs
+    from autocomp.devices import host
     from autocomp.profile import main
 
-    monkeypatch.setattr(costs, "user_tables_dir", lambda: tmp_path)
+    monkeypatch.setattr(host, "user_tables_dir", lambda: tmp_path)
     args = ["device=host", "threads=1,4", "rounds=3", "limit=1", "experiment=digits",
             "env.techniques=[keep]", "env.ratios=[0.0]"]  # fmt: skip
     assert main(args) == 0
-    one, four = tmp_path / f"{costs.host_id()}.json", tmp_path / f"{costs.host_id()}-4t.json"
+    one, four = tmp_path / f"{host.host_id()}.json", tmp_path / f"{host.host_id()}-4t.json"
     assert load_profile(str(one)).device["threads"] == 1
     assert load_profile(str(four)).device["threads"] == 4
     assert "; 4 threads;" in load_profile(str(four)).describe()

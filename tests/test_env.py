@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from autocomp.config import LayerConfig, ModelConfig, RewardConfig
-from autocomp.devices.costs import load_profile
+from autocomp.devices.tables import load_profile
 from autocomp.models.layers import compressible_layers
 from autocomp.models.ops import base_ops, init_params
 from autocomp.search.plan import prepare_aux

@@ -84,7 +84,7 @@ def test_residual_shapes_and_mismatched_shortcuts():
 
 
 def test_filter_pruning_does_not_fit_channels_tied_to_a_shortcut_or_depthwise():
-    (filter_,) = make_techniques(["filter"])
+    filter_ = make_techniques(["keep", "filter"])[1]
     layers = {la.name: la for la in compressible_layers(base_ops(_model("resnet20")), (32, 32, 3))}
     assert filter_.fits(layers["s1b1a"]) is None  # inside a block: prunable
     for name in ("conv1", "s1b1b", "s3b3b"):  # saved for / added to a shortcut
@@ -154,7 +154,7 @@ def test_fast_grouped_and_depthwise_convs_equal_the_lax_conv(shape, kernel, stri
     lax conv's values and gradients; under export_lowering it is the grouped lax conv itself."""
     from jax import lax
 
-    from autocomp.models.ops import conv_nhwc, export_lowering
+    from autocomp.models.convs import conv_nhwc, export_lowering
 
     rng = np.random.default_rng(0)
     x = rng.standard_normal((2, *shape)).astype(np.float32)
@@ -185,7 +185,7 @@ def test_conv_module_has_flax_conv_params():
     checkpoints written before it load unchanged."""
     import flax.linen as nn
 
-    from autocomp.models.ops import Conv
+    from autocomp.models.convs import Conv
 
     x = np.zeros((1, 8, 8, 6), np.float32)
     ours = Conv(9, (3, 3), (2, 2), groups=3).init(jax.random.key(0), x)

@@ -15,9 +15,10 @@ import pytest
 from own_models import ShapeBranching, TinyMobileNetV2
 
 from autocomp.config import RewardConfig
-from autocomp.devices.costs import load_profile
+from autocomp.devices.tables import load_profile
 from autocomp.export import TfliteModel, function_to_tflite
-from autocomp.models.linen import LinenNetwork, export_form, materialize
+from autocomp.models.linen import LinenNetwork, materialize
+from autocomp.models.materialized import export_form
 from autocomp.search.plan import plan_from_indices, prepare_aux
 from autocomp.search.reward import make_reward_params
 from autocomp.search.space import CHANNELS, build_search_space, plan_cost
@@ -371,7 +372,7 @@ class _Branchy(nn.Module):
 
 
 def test_bad_models_get_one_clear_error():
-    from autocomp.models.linen import ModelError
+    from autocomp.models.discovery import ModelError
 
     x = np.zeros((1, 4, 4, 1), np.float32)
     model = TinyMobileNetV2()
@@ -495,7 +496,7 @@ def test_cli_compresses_a_user_model_from_its_orbax_checkpoint(trained_small_res
     # a checkpoint of another model is refused with the leaf that does not fit
     from own_models import TinyMobileNetV2
 
-    from autocomp.models.linen import ModelError
+    from autocomp.models.discovery import ModelError
     from autocomp.workflow.custom import load_checkpoint, template
 
     with pytest.raises(ModelError, match="another model"):

@@ -21,18 +21,6 @@ def test_pyproject_lists_packages_explicitly():
         assert name in text
 
 
-def test_core_never_imports_envs_or_agents():
-    for path in (ROOT / "autocomp").rglob("*.py"):
-        if path.name in ("train.py", "bench.py", "profile.py", "export.py", "api.py"):
-            continue  # entry points put the pieces together (api.py: autocomp.compress)
-        text = path.read_text()
-        assert "from envs" not in text and "import envs" not in text, path
-        assert "from agents" not in text and "import agents" not in text, path
-    for path in (ROOT / "agents").rglob("*.py"):
-        text = path.read_text()
-        assert "from envs" not in text and "import envs" not in text, path
-
-
 def test_importing_autocomp_pulls_in_no_heavy_or_optional_package():
     """`import autocomp` is cheap: TensorFlow, LiteRT, wandb and the agents load only when a
     command needs them (checked in a fresh interpreter, from sys.modules)."""

@@ -12,18 +12,10 @@ import numpy as np
 import pytest
 
 from autocomp.devices import calibrate, published
-from autocomp.devices.costs import (
-    CostTableError,
-    analytic_latency_ms,
-    efficiency_key,
-    load_profile,
-    op_counts,
-    op_key,
-    parse_key,
-    price_ops,
-    profile_from_data,
-    source_shares,
-)
+from autocomp.devices.analytic import analytic_latency_ms, efficiency_key
+from autocomp.devices.costs import price_ops, source_shares
+from autocomp.devices.opkeys import op_counts, op_key, parse_key
+from autocomp.devices.tables import CostTableError, load_profile, profile_from_data
 from autocomp.models.ops import Op
 
 SLICE = Path(__file__).parent / "data" / "phones"
@@ -171,11 +163,11 @@ def test_the_shipped_phone_tables_are_what_the_published_data_rebuild(tmp_path):
 
 
 def test_device_host_without_a_table_says_how_long_profiling_takes(tmp_path, monkeypatch):
-    from autocomp.devices import costs
+    from autocomp.devices import host
     from autocomp.run import compose, run
 
-    monkeypatch.setattr(costs, "user_tables_dir", lambda: tmp_path)
-    monkeypatch.setattr(costs, "host_id", lambda: "host-unprofiled-cpu")
+    monkeypatch.setattr(host, "user_tables_dir", lambda: tmp_path)
+    monkeypatch.setattr(host, "host_id", lambda: "host-unprofiled-cpu")
     config = compose(["device=host", "env.techniques=[keep,filter]", "env.ratios=[0,0.5]"])
     with pytest.raises(CostTableError) as err:
         run(config, tmp_path / "run", {})

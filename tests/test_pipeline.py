@@ -25,8 +25,11 @@ TINY = [
 ]
 
 
-def test_default_experiment_cli_end_to_end(tmp_path, cache_dir):
-    run_dir = tmp_path / "run"
+@pytest.fixture(scope="module")
+def cli_run(tmp_path_factory, cache_dir):
+    """One tiny run of the default experiment through the real CLI, with the export; read by
+    the tests of this group (one xdist worker runs them: ``--dist loadgroup``)."""
+    run_dir = tmp_path_factory.mktemp("cli") / "run"
     env = {**os.environ, "WANDB_MODE": "offline", "AUTOCOMP_CACHE": cache_dir}
     proc = subprocess.run(
         [sys.executable, "-m", "autocomp.train", f"hydra.run.dir={run_dir}", *TINY, "export=true"],
@@ -36,6 +39,12 @@ def test_default_experiment_cli_end_to_end(tmp_path, cache_dir):
         text=True,
         timeout=600,
     )
+    return proc, run_dir
+
+
+@pytest.mark.xdist_group("cli_run")
+def test_default_experiment_cli_end_to_end(cli_run):
+    proc, run_dir = cli_run
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "base vs compressed" in proc.stdout
     metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -93,15 +102,20 @@ def test_default_experiment_cli_end_to_end(tmp_path, cache_dir):
     assert "| conv1 |" in card and "python -m autocomp.export" in card and "export=true" in card
 
 
-def test_same_config_and_seed_give_the_same_plan(tiny_config, tmp_path):
-    from autocomp.run import run
+@pytest.mark.xdist_group("cli_run")
+def test_same_config_and_seed_give_the_same_plan(cli_run, tmp_path, cache_dir, monkeypatch):
+    """The CLI's run again, in this process (its base model now from the cache): the same plan
+    and the same reward."""
+    from autocomp.run import compose, run
 
-    plans, rewards = [], []
-    for name in ("a", "b"):
-        metrics = run(tiny_config(), tmp_path / name, {"seed": 0}, show_progress=False)
-        plans.append(json.loads((tmp_path / name / "plan.json").read_text())["layers"])
-        rewards.append(metrics["compressed"]["reward"])
-    assert plans[0] == plans[1] and rewards[0] == rewards[1]
+    proc, run_dir = cli_run
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    monkeypatch.setenv("AUTOCOMP_CACHE", cache_dir)
+    metrics = run(compose(TINY), tmp_path, {"seed": 0}, show_progress=False)
+    first = json.loads((run_dir / "metrics.json").read_text())
+    plan = json.loads((run_dir / "plan.json").read_text())["layers"]
+    assert json.loads((tmp_path / "plan.json").read_text())["layers"] == plan
+    assert metrics["compressed"]["reward"] == first["compressed"]["reward"]
 
 
 def test_resume_continues_a_killed_search(tiny_config, tmp_path):

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from autocomp.config import ConfigError, SurveyConfig
-from autocomp.devices.costs import load_profile
+from autocomp.devices.tables import load_profile
 from autocomp.survey.builtin import partial_path, run_survey, write_survey
 
 

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from autocomp.config import DistillConfig, LayerConfig, ModelConfig, RewardConfig
-from autocomp.devices.costs import load_profile, price_ops
+from autocomp.devices.costs import price_ops
+from autocomp.devices.tables import load_profile
 from autocomp.models.layers import compressible_layers, layer_inputs
 from autocomp.models.ops import apply_op, bake_quantized, base_ops, fake_quant, init_params
 from autocomp.search.plan import (
@@ -26,10 +27,15 @@ from autocomp.search.space import build_search_space
 from autocomp.techniques import (
     REGISTRY,
     PrepareContext,
+    Technique,
     TechniqueError,
+    family,
+    identity_index,
     layer_forward,
+    make_technique,
     make_techniques,
 )
+from autocomp.techniques.base import fits_weighted, same_layer_ops
 from autocomp.training.loop import predict
 from envs.compression import CompressionEnv
 
@@ -151,7 +157,7 @@ def test_error_non_decreasing_in_ratio(tech, layer, params, aux, inputs):
         assert errors[-1] > 0
     if "+q" in tech.name:  # fewer bits, more error where nothing is pruned
         base = tech.name.split("+")[0]
-        coarse = make_techniques([f"{base}+q3"])[0]
+        coarse = make_technique(f"{base}+q3")
         p = jax.tree.map(jnp.asarray, params[layer.name])
         y = apply_op(layer.op, {layer.name: p}, x)
         y_3 = layer_forward(coarse, layer, p, aux[layer.index][base], jnp.float32(0.0), x)
@@ -348,4 +354,50 @@ def test_quantization_composes_only_with_single_op_techniques():
         make_techniques(["keep", "svd+q8"])
     with pytest.raises(TechniqueError, match="1-bit.*2 to 16"):
         make_techniques(["keep", "magnitude+q1"])
-    assert make_techniques(["filter+q6"])[0].name == "filter+q6"
+    assert make_technique("filter+q6").name == "filter+q6"
+
+
+def _make_twin() -> Technique:
+    """A technique defined outside the package: the layer's own op, unchanged, as a ratio-free
+    replacement (not the identity)."""
+    keep = make_technique("keep")
+    return Technique(
+        name="twin",
+        fits=fits_weighted,
+        prepare=lambda layer, params, ctx: {},
+        simulate=lambda params, aux, ratio: params,
+        materialize=keep.materialize,
+        ops=lambda layer, ratio, in_channels: same_layer_ops(layer, in_channels, layer.features),
+        out_channels=lambda layer, ratio: layer.features,
+        ratio_free=True,
+        family="T1",
+        quantizable=True,
+    )
+
+
+def test_a_registered_technique_is_usable_by_name_without_editing_anything_else(
+    monkeypatch, params
+):
+    monkeypatch.setitem(REGISTRY, "twin", _make_twin)
+    assert [t.name for t in make_techniques()] == list(REGISTRY)  # the default: all, in order
+    techs = make_techniques(["keep", "twin", "twin+q4", "filter"])
+    assert [t.name for t in techs] == ["keep", "twin", "twin+q4", "filter"]
+    assert (family("twin"), family("twin+q4"), identity_index(techs)) == ("T1", "T1+Q", 0)
+    space = build_search_space(OPS, LAYERS, techs, RATIOS, load_profile("analytic_cortex_a76"),
+                               (8, 8, 1))  # fmt: skip
+    assert space.allowed[:, 1, 0].all() and not space.allowed[:, 1, 1:].any()  # ratio-free
+    np.testing.assert_array_equal(space.costs[:, 1, 0, 0], space.costs[:, 0, 0, 0])
+    plan = _plan({"conv1": ("twin", 0.0), "fc2": ("twin+q4", 0.0), "conv2": ("filter", 0.5)})
+    check_plan(plan, LAYERS, techs)
+    aux = prepare_aux(LAYERS, params, techs, PrepareContext(ratios=RATIOS), OPS)
+    ops, new_params, _ = materialize(OPS, LAYERS, params, aux, techs, plan)
+    np.testing.assert_array_equal(new_params["conv1"]["kernel"], params["conv1"]["kernel"])
+    assert next(op for op in ops if op.name == "fc2").bits == 4
+
+
+def test_a_technique_list_without_the_identity_says_how_to_fix_it():
+    with pytest.raises(TechniqueError, match=r"env.techniques=\['svd'\].*'keep'.*\[keep,svd\]"):
+        make_techniques(["svd"])
+    twice = make_techniques(["keep"]) * 2
+    with pytest.raises(TechniqueError, match="more than one"):
+        identity_index(twice)

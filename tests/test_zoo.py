@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from autocomp.devices.costs import load_profile
+from autocomp.devices.tables import load_profile
 from autocomp.models import zoo
 from autocomp.models.layers import compressible_layers
 from autocomp.models.linen import LinenNetwork

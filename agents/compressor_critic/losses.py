@@ -1,9 +1,8 @@
 """Losses of the compressor-critic, unbatched (vmap them), named as in rlax."""
 
-from __future__ import annotations
-
 import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike
 from jaxtyping import Array, Float, Int
 
 from agents.compressor_critic.networks import split_logits
@@ -22,17 +21,19 @@ def action_log_prob_and_entropy(
     return logp, entropy
 
 
-def policy_gradient_loss(logp: Float[Array, ""], advantage: Float[Array, ""]) -> Array:
+def policy_gradient_loss(
+    logp: Float[ArrayLike, ""], advantage: Float[ArrayLike, ""]
+) -> Float[ArrayLike, ""]:
     """REINFORCE with a baseline: -log pi(a) * A, with A treated as a constant."""
     return -logp * jax.lax.stop_gradient(advantage)
 
 
-def value_loss(value: Float[Array, ""], target: Float[Array, ""]) -> Array:
+def value_loss(value: Float[ArrayLike, ""], target: Float[ArrayLike, ""]) -> Float[ArrayLike, ""]:
     """The critic's regression to the return: 0.5 (v - G)^2."""
     return 0.5 * jnp.square(value - jax.lax.stop_gradient(target))
 
 
-def entropy_loss(entropy: Float[Array, ""]) -> Array:
+def entropy_loss(entropy: Float[ArrayLike, ""]) -> Float[ArrayLike, ""]:
     """Minimizing -H maximizes the entropy (exploration bonus)."""
     return -entropy
 

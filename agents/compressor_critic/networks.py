@@ -1,8 +1,6 @@
 """The compressor: an LSTM over the layer sequence (DeepIoT's global view of the layers), with a
 technique head, a per-technique ratio head and the critic's value head."""
 
-from __future__ import annotations
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp

@@ -27,14 +27,8 @@ from statistics import median
 
 import numpy as np
 
-from autocomp.devices.costs import (
-    SCHEMA_VERSION,
-    analytic_latency_ms,
-    efficiency_key,
-    load_profile,
-    op_counts,
-    op_key,
-)
+from autocomp.devices.analytic import analytic_latency_ms, efficiency_key
+from autocomp.devices.opkeys import op_counts, op_key
 from autocomp.devices.published import (
     AMC_DIR,
     NNMETER_DIR,
@@ -45,6 +39,7 @@ from autocomp.devices.published import (
     nnmeter_blocks,
     pixel1_timings,
 )
+from autocomp.devices.tables import SCHEMA_VERSION, energy_constants
 from autocomp.models.ops import Op, Shape
 
 FITTED = ("conv", "dwconv", "dense")  # efficiencies the fit moves (pool stays: no MACs)
@@ -188,14 +183,6 @@ def split_blocks(blocks: Sequence[Block]) -> tuple[list[Block], list[Block]]:
     return train, [b for i, b in enumerate(ordered) if i in held]
 
 
-def _energy_and_sources() -> tuple[dict, dict, list[str]]:
-    """Energy constants and their sources (the analytic A76 table's estimate; no published
-    source measures a phone's energy per op)."""
-    a76 = load_profile("analytic_cortex_a76")
-    note = next(s for s in a76.sources if s.startswith("Energy per op"))
-    return dict(a76.analytic), dict(a76.energy), [note]
-
-
 def _today() -> str:
     return datetime.date.today().isoformat()
 
@@ -226,7 +213,8 @@ def pixel1_table(root, networks: Sequence[str] | None = None) -> dict:
     timings = [t for t in pixel1_timings(root) if networks is None or t.network in networks]
     if not timings:
         raise ValueError(f"no published Pixel 1 profile of the networks {networks}")
-    analytic, energy, energy_sources = _energy_and_sources()
+    # no published source measures a phone's energy per op: the A76 table's estimate
+    analytic, energy, energy_note = energy_constants()
     fitted = fit_analytic(analytic, [[(t.op, t.shape)] for t in timings],
                           [t.latency_ms for t in timings])  # fmt: skip
     used = sorted({t.network for t in timings})
@@ -270,7 +258,7 @@ def pixel1_table(root, networks: Sequence[str] | None = None) -> dict:
         "sources": [
             "Rows: published Pixel 1 TFLite profiles (provenance.sources), rebuilt by "
             "python -m autocomp.profile device=published source=<phones folder>",
-            *energy_sources,
+            energy_note,
         ],
         "rows": pixel1_rows(timings),
     }
@@ -282,7 +270,8 @@ def phone_table(root, name: str) -> dict:
     spec = PHONE_TABLES[name]
     phone = spec["phone"]
     train, held = split_blocks(nnmeter_blocks(root))
-    analytic, energy, energy_sources = _energy_and_sources()
+    # no published source measures a phone's energy per op: the A76 table's estimate
+    analytic, energy, energy_note = energy_constants()
     analytic = dict(analytic, peak_gmacs=spec["peak_gmacs"])
     fitted = fit_analytic(analytic, [b.ops for b in train], [b.latency_ms[phone] for b in train])
     table = {
@@ -321,7 +310,7 @@ def phone_table(root, name: str) -> dict:
             "train_n": len(train),
             "heldout": None,  # below: the error of this very table on the held-out blocks
         },
-        "sources": [f"Peak: {spec['peak_note']}", *energy_sources],
+        "sources": [f"Peak: {spec['peak_note']}", energy_note],
         "rows": [],
     }
     table["calibration"]["heldout"] = block_errors(table, held, phone)
@@ -337,7 +326,7 @@ def block_predictions(profile, blocks: Sequence[Block]) -> list[float]:
 
 def block_errors(table: dict, blocks: Sequence[Block], phone: str) -> dict:
     """Error of a table (its parsed JSON) on blocks measured on ``phone``."""
-    from autocomp.devices.costs import profile_from_data
+    from autocomp.devices.tables import profile_from_data
 
     profile = profile_from_data(table, f"<{table['device']['name']}>")
     return errors(block_predictions(profile, blocks), [b.latency_ms[phone] for b in blocks])

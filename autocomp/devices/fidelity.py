@@ -23,8 +23,9 @@ from autocomp.devices.calibrate import (
     pixel1_table,
     split_blocks,
 )
-from autocomp.devices.costs import load_profile, price_op, profile_from_data
+from autocomp.devices.costs import price_op
 from autocomp.devices.published import Block, network_totals, nnmeter_blocks, pixel1_timings
+from autocomp.devices.tables import load_profile, profile_from_data
 
 PROXYLESS = "proxylessnas_mobile"
 ANALYTIC_BASE = {"pixel4_a76": "analytic_cortex_a76", "pixel6_tensor": "analytic_cortex_x1"}

@@ -27,9 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from autocomp.devices.costs import FREE_OPS, op_key
+from autocomp.devices.opkeys import FREE_OPS, op_key
 from autocomp.export.tflite import Timing
-from autocomp.io import append_jsonl, read_jsonl
 from autocomp.models.ops import PARAMETRIC, Op, Shape, param_shapes, walk_shapes
 
 
@@ -356,20 +355,7 @@ def power_from_csv(path: Path) -> float:
     return float(np.mean(watts))
 
 
-# ------------------------------------------------------------------ resumable table files
-def partial_path(out: Path) -> Path:
-    return out.with_name(out.name + ".partial.jsonl")
-
-
-def load_partial(out: Path) -> dict[str, dict]:
-    """Rows already measured by an interrupted profile (a torn last line is dropped)."""
-    return {row["key"]: row for row in read_jsonl(partial_path(out))}
-
-
-def append_partial(out: Path, row: dict) -> None:
-    append_jsonl(partial_path(out), row)
-
-
+# ------------------------------------------------------------------ an experiment's space
 def experiment_configs(config) -> dict[str, tuple[Op, Shape]]:
     """:func:`search_configs` of an experiment's search space (built-in or user model)."""
     from autocomp.techniques import make_techniques

@@ -4,7 +4,7 @@ Two kinds of source (``../shared/data/phones``; its README has the provenance of
 
 - per-op TFLite profiles on a Google Pixel 1 (``amc_pixel1_tflite_profiles``: four MobileNet-V1
   variants, three runs each; ``proxylessnas_pixel1_tflite_profile``: ProxylessNAS-Mobile), one
-  :class:`OpTiming` per profiled node, keyed exactly as :func:`autocomp.devices.costs.op_key`
+  :class:`OpTiming` per profiled node, keyed exactly as :func:`autocomp.devices.opkeys.op_key`
   keys the ops autocomp deploys;
 - nn-Meter's inverted-residual block latencies on four phones (``nnmeter_hybrid_lut``), one
   :class:`Block` per row, broken into the ops TFLite runs for it (:func:`block_ops`).

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from autocomp.data import DataError
 from autocomp.export import ExportError, export_custom_run, export_run
-from autocomp.models.linen import ModelError
+from autocomp.models.discovery import ModelError
 from autocomp.search.plan import PlanError
 from autocomp.workflow.pipeline import run_paths
 

@@ -29,18 +29,7 @@ def model_card(run_dir: Path, plan: Plan, metrics: dict, report: dict, record: d
         f"{report['num_threads']} thread) | test accuracy |",
         "|---|---|---|---|",
     ]
-    for kind, name in (("float32", "model.tflite"), ("int8", "model_int8.tflite")):
-        if kind in report:
-            r = report[kind]
-            lines.append(
-                f"| `{name}` | {r['bytes']:,} | {r['latency_ms']['median']:.4f} | "
-                f"{100 * r['test_accuracy']:.2f}% |"
-            )
-    predicted = report.get("int8", {}).get("table_latency_ms") or {}
-    if predicted.get("predicted_ms") is not None:
-        lines += ["", f"The device table `{predicted['table']}` predicts "
-                  f"{predicted['predicted_ms']:.4f} ms for `model_int8.tflite` on its device "
-                  f"({comp['latency_ms']:.4f} ms float32); see its int8 column."]  # fmt: skip
+    lines += _file_rows(report, comp)
     lines += [
         "",
         f"Input: float32 `{list(record.get('input_shape', cfg['model']['input_shape']))}` "
@@ -66,6 +55,36 @@ def model_card(run_dir: Path, plan: Plan, metrics: dict, report: dict, record: d
         "| layer | technique | ratio | kernels |",
         "|---|---|---|---|",
     ]
+    lines += _plan_and_checks(run_dir, plan, report, record, cfg)
+    return "\n".join(lines)
+
+
+def write_model_card(run_dir: Path, plan: Plan, metrics: dict, report: dict, record: dict):
+    atomic_write_text(run_dir / "export" / "MODEL_CARD.md",
+                      model_card(run_dir, plan, metrics, report, record))  # fmt: skip
+
+
+def _file_rows(report: dict, comp: dict) -> list[str]:
+    """The files table's rows and the table's int8 prediction."""
+    lines = []
+    for kind, name in (("float32", "model.tflite"), ("int8", "model_int8.tflite")):
+        if kind in report:
+            r = report[kind]
+            lines.append(
+                f"| `{name}` | {r['bytes']:,} | {r['latency_ms']['median']:.4f} | "
+                f"{100 * r['test_accuracy']:.2f}% |"
+            )
+    predicted = report.get("int8", {}).get("table_latency_ms") or {}
+    if predicted.get("predicted_ms") is not None:
+        lines += ["", f"The device table `{predicted['table']}` predicts "
+                  f"{predicted['predicted_ms']:.4f} ms for `model_int8.tflite` on its device "
+                  f"({comp['latency_ms']:.4f} ms float32); see its int8 column."]  # fmt: skip
+    return lines
+
+
+def _plan_and_checks(run_dir: Path, plan: Plan, report: dict, record: dict, cfg: dict) -> list[str]:
+    """The plan table, the verification and the commands."""
+    lines = []
     for c in plan.layers:
         shapes = " + ".join("x".join(map(str, s)) for s in c.shape)
         lines.append(f"| {c.name} | {c.technique} | {c.ratio:g} | {shapes} |")
@@ -96,9 +115,4 @@ def model_card(run_dir: Path, plan: Plan, metrics: dict, report: dict, record: d
             "```",
             "",
         ]
-    return "\n".join(lines)
-
-
-def write_model_card(run_dir: Path, plan: Plan, metrics: dict, report: dict, record: dict):
-    atomic_write_text(run_dir / "export" / "MODEL_CARD.md",
-                      model_card(run_dir, plan, metrics, report, record))  # fmt: skip
+    return lines

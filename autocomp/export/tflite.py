@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from autocomp.models.ops import Op, SequentialNet, bake_quantized, export_lowering
+from autocomp.models.convs import export_lowering
+from autocomp.models.ops import Op, SequentialNet, bake_quantized
 
 
 @dataclass(frozen=True)

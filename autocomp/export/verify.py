@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from autocomp.devices.costs import cpu_model
+from autocomp.devices.host import cpu_model
 from autocomp.export.tflite import TfliteModel, tflite_op_names
 from autocomp.models.ops import Op
 from autocomp.training.loop import predict

@@ -16,7 +16,7 @@ depends on the model input; arithmetic on parameters alone is folded by the conv
   conv, a matmul or a reduction (batch norm at inference, a bias, the division of a mean),
   which TFLite folds.
 
-Each op keeps the channel slots of its input (:class:`~autocomp.models.channels.Info`), so the
+Each op keeps the channel slots of its input (:class:`~autocomp.models.channel_rules.Info`), so the
 search space can price it at the width its channel group keeps.
 """
 
@@ -27,7 +27,8 @@ from dataclasses import dataclass, replace
 
 from jax.extend import core as jcore
 
-from autocomp.models.channels import ELEMENTWISE, LAYER_PREFIX, Info, _sub_jaxpr
+from autocomp.models.channel_rules import ELEMENTWISE, Info
+from autocomp.models.channels import LAYER_PREFIX, _sub_jaxpr
 from autocomp.models.ops import Op, Shape
 
 FOLDABLE = frozenset("add sub mul div add_any".split())  # a scale or shift by a constant

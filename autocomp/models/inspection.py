@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 from collections.abc import Callable, Mapping, Sequence
 
-from autocomp.devices.costs import op_counts
+from autocomp.devices.opkeys import op_counts
 from autocomp.models.linen import LinenNetwork
 from autocomp.techniques import REGISTRY, make_technique, technique_fits
 

@@ -31,8 +31,8 @@ class LayerInfo:
             shortcut saves or adds them, or a depthwise conv follows channel for channel), so
             techniques that remove output channels do not fit.
         pre_flatten: for a dense layer after a flatten, the (H, W, C) shape that was flattened.
-        in_group: the channel group (see :mod:`autocomp.models.channels`) this layer's input
-            channels belong to, whose pruning removes its input rows; -1: none.
+        in_group: the channel group (see :mod:`autocomp.models.channel_groups`) this layer's
+            input channels belong to, whose pruning removes its input rows; -1: none.
         out_group: the group whose root this layer is (its pruning decides the group's
             channels); -1: none.
         follows: the prunable group this layer's output channels belong to without being its

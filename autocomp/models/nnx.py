@@ -23,8 +23,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from autocomp.models.discovery import Found, ModelError, layer_op, with_bias
 from autocomp.models.layers import LayerInfo
-from autocomp.models.linen import Found, GraphNetwork, ModelError, layer_op, with_bias
+from autocomp.models.linen import GraphNetwork
+from autocomp.models.materialized import Compressed
 from autocomp.models.ops import Op, run_ops
 
 _HOOK: contextvars.ContextVar = contextvars.ContextVar("autocomp_nnx_hook", default=None)
@@ -261,10 +263,8 @@ def _resize(mod, n: int) -> None:
 
 
 def compressed(net: NnxNetwork, aux, techniques, plan):
-    """:func:`materialize` as a :class:`autocomp.models.linen.Compressed` (params: the ``nnx.Param``
-    state; k-bit layers export with their fake quantization traced)."""
-    from autocomp.models.linen import Compressed
-
+    """:func:`materialize` as a :class:`autocomp.models.materialized.Compressed` (params: the
+    ``nnx.Param`` state; k-bit layers export with their fake quantization traced)."""
     model, masks = _materialize(net, aux, techniques, plan)
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     out_fn = net.output_fn or (lambda out: out)

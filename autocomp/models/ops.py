@@ -9,15 +9,14 @@ Residual networks stay sequential: ``save`` pushes the current tensor, ``add`` p
 it back (ResNet's parameter-free "option A" shortcut: strided subsampling and zero channels
 where the shapes differ). Batch norm (``bn``) exists only while the base model trains; it is then
 folded into the layer before it (:func:`fold_batchnorm`), as TFLite does at export, so search,
-compression and export see plain conv/dense layers with biases.
+compression and export see plain conv/dense layers with biases. The convs themselves, in the
+forms XLA:CPU runs fast and the forms the TFLite converter wants, are :mod:`autocomp.models.convs`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 import flax.linen as nn
@@ -26,6 +25,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float
 
 from autocomp.config import ModelConfig
+from autocomp.models.convs import Conv, Expand, exporting
 
 WEIGHTED = ("conv", "dense")  # the compressible layers
 PARAMETRIC = (*WEIGHTED, "dwconv", "expand")  # every op with params after batch-norm folding
@@ -117,120 +117,6 @@ def bake_quantized(ops: Sequence[Op], params: dict) -> tuple[tuple[Op, ...], dic
     return tuple(replace(op, bits=32) for op in ops), out
 
 
-_EXPORT_LOWERING = contextvars.ContextVar("autocomp_export_lowering", default=False)
-
-
-@contextlib.contextmanager
-def export_lowering() -> Iterator[None]:
-    """Within this block, grouped and depthwise convs trace as one grouped ``lax`` conv, which
-    the TFLite converter turns into CONV_2D / DEPTHWISE_CONV_2D. Outside it (training, search,
-    distillation) they trace to forms that XLA:CPU runs fast (:func:`conv_nhwc`)."""
-    token = _EXPORT_LOWERING.set(True)
-    try:
-        yield
-    finally:
-        _EXPORT_LOWERING.reset(token)
-
-
-Padding = tuple[tuple[int, int], tuple[int, int]] | None
-
-
-def _lax_conv(
-    x: Array, kernel: Array, strides: Sequence[int], groups: int = 1, padding: Padding = None
-) -> Array:
-    return jax.lax.conv_general_dilated(
-        x,
-        kernel,
-        window_strides=tuple(strides),
-        padding="SAME" if padding is None else tuple(map(tuple, padding)),
-        dimension_numbers=("NHWC", "HWIO", "NHWC"),
-        feature_group_count=groups,
-    )
-
-
-def conv_padding(
-    in_hw: Sequence[int], kernel_hw: Sequence[int], strides: Sequence[int], padding: Padding
-) -> tuple[tuple[int, int], tuple[int, int]]:
-    """The explicit ((top, bottom), (left, right)) padding of a conv (SAME when ``None``)."""
-    if padding is not None:
-        return (tuple(padding[0]), tuple(padding[1]))
-    pads = []
-    for size, k, s in zip(in_hw, kernel_hw, strides, strict=True):
-        total = max((-(-size // s) - 1) * s + k - size, 0)
-        pads.append((total // 2, total - total // 2))
-    return (pads[0], pads[1])
-
-
-def _depthwise_shift_add(
-    x: Array, kernel: Array, strides: Sequence[int], padding: Padding = None
-) -> Array:
-    """Depthwise conv (HW1O kernel, depth multiplier O / C) as a sum of kh x kw strided,
-    shifted slices times the per-channel taps: the same values as the grouped conv."""
-    kh, kw, _, features = kernel.shape
-    n, h, w, c = x.shape
-    if features != c:
-        x = jnp.repeat(x, features // c, axis=-1)  # output c*m+j reads input channel c
-    sh, sw = strides
-    (pt, pb), (pl, pr) = conv_padding((h, w), (kh, kw), strides, padding)
-    oh, ow = (h + pt + pb - kh) // sh + 1, (w + pl + pr - kw) // sw + 1
-    xp = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
-    y = None
-    for i in range(kh):
-        for j in range(kw):
-            end = (n, i + (oh - 1) * sh + 1, j + (ow - 1) * sw + 1, features)
-            tap = jax.lax.slice(xp, (0, i, j, 0), end, (1, sh, sw, 1)) * kernel[i, j, 0]
-            y = tap if y is None else y + tap
-    return y
-
-
-def conv_nhwc(
-    x: Array,
-    kernel: Array,
-    strides: Sequence[int] = (1, 1),
-    groups: int = 1,
-    padding: Padding = None,
-) -> Array:
-    """A SAME-padded (or explicitly padded) NHWC conv with an HWIO kernel, as
-    :class:`flax.linen.Conv` computes it.
-
-    XLA:CPU runs a grouped conv (``feature_group_count`` > 1) about as slowly as the dense one,
-    and a depthwise conv 6-23x slower than the same sum of shifted slices (forward and
-    backward, ``python -m autocomp.bench convs``). So, except under :func:`export_lowering`, a
-    depthwise conv is computed as shift-and-add and a grouped conv as one conv per group,
-    concatenated.
-    """
-    if groups == 1 or _EXPORT_LOWERING.get():
-        return _lax_conv(x, kernel, strides, groups, padding)
-    if kernel.shape[2] == 1 and groups == x.shape[-1]:
-        return _depthwise_shift_add(x, kernel, strides, padding)
-    xs = jnp.split(x, groups, axis=-1)
-    ks = jnp.split(kernel, groups, axis=-1)
-    convs = [_lax_conv(a, k, strides, 1, padding) for a, k in zip(xs, ks, strict=True)]
-    return jnp.concatenate(convs, axis=-1)
-
-
-class Conv(nn.Module):
-    """:class:`flax.linen.Conv` (SAME padding; the same params and initializers) computed by
-    :func:`conv_nhwc`, so grouped and depthwise convs take its fast forms."""
-
-    features: int
-    kernel_size: tuple[int, int]
-    strides: tuple[int, int] = (1, 1)
-    groups: int = 1
-    use_bias: bool = True
-    padding: Padding = None
-
-    @nn.compact
-    def __call__(self, x: Array) -> Array:
-        c = x.shape[-1]
-        shape = (*self.kernel_size, c // self.groups, self.features)
-        kernel = self.param("kernel", nn.initializers.lecun_normal(), shape)
-        y = conv_nhwc(x, kernel, self.strides, self.groups, self.padding)
-        if self.use_bias:
-            y = y + self.param("bias", nn.initializers.zeros_init(), (self.features,))
-        return y
-
-
 def _conv(op: Op, x: Array) -> Array:
     return _weights(Conv, op)(
         op.features, op.kernel_hw, op.strides, op.groups, op.use_bias, op.padding, name=op.name
@@ -244,26 +130,6 @@ def _dwconv(op: Op, x: Array) -> Array:
     return _weights(Conv, op)(
         op.features or c, op.kernel_hw, op.strides, c, op.use_bias, op.padding, name=op.name
     )(x)
-
-
-class Expand(nn.Module):
-    """SqueezeNet's fire-module expand layer: a 1x1 conv to ``features // 2`` channels and a
-    3x3 conv to the rest, concatenated, with one bias."""
-
-    features: int
-    stride: int = 1
-
-    @nn.compact
-    def __call__(self, x: Array) -> Array:
-        e1 = self.features // 2
-        c = x.shape[-1]
-        init = nn.initializers.lecun_normal()
-        k1 = self.param("kernel1", init, (1, 1, c, e1))
-        k3 = self.param("kernel3", init, (3, 3, c, self.features - e1))
-        bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
-        strides = (self.stride, self.stride)
-        y = jnp.concatenate([conv_nhwc(x, k1, strides), conv_nhwc(x, k3, strides)], axis=-1)
-        return y + bias
 
 
 def shortcut(saved: Array, shape: Sequence[int]) -> Array:
@@ -285,7 +151,7 @@ def _outer(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=N
 
 
 def _dense(op: Op, x: Array) -> Array:
-    outer = _EXPORT_LOWERING.get() and x.shape[-1] == 1
+    outer = exporting() and x.shape[-1] == 1
     dense = _weights(nn.Dense, op)
     return dense(op.features, use_bias=op.use_bias, name=op.name,
                  dot_general=_outer if outer else None)(x)  # fmt: skip

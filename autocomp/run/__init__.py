@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from autocomp.config import RootConfig
-from autocomp.devices.costs import CostTableError, load_profile
+from autocomp.devices.tables import CostTableError, load_profile
 from autocomp.run.builtin import build_env, run_builtin
 from autocomp.run.compose import USER_ERRORS, compose, register, to_config
 from autocomp.run.custom import compress, compress_config, run_custom

@@ -14,7 +14,7 @@ import numpy as np
 
 from agents import AGENTS
 from autocomp.config import RootConfig
-from autocomp.devices.costs import format_shares, source_shares
+from autocomp.devices.costs import format_shares
 from autocomp.export import export_run
 from autocomp.search.loop import config_fingerprint, run_search
 from autocomp.search.reward import RESOURCES
@@ -84,7 +84,26 @@ def run_builtin(
         params, test_acc = pipeline.finetune_compressed(p, comp, on_epoch=bar.callback)
     base = pipeline.model_metrics(p, p.ops, p.base_params, p.base_test_accuracy)
     compressed = pipeline.model_metrics(p, comp.ops, params, test_acc)
-    metrics = {
+    metrics = _metrics(p, sel, comp, base, compressed, history, timings, started)
+    paths = write_run(run_dir, p, sel, comp, params, metrics, resolved, overrides)
+    _track(tracker, p, sel, comp, base, compressed, paths["pareto"])
+    print_report(metrics, comp.plan, p.profile.name)
+    if config.export:
+        report = export_run(run_dir, progress=log.info)
+        log.info(
+            "exported %s/export: float32 agreement %.4f, int8 test accuracy %.4f, checks %s",
+            run_dir,
+            report["tflite_top1_agreement"],
+            report["int8_test_accuracy"],
+            report["checks"],
+        )
+    return metrics
+
+
+def _metrics(p, sel, comp, base, compressed, history, timings, started) -> dict:
+    """What ``metrics.json`` holds: both models' metrics, their ratios, the materialization
+    check, the search's figures and budgets, and which device table priced them."""
+    return {
         "base": {**base, "val_accuracy": p.base_val_accuracy},
         "compressed": {
             **compressed,
@@ -103,37 +122,22 @@ def run_builtin(
                 for name, b in zip(RESOURCES, np.asarray(p.reward.budgets), strict=True)
             },
         },
-        "device_table": {
-            "name": p.profile.name,
-            "kind": p.profile.kind,
-            "platform": p.profile.platform,
-            "path": p.profile.path,
-            "search_space_sources": source_shares(p.space.cost_sources),
-            "energy": p.profile.energy["method"],
-        },
+        "device_table": pipeline.device_table_record(p.profile, p.space.cost_sources),
         "wall_time_s": time.perf_counter() - started,
     }
-    paths = write_run(run_dir, p, sel, comp, params, metrics, resolved, overrides)
+
+
+def _track(tracker, p, sel, comp, base, compressed, pareto_png) -> None:
+    """The plan, the front and the summary in the run's tracker (wandb)."""
     tracker.log_table(
         "plan",
         ["layer", "technique", "ratio", "latency_ms", "energy_mj"],
         [[c.name, c.technique, c.ratio, c.latency_ms, c.energy_mj] for c in comp.plan.layers],
     )
     tracker.log_table("pareto_front", *pipeline.history_table(p, sel))
-    tracker.log_image("pareto", paths["pareto"])
+    tracker.log_image("pareto", pareto_png)
     tracker.summary(
         {f"base/{k}": v for k, v in base.items() if k != "cost_sources"}
         | {f"compressed/{k}": v for k, v in compressed.items() if k != "cost_sources"}
     )
     tracker.finish()
-    print_report(metrics, comp.plan, p.profile.name)
-    if config.export:
-        report = export_run(run_dir, progress=log.info)
-        log.info(
-            "exported %s/export: float32 agreement %.4f, int8 test accuracy %.4f, checks %s",
-            run_dir,
-            report["tflite_top1_agreement"],
-            report["int8_test_accuracy"],
-            report["checks"],
-        )
-    return metrics

@@ -10,9 +10,9 @@ from omegaconf import DictConfig, OmegaConf
 from agents import AGENTS
 from autocomp.config import ConfigError, RootConfig, register_configs
 from autocomp.data import DataError
-from autocomp.devices.costs import CostTableError
+from autocomp.devices.tables import CostTableError
 from autocomp.export import ExportError
-from autocomp.models.linen import ModelError
+from autocomp.models.discovery import ModelError
 from autocomp.search.plan import PlanError
 from autocomp.techniques import TechniqueError
 from autocomp.training.loop import CheckpointError

@@ -18,10 +18,9 @@ import numpy as np
 from agents import AGENTS
 from autocomp.config import RootConfig
 from autocomp.data import Dataset, load_dataset
-from autocomp.devices.costs import source_shares
 from autocomp.export import write_model_card
 from autocomp.io import atomic_write_json, git_sha
-from autocomp.models.linen import Compressed, leaf_names
+from autocomp.models.materialized import Compressed, leaf_names
 from autocomp.run.compose import compose
 from autocomp.run.result import Result
 from autocomp.search.loop import config_fingerprint, run_search
@@ -37,6 +36,7 @@ from autocomp.workflow.custom import (
 )
 from autocomp.workflow.custom import output_fn as model_output_fn
 from autocomp.workflow.pipeline import (
+    device_table_record,
     merge_history,
     prepare_context,
     run_paths,
@@ -132,13 +132,7 @@ def compress_config(
         "val_accuracy_before_finetune": float(sel.accuracy[sel.chosen]),
         "reward": float(sel.reward[sel.chosen]),
     }
-    int8 = profile.int8_table  # the same space priced as model_int8.tflite runs, if it can be
-    if int8 is not None:
-        shape, graph = data.x_train.shape[1:], net.graph_priced()
-        space8 = build_search_space((), net.layers, techniques, ratios, int8, shape, graph,
-                                    net.num_groups)  # fmt: skip
-        base["latency_int8_ms"] = float(space8.base[0])
-        compressed["latency_int8_ms"] = float(plan_cost(space8, indices)[0])
+    _int8_latency(base, compressed, profile, net, techniques, ratios, data, indices)
     result.metrics = {
         "model": net.name,
         "base": base,
@@ -154,17 +148,22 @@ def compress_config(
             "unique_plans": int(len(sel.plans)),
             **timings,
         },
-        "device_table": {
-            "name": profile.name,
-            "kind": profile.kind,
-            "platform": profile.platform,
-            "path": profile.path,
-            "search_space_sources": source_shares(space.cost_sources),
-            "energy": profile.energy["method"],
-        },
+        "device_table": device_table_record(profile, space.cost_sources),
         "wall_time_s": time.perf_counter() - started,
     }
     return result
+
+
+def _int8_latency(base, compressed, profile, net, techniques, ratios, data, indices) -> None:
+    """``latency_int8_ms`` of both models: the same space priced as ``model_int8.tflite`` runs,
+    where the device table has int8 rows."""
+    int8 = profile.int8_table
+    if int8 is not None:
+        shape, graph = data.x_train.shape[1:], net.graph_priced()
+        space8 = build_search_space((), net.layers, techniques, ratios, int8, shape, graph,
+                                    net.num_groups)  # fmt: skip
+        base["latency_int8_ms"] = float(space8.base[0])
+        compressed["latency_int8_ms"] = float(plan_cost(space8, indices)[0])
 
 
 def _annotate(space, plan: Plan, indices, cmp: Compressed, net) -> Plan:

@@ -13,7 +13,7 @@ from flax import serialization
 
 from autocomp.data import Dataset
 from autocomp.io import atomic_write_bytes, atomic_write_json, atomic_write_text
-from autocomp.models.linen import Compressed
+from autocomp.models.materialized import Compressed
 from autocomp.search.plan import Plan
 from autocomp.workflow.custom import predict
 
@@ -27,8 +27,8 @@ class Result:
         metrics: ``base`` and ``compressed`` (test accuracy, params, bytes, MACs, latency and
             energy from the device table), their ratios, the materialization check.
         model: the compressed model: an ordinary linen module
-            (:class:`autocomp.models.linen.Substituted`) for a linen model, a real ``nnx.Module``
-            for an NNX one.
+            (:class:`autocomp.models.materialized.Substituted`) for a linen model, a real
+            ``nnx.Module`` for an NNX one.
         variables: linen: its variables, ``model.apply(variables, x, **apply_kwargs)``;
             NNX: ``None`` (the weights are in ``model``).
         network: what autocomp saw in the original model.

@@ -28,6 +28,7 @@ from autocomp.techniques import (
     Technique,
     TechniqueError,
     check_ratio,
+    identity_technique,
     make_technique,
     slice_outputs,
     technique_fits,
@@ -192,6 +193,8 @@ def materialize(
     """The really smaller model of ``plan``: (ops, params, sparsity masks to keep)."""
     done, _ = materialize_layers(layers, lambda layer: params[layer.name], aux, techniques, plan)
     replaced = {name: out.ops for name, out in done.items()}
+    by_name = {t.name: t for t in techniques}
+    pooled = {c.name for c in plan.layers if by_name[c.technique].pooled_input}
     new_params: dict = {}
     masks: dict[str, np.ndarray] = {}
     for out in done.values():
@@ -199,11 +202,11 @@ def materialize(
         masks.update(out.masks)
     ops: list[Op] = []
     for op in base_ops:
+        if op.name in pooled and ops and ops[-1].kind == "flatten":
+            ops.pop()  # the replacement takes the feature map itself (Technique.pooled_input)
         ops.extend(replaced.get(op.name, (op,)) if op.name else (op,))
         if op.name and op.name not in replaced:  # layers no technique touches (depthwise)
             new_params[op.name] = params[op.name]
-    # A pooled head (gap) takes the feature map itself: the flatten before it goes.
-    ops = [op for i, op in enumerate(ops) if not (op.kind == "flatten" and _next_is_gap(ops, i))]
     return tuple(ops), new_params, masks
 
 
@@ -237,10 +240,6 @@ def materialize_layers(
     return done, kept
 
 
-def _next_is_gap(ops: Sequence[Op], i: int) -> bool:
-    return i + 1 < len(ops) and ops[i + 1].kind == "gap"
-
-
 def apply_plan(
     model: ModelConfig,
     params: dict,
@@ -271,8 +270,8 @@ def apply_plan(
     ops = base_ops(model)
     layers = compressible_layers(ops, model.input_shape)
     used = {choice.technique for choice in plan.layers}
-    techniques = [make_technique("keep")]
-    for name in sorted(used - {"keep"}):
+    techniques = [identity_technique()]
+    for name in sorted(used - {techniques[0].name}):
         with contextlib.suppress(TechniqueError):  # check_plan names the layer of a bad one
             techniques.append(make_technique(name))
     check_plan(plan, layers, techniques)

@@ -4,8 +4,6 @@ An injected object (jumanji's ``reward.py``): the environment holds :class:`Rewa
 arrays in its params pytree, so one compiled function serves any weights and budgets.
 """
 
-from __future__ import annotations
-
 from typing import NamedTuple
 
 import jax.numpy as jnp
@@ -30,10 +28,10 @@ class RewardParams(NamedTuple):
     """
 
     accuracy_weight: Float[Array, ""]
-    weights: Float[Array, 3]
-    base: Float[Array, 3]
+    weights: Float[Array, "3"]
+    base: Float[Array, "3"]
     base_accuracy: Float[Array, ""]
-    budgets: Float[Array, 3]
+    budgets: Float[Array, "3"]
     violation_penalty: Float[Array, ""]
 
 
@@ -63,7 +61,7 @@ def make_reward_params(
 
 
 def compute_reward(
-    params: RewardParams, accuracy: Float[Array, ""], resources: Float[Array, 3]
+    params: RewardParams, accuracy: Float[Array, ""], resources: Float[Array, "3"]
 ) -> tuple[Float[Array, ""], Array]:
     """Reward of a finished plan and whether it violates a budget."""
     savings = 1.0 - resources / params.base

@@ -13,11 +13,12 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from autocomp.devices.costs import DeviceProfile, OpCost, price_op, price_ops, sum_costs
+from autocomp.devices.costs import OpCost, price_op, price_ops, sum_costs
+from autocomp.devices.tables import DeviceProfile
 from autocomp.models.graph_costs import GraphOp, at_width
 from autocomp.models.layers import LayerInfo
 from autocomp.models.ops import WEIGHTED, Op, Shape
-from autocomp.techniques import Technique, kept, technique_fits
+from autocomp.techniques import Technique, identity_index, kept, technique_fits
 
 # Cost channels of the table, in order. The first three are the reward's resources.
 CHANNELS = ("latency_ms", "energy_mj", "bytes", "params", "macs")
@@ -35,9 +36,9 @@ class SearchSpace:
             the technique does not fit. A group root's cells include the ops outside the
             layers whose width its group decides (adds, gates, pools, depthwise convs).
         out_bin: int32[L, T, R] ratio bin of this layer's kept outputs (0: all kept).
-        allowed: bool[L, T, R] actions that exist (fitting technique; ``keep`` and ratio-free
-            techniques only at ratio 0, the others only at ratios > 0, where they differ from
-            ``keep``).
+        allowed: bool[L, T, R] actions that exist (fitting technique; the identity (``keep``)
+            and ratio-free techniques only at ratio 0, the others only at ratios > 0, where they
+            differ from the identity).
         fixed: float64[5] cost of ops outside every layer's span whose width no plan changes,
             with the table's per-model call overhead.
         base: float64[5] cost of the uncompressed model.
@@ -67,12 +68,15 @@ class SearchSpace:
     chain: bool
 
 
-def layer_ops(layer: LayerInfo, ops: Sequence[Op], in_channels: int) -> tuple[tuple, Shape]:
+def layer_ops(
+    layer: LayerInfo, ops: Sequence[Op], in_channels: int, pooled_input: bool = False
+) -> tuple[tuple, Shape]:
     """A layer's deployed ops plus its trailing ops (pool, flatten), and their input shape at
-    an input width."""
+    an input width; ``pooled_input``: the technique's ops take the feature map before the
+    flatten (``Technique.pooled_input``)."""
     if layer.kind == "conv":
         in_shape = (*layer.in_shape[:-1], in_channels)
-    elif ops[0].kind == "gap":  # a pooled head takes the feature map before the flatten
+    elif pooled_input:
         in_shape = (*layer.pre_flatten[:-1], in_channels)
     else:
         in_shape = (layer.in_positions * in_channels,)
@@ -101,9 +105,11 @@ def cells(layers: Sequence[LayerInfo], techniques: Sequence[Technique], ratios: 
                     for r_out, out_ratio in enumerate(follow):
                         if r_out:  # the root removed these outputs
                             last = replace(ops[-1], features=kept(layer.features, out_ratio))
-                            deployed, shape = layer_ops(layer, (*ops[:-1], last), c_in)
+                            deployed, shape = layer_ops(
+                                layer, (*ops[:-1], last), c_in, tech.pooled_input
+                            )
                         else:
-                            deployed, shape = layer_ops(layer, ops, c_in)
+                            deployed, shape = layer_ops(layer, ops, c_in, tech.pooled_input)
                         yield l, t, r, r_in + n_r * r_out, deployed, shape
 
 
@@ -140,7 +146,7 @@ def build_search_space(
     sources: Counter = Counter()
     for l, t, r, w, ops, shape in cells(layers, techniques, ratios):
         layer, tech = layers[l], techniques[t]
-        allowed[l, t, r] = (r == 0) == (tech.name == "keep" or tech.ratio_free)
+        allowed[l, t, r] = (r == 0) == (tech.identity or tech.ratio_free)
         out_bin[l, t, r] = _out_bin(layer, tech.out_channels(layer, ratio=ratios[r]), ratios)
         total = price_ops(profile, ops, shape, strict=False)
         costs[l, t, r, w] = [getattr(total, c) for c in CHANNELS]
@@ -154,8 +160,7 @@ def build_search_space(
             costs[root.index] += by_group[root.out_group][out_bin[root.index]][:, :, None, :]
     fixed = np.array([getattr(fixed_total, c) for c in CHANNELS], np.float64)
     fixed[CHANNELS.index("latency_ms")] += profile.invoke_overhead_ms  # once per model
-    keep = [t.name for t in techniques].index("keep")
-    base = fixed + costs[:, keep, 0, 0].sum(axis=0)
+    base = fixed + costs[:, identity_index(techniques), 0, 0].sum(axis=0)
     sources.update(fixed_total.sources)
     n_g = len(layers) if num_groups is None else num_groups
 

@@ -3,8 +3,6 @@
 Agents import this module, never ``envs``: any environment with this shape can be searched.
 """
 
-from __future__ import annotations
-
 from typing import Any, NamedTuple, Protocol
 
 from jaxtyping import Array, Bool, Float, Int
@@ -40,7 +38,7 @@ class Observation(NamedTuple):
 class StepInfo(NamedTuple):
     """Per-step diagnostics. ``applied_action`` is what the env really did (learn from it)."""
 
-    applied_action: Int[Array, 2]
+    applied_action: Int[Array, "2"]
     accuracy: Float[Array, ""]
     latency_ms: Float[Array, ""]
     energy_mj: Float[Array, ""]

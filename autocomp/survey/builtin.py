@@ -24,11 +24,12 @@ from pathlib import Path
 import numpy as np
 
 from autocomp.config import ConfigError, RootConfig
-from autocomp.devices.costs import load_profile, price_ops
+from autocomp.devices.costs import price_ops
+from autocomp.devices.tables import load_profile
 from autocomp.io import append_jsonl, atomic_write_bytes, atomic_write_text, read_jsonl
 from autocomp.models.ops import Op, walk_shapes
 from autocomp.search.plan import LayerChoice, Plan, materialize
-from autocomp.techniques import family, technique_fits
+from autocomp.techniques import family, identity_index, make_techniques, technique_fits
 from autocomp.training.loop import accuracy, finetune, predict
 from autocomp.workflow.pipeline import Prepared, prepare
 
@@ -61,16 +62,18 @@ def largest_feature_bytes(ops: tuple[Op, ...], input_shape) -> int:
 
 
 def uniform_plan(p: Prepared, technique: str, ratio: float) -> Plan | None:
-    """``technique`` at ``ratio`` on every layer it fits, ``keep`` elsewhere (None: fits none)."""
+    """``technique`` at ``ratio`` on every layer it fits, the identity (``keep``) elsewhere
+    (None: fits none)."""
     by_name = {t.name: t for t in p.techniques}
     tech = by_name[technique]
+    identity = p.techniques[identity_index(p.techniques)].name
     choices, applied = [], False
     for layer in p.layers:
         if technique_fits(tech, layer) is None:
             choices.append(LayerChoice(layer.name, technique, ratio))
             applied = True
         else:
-            choices.append(LayerChoice(layer.name, "keep", 0.0))
+            choices.append(LayerChoice(layer.name, identity, 0.0))
     return Plan(p.config.model.name, tuple(choices)) if applied else None
 
 
@@ -115,8 +118,9 @@ def run_survey(config: RootConfig) -> list[SurveyRow]:
             "the cost table and distilled layers exist per bin: use bins, or add them to "
             "env.ratios"
         )
-    techniques = s.techniques or [t for t in config.env.techniques if t != "keep"]
-    unknown = [t for t in techniques if t not in config.env.techniques]
+    available = make_techniques(config.env.techniques)
+    techniques = s.techniques or [t.name for t in available if not t.identity]
+    unknown = [t for t in techniques if t not in {a.name for a in available}]
     if unknown:
         raise ConfigError(f"survey.techniques {unknown} are not in env.techniques")
 

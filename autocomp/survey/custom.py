@@ -19,7 +19,7 @@ import numpy as np
 
 from autocomp.config import RootConfig
 from autocomp.search.space import CHANNELS, build_search_space, plan_cost
-from autocomp.techniques import family, technique_fits
+from autocomp.techniques import family, identity_index, technique_fits
 
 BYTES_PER_FLOAT = 4
 
@@ -75,7 +75,7 @@ class CustomSubject:
     def indices(self, technique: str, ratio: float) -> np.ndarray | None:
         """``technique`` at ``ratio`` on every layer it fits, ``keep`` elsewhere (None: none)."""
         names = [t.name for t in self.techniques]
-        t, keep = names.index(technique), names.index("keep")
+        t, keep = names.index(technique), identity_index(self.techniques)
         r = self.ratios.index(ratio)
         rows = [
             (t, r) if technique_fits(self.techniques[t], la) is None else (keep, 0)
@@ -88,7 +88,7 @@ class CustomSubject:
         from autocomp.survey.builtin import SurveyRow
         from autocomp.workflow.custom import compressed_model, finetune, predict
 
-        keep = [t.name for t in self.techniques].index("keep")
+        keep = identity_index(self.techniques)
         if indices is None:  # the original
             indices = np.array([(keep, 0)] * len(self.layers), np.int32)
         plan = plan_from_indices(self.net.name, self.layers, self.techniques, self.ratios,

@@ -26,16 +26,17 @@ from autocomp.techniques.group import make_group
 from autocomp.techniques.keep import make_keep
 from autocomp.techniques.magnitude import make_magnitude
 from autocomp.techniques.mlpconv import make_mlpconv
-from autocomp.techniques.quantize import QUANTIZABLE, make_quantized, parse_name
+from autocomp.techniques.quantize import make_quantized, parse_name
 from autocomp.techniques.sparse_code import make_sparse_code
 from autocomp.techniques.sparse_conv import make_sparse_conv
 from autocomp.techniques.spatial import make_spatial
 from autocomp.techniques.svd import make_svd
 
-# The survey's families: weight factorization and pruning (svd = W1 and C1's channel form,
-# sparse_code = W2, magnitude = W3, filter = DeepIoT's structured pruning), convolution
-# decomposition (spatial = C1's spatial form, sparse_conv = C2, dwsep = C3, group = C4) and
-# special layer designs (fire = L1, gap = L2, mlpconv = L3).
+# The survey's families (each technique's ``family``): weight factorization and pruning (svd =
+# W1 and C1's channel form, sparse_code = W2, magnitude = W3, filter = DeepIoT's structured
+# pruning), convolution decomposition (spatial = C1's spatial form, sparse_conv = C2, dwsep = C3,
+# group = C4) and special layer designs (fire = L1, gap = L2, mlpconv = L3). Adding a technique is
+# its module and one line here; everything else asks the Technique's fields, never its name.
 REGISTRY: dict[str, Callable[[], Technique]] = {
     "keep": make_keep,
     "magnitude": make_magnitude,
@@ -50,33 +51,25 @@ REGISTRY: dict[str, Callable[[], Technique]] = {
     "gap": make_gap,
     "mlpconv": make_mlpconv,
 }
-# k-bit weight quantization composes with the single-op techniques as ``<technique>+q<bits>``
-# (any width from 2 to 16, see ``techniques/quantize.py``); the 8-bit ones are registered.
-for _base in QUANTIZABLE:
-    REGISTRY[f"{_base}+q8"] = lambda _base=_base: make_quantized(REGISTRY[_base](), 8)
+# k-bit weight quantization composes with the ``quantizable`` techniques as
+# ``<technique>+q<bits>`` (any width from 2 to 16, see ``techniques/quantize.py``); the 8-bit
+# ones are registered.
+for _name, _make in list(REGISTRY.items()):
+    if _make().quantizable:
+        REGISTRY[f"{_name}+q8"] = lambda _name=_name: make_quantized(REGISTRY[_name](), 8)
 
-# The survey's code of each technique (DeepIoT's pruning and the channel form of C1 aside).
-FAMILIES = {
-    "magnitude": "W3",
-    "filter": "DeepIoT",
-    "svd": "W1/C1",
-    "sparse_code": "W2",
-    "spatial": "C1",
-    "sparse_conv": "C2",
-    "dwsep": "C3",
-    "group": "C4",
-    "fire": "L1",
-    "gap": "L2",
-    "mlpconv": "L3",
-}
+
+def quantizable() -> list[str]:
+    """The registered techniques that compose with quantization, in registry order."""
+    return [n for n, make in REGISTRY.items() if parse_name(n) is None and make().quantizable]
 
 
 def family(name: str) -> str:
     """The survey's code of a technique (``+Q`` for a quantized one), or ``""``."""
-    parsed = parse_name(name)
-    if parsed is None:
-        return FAMILIES.get(name, "")
-    return "+".join(f for f in (FAMILIES.get(parsed[0], ""), "Q") if f)
+    try:
+        return make_technique(name).family
+    except TechniqueError:
+        return ""
 
 
 def make_technique(name: str) -> Technique:
@@ -84,23 +77,67 @@ def make_technique(name: str) -> Technique:
     if name in REGISTRY:
         return REGISTRY[name]()
     parsed = parse_name(name)
-    if parsed is None:
+    if parsed is None or parsed[0] not in REGISTRY:
         raise TechniqueError(
             f"unknown technique {name!r}; available: {sorted(REGISTRY)}, "
-            f"and quantized ones <technique>+q<bits> with technique in {list(QUANTIZABLE)}"
+            f"and quantized ones <technique>+q<bits> with technique in {quantizable()}"
         )
-    return make_quantized(REGISTRY[parsed[0]](), parsed[1])
+    base = REGISTRY[parsed[0]]()
+    if not base.quantizable:
+        raise TechniqueError(
+            f"technique {name!r}: quantization composes with {quantizable()} (one layer whose "
+            f"weights are the ones simulated), not with {parsed[0]!r}"
+        )
+    return make_quantized(base, parsed[1])
 
 
-def make_techniques(names: Sequence[str]) -> tuple[Technique, ...]:
-    """The techniques named in config, in action-index order."""
+def identity_index(techniques: Sequence[Technique]) -> int:
+    """The action index of the technique that leaves a layer as it is (``identity``).
+
+    Raises:
+        TechniqueError: where ``techniques`` holds none of it, or more than one.
+    """
+    found = [i for i, t in enumerate(techniques) if t.identity]
+    names = [t.name for t in techniques]
+    if len(found) > 1:
+        raise TechniqueError(
+            f"env.techniques={names} lists more than one technique that leaves a layer as it is "
+            f"({[names[i] for i in found]}); list one of them"
+        )
+    if not found:
+        identities = [n for n, make in REGISTRY.items() if make().identity]
+        fix = ",".join([*identities[:1], *names])
+        raise TechniqueError(
+            f"env.techniques={names} must include the technique that leaves a layer as it is "
+            f"({' or '.join(map(repr, identities)) or 'none is registered'}), so every layer has "
+            f"a choice: add it, e.g. env.techniques=[{fix}], or leave env.techniques out for "
+            "every registered technique"
+        )
+    return found[0]
+
+
+def identity_technique() -> Technique:
+    """The registered technique that leaves a layer as it is."""
+    techniques = [make() for make in REGISTRY.values()]
+    return techniques[identity_index(techniques)]
+
+
+def make_techniques(names: Sequence[str] | None = None) -> tuple[Technique, ...]:
+    """The techniques named in config (``env.techniques``), in action-index order; ``None`` or
+    empty: every registered technique, in registry order.
+
+    Raises:
+        TechniqueError: an unknown or repeated name, or a list without the identity technique.
+    """
+    names = list(names or REGISTRY)
     if len(set(names)) != len(names):
-        raise TechniqueError(f"env.techniques lists a technique twice: {list(names)}")
-    return tuple(make_technique(n) for n in names)
+        raise TechniqueError(f"env.techniques lists a technique twice: {names}")
+    techniques = tuple(make_technique(n) for n in names)
+    identity_index(techniques)
+    return techniques
 
 
 __all__ = [
-    "FAMILIES",
     "REGISTRY",
     "Materialized",
     "PrepareContext",
@@ -108,11 +145,14 @@ __all__ = [
     "TechniqueError",
     "check_ratio",
     "family",
+    "identity_index",
+    "identity_technique",
     "kept",
     "layer_forward",
     "layer_out_mask",
     "make_technique",
     "make_techniques",
+    "quantizable",
     "removed",
     "slice_outputs",
     "technique_fits",

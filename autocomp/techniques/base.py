@@ -26,6 +26,18 @@ pooling) ignores it.
 - ``out_channels(layer, ratio)``: how many output channels survive (structured pruning only
   shrinks it).
 
+What the rest of the code asks of a technique is a field of it, never its name:
+
+- ``identity``: the technique leaves the layer as it is (``keep``): every layer can choose it,
+  only at ratio 0, and it is the uncompressed model's choice. Exactly one registered technique
+  is the identity, and every list of techniques the search uses must include it.
+- ``family``: the survey's code of the technique (``W3``, ``C1``, ``L2``; ``""``: none).
+- ``quantizable``: its deployed form is the layer's own op whose kernel is ``simulate``'s
+  kernel, so it composes with k-bit weight quantization as ``<name>+q<bits>``.
+- ``pooled_input``: its replacement takes the layer's feature map before the flatten in front
+  of it (a pooled head): that flatten goes from the deployed model, and the replacement is
+  priced on the (H, W, C) map rather than on the flattened vector.
+
 Each module's docstring gives the parameter count, MACs and largest intermediate feature map of
 its deployed form; ``tests/test_techniques.py`` checks the counted ones against the formulas.
 """
@@ -95,6 +107,10 @@ class Technique(NamedTuple):
     forward: Callable[..., Any] | None = None
     out_mask: Callable[[Params, Any], Any] | None = None
     ratio_free: bool = False
+    identity: bool = False
+    family: str = ""
+    quantizable: bool = False
+    pooled_input: bool = False
 
 
 def layer_forward(tech: Technique, layer: LayerInfo, params, aux, ratio, x, in_keep=None):

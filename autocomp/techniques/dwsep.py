@@ -18,7 +18,8 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
-from autocomp.models.ops import Op, apply_op, conv_nhwc
+from autocomp.models.convs import conv_nhwc
+from autocomp.models.ops import Op, apply_op
 from autocomp.techniques.base import (
     Materialized,
     Technique,
@@ -131,6 +132,7 @@ def make_dwsep() -> Technique:
 
     return Technique(
         name="dwsep",
+        family="C3",
         fits=_fits,
         prepare=prepare,
         simulate=simulate,

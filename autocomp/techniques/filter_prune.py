@@ -66,6 +66,8 @@ def make_filter() -> Technique:
 
     return Technique(
         name="filter",
+        family="DeepIoT",
+        quantizable=True,
         fits=_fits,
         prepare=prepare,
         simulate=simulate,

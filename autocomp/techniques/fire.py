@@ -21,7 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from autocomp.models.ops import Op, apply_op, conv_nhwc, out_shape
+from autocomp.models.convs import conv_nhwc
+from autocomp.models.ops import Op, apply_op, out_shape
 from autocomp.techniques.base import (
     Materialized,
     Technique,
@@ -161,6 +162,7 @@ def make_fire() -> Technique:
 
     return Technique(
         name="fire",
+        family="L1",
         fits=_fits,
         prepare=prepare,
         simulate=None,

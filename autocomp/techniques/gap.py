@@ -57,6 +57,7 @@ def make_gap() -> Technique:
 
     return Technique(
         name="gap",
+        family="L2",
         fits=_fits,
         prepare=prepare,
         simulate=simulate,
@@ -64,4 +65,5 @@ def make_gap() -> Technique:
         ops=ops,
         out_channels=lambda layer, ratio: layer.features,
         ratio_free=True,
+        pooled_input=True,
     )

@@ -21,7 +21,7 @@ from dataclasses import replace
 import jax.numpy as jnp
 import numpy as np
 
-from autocomp.models.ops import conv_nhwc
+from autocomp.models.convs import conv_nhwc
 from autocomp.techniques.base import Materialized, Technique, slice_rows
 
 MAX_GROUPS = 64
@@ -95,6 +95,7 @@ def make_group() -> Technique:
 
     return Technique(
         name="group",
+        family="C4",
         fits=_fits,
         prepare=prepare,
         simulate=None,

@@ -31,6 +31,8 @@ def make_keep() -> Technique:
 
     return Technique(
         name="keep",
+        identity=True,
+        quantizable=True,
         fits=fits_weighted,
         prepare=prepare,
         simulate=simulate,

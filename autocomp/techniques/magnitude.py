@@ -51,6 +51,8 @@ def make_magnitude() -> Technique:
 
     return Technique(
         name="magnitude",
+        family="W3",
+        quantizable=True,
         fits=fits_weighted,
         prepare=prepare,
         simulate=simulate,

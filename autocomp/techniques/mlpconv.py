@@ -20,7 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from autocomp.models.ops import Op, apply_op, conv_nhwc
+from autocomp.models.convs import conv_nhwc
+from autocomp.models.ops import Op, apply_op
 from autocomp.techniques.base import (
     Materialized,
     Technique,
@@ -129,6 +130,7 @@ def make_mlpconv() -> Technique:
 
     return Technique(
         name="mlpconv",
+        family="L3",
         fits=_fits,
         prepare=prepare,
         simulate=None,

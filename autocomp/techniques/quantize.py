@@ -1,5 +1,6 @@
 """k-bit weight quantization, composed with a technique whose deployed form is the layer's own
-op (``keep``, ``magnitude``, ``filter``): ``<technique>+q<bits>``, e.g. ``magnitude+q8``.
+op (a ``quantizable`` one: ``keep``, ``magnitude``, ``filter``): ``<technique>+q<bits>``, e.g.
+``magnitude+q8``.
 
 Weights are quantized symmetrically per output channel (:func:`autocomp.models.ops.fake_quant`,
 TFLite's per-channel int8 scheme) after the inner technique has pruned them, so the action's
@@ -8,7 +9,7 @@ ratio is the inner technique's. Simulation and the materialized model run the sa
 straight-through gradient); the export converts the quantized values.
 
 Params and MACs are the inner technique's; storage is ``bits`` per non-zero weight plus one
-float32 scale per output channel (``autocomp.devices.costs.op_counts``); no intermediate feature
+float32 scale per output channel (``autocomp.devices.opkeys.op_counts``); no intermediate feature
 map.
 The device table prices the op under its integer dtype (``|int8`` in the key).
 """
@@ -23,7 +24,6 @@ import jax.numpy as jnp
 from autocomp.models.ops import apply_op, fake_quant
 from autocomp.techniques.base import Materialized, Technique, TechniqueError
 
-QUANTIZABLE = ("keep", "magnitude", "filter")  # one op, whose kernel is simulate's kernel
 BITS = range(2, 17)
 _NAME = re.compile(r"^(?P<base>[a-z_]+)\+q(?P<bits>\d+)$")
 
@@ -31,18 +31,15 @@ _NAME = re.compile(r"^(?P<base>[a-z_]+)\+q(?P<bits>\d+)$")
 def parse_name(name: str) -> tuple[str, int] | None:
     """``(base technique, bits)`` of a composed name such as ``magnitude+q8``, else ``None``.
 
+    Which techniques compose (``Technique.quantizable``) is checked where the name is built.
+
     Raises:
-        TechniqueError: for a composed name with a technique or bit width that cannot compose.
+        TechniqueError: for a composed name with a bit width that cannot compose.
     """
     match = _NAME.match(name)
     if match is None:
         return None
     base, bits = match["base"], int(match["bits"])
-    if base not in QUANTIZABLE:
-        raise TechniqueError(
-            f"technique {name!r}: quantization composes with {list(QUANTIZABLE)} (one layer whose "
-            f"weights are the ones simulated), not with {base!r}"
-        )
     if bits not in BITS:
         raise TechniqueError(
             f"technique {name!r}: {bits}-bit weights are out of range; use 2 to 16 bits"
@@ -82,6 +79,8 @@ def make_quantized(base: Technique, bits: int) -> Technique:
         ops=ops,
         out_channels=base.out_channels,
         out_mask=base.out_mask,
-        # keep+q<bits> has nothing to remove: one action, like the other ratio-free ones.
-        ratio_free=base.ratio_free or base.name == "keep",
+        # identity+q<bits> has nothing to remove: one action, like the other ratio-free ones.
+        ratio_free=base.ratio_free or base.identity,
+        family="+".join(f for f in (base.family, "Q") if f),
+        pooled_input=base.pooled_input,
     )

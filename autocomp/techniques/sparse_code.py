@@ -78,6 +78,7 @@ def make_sparse_code() -> Technique:
 
     return Technique(
         name="sparse_code",
+        family="W2",
         fits=_fits,
         prepare=prepare,
         simulate=simulate,

@@ -75,6 +75,7 @@ def make_sparse_conv() -> Technique:
 
     return Technique(
         name="sparse_conv",
+        family="C2",
         fits=_fits,
         prepare=prepare,
         simulate=simulate,

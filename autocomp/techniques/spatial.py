@@ -77,6 +77,7 @@ def make_spatial() -> Technique:
 
     return Technique(
         name="spatial",
+        family="C1",
         fits=_fits,
         prepare=prepare,
         simulate=simulate,

@@ -72,6 +72,7 @@ def make_svd() -> Technique:
 
     return Technique(
         name="svd",
+        family="W1/C1",
         fits=_fits,
         prepare=prepare,
         simulate=simulate,

@@ -92,6 +92,37 @@ def make_optimizer(name: str, learning_rate: float, weight_decay: float, steps: 
     return optax.adamw(schedule, weight_decay=weight_decay)
 
 
+def _make_step(model, tx, mask_tree: dict, augment: bool, aug_key, temperature, alpha):
+    """The jitted training step of :func:`fit` (augmentation, batch norm, distillation, masks
+    kept after every update) and the masking function."""
+
+    def apply_masks(p):
+        return {
+            k: ({**v, **{"kernel": v["kernel"] * mask_tree[k]["kernel"]}} if k in mask_tree else v)
+            for k, v in p.items()
+        }
+
+    @jax.jit
+    def step(p, stats, s, x, y, t_logits, i):
+        if augment:
+            x = augment_batch(jax.random.fold_in(aug_key, i), x)
+
+        def loss_fn(p):
+            variables = {"params": p, **({"batch_stats": stats} if stats else {})}
+            if stats:
+                logits, updated = model.apply(variables, x, train=True, mutable=["batch_stats"])
+                new_stats = updated["batch_stats"]
+            else:
+                logits, new_stats = model.apply(variables, x), stats
+            return _kd_loss(logits, y, t_logits, temperature, alpha), new_stats
+
+        (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(p)
+        updates, s = tx.update(grads, s, p)
+        return apply_masks(optax.apply_updates(p, updates)), stats, s, loss
+
+    return step, apply_masks
+
+
 def fit(
     ops: tuple[Op, ...],
     params: dict,
@@ -129,30 +160,7 @@ def fit(
     batch_stats = batch_stats or {}
     aug_key = jax.random.key(seed + 1)
 
-    def apply_masks(p):
-        return {
-            k: ({**v, **{"kernel": v["kernel"] * mask_tree[k]["kernel"]}} if k in mask_tree else v)
-            for k, v in p.items()
-        }
-
-    @jax.jit
-    def step(p, stats, s, x, y, t_logits, i):
-        if augment:
-            x = augment_batch(jax.random.fold_in(aug_key, i), x)
-
-        def loss_fn(p):
-            variables = {"params": p, **({"batch_stats": stats} if stats else {})}
-            if stats:
-                logits, updated = model.apply(variables, x, train=True, mutable=["batch_stats"])
-                new_stats = updated["batch_stats"]
-            else:
-                logits, new_stats = model.apply(variables, x), stats
-            return _kd_loss(logits, y, t_logits, temperature, alpha), new_stats
-
-        (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(p)
-        updates, s = tx.update(grads, s, p)
-        return apply_masks(optax.apply_updates(p, updates)), stats, s, loss
-
+    step, apply_masks = _make_step(model, tx, mask_tree, augment, aug_key, temperature, alpha)
     params = apply_masks(jax.tree.map(jnp.asarray, params))
     batch_stats = jax.tree.map(jnp.asarray, batch_stats)
     opt_state = tx.init(params)

@@ -15,7 +15,8 @@ import optax
 
 from autocomp.config import ModelConfig, TrainConfig
 from autocomp.data import Dataset
-from autocomp.models.linen import LinenNetwork, ModelError
+from autocomp.models.discovery import ModelError
+from autocomp.models.linen import LinenNetwork
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +141,7 @@ def network(model, variables, example, apply_kwargs=None, output_fn=None, name=N
 
 
 def compressed_model(net, aux, techniques, plan):
-    """A plan materialized on a user's model (:class:`autocomp.models.linen.Compressed`)."""
+    """A plan materialized on a user's model (:class:`autocomp.models.materialized.Compressed`)."""
     if isinstance(net, LinenNetwork):
         from autocomp.models.linen import compressed
 
@@ -322,7 +323,7 @@ def finetune(net, cmp, data: Dataset, cfg, seed: int, base_params, on_epoch=None
     loss)`` after each epoch. Returns the trained params."""
     import jax.numpy as jnp
 
-    from autocomp.models.linen import keep_masks
+    from autocomp.models.materialized import keep_masks
     from autocomp.training.loop import _kd_loss, augment_batch, make_optimizer
 
     if cfg.epochs == 0:

@@ -13,7 +13,8 @@ import numpy as np
 
 from autocomp.config import DataConfig, RootConfig
 from autocomp.data import Dataset, load_dataset
-from autocomp.devices.costs import DeviceProfile, load_profile, price_ops, price_ops_int8
+from autocomp.devices.costs import price_ops, price_ops_int8, source_shares
+from autocomp.devices.tables import DeviceProfile, load_profile
 from autocomp.models.layers import LayerInfo, compressible_layers
 from autocomp.models.ops import Op, base_ops
 from autocomp.search.pareto import pareto_front
@@ -266,4 +267,16 @@ def run_paths(run_dir: Path) -> dict[str, Path]:
         "pareto": run_dir / "pareto.png",
         "checkpoint": run_dir / "checkpoint" / "search.msgpack",
         "run": run_dir / "run.json",
+    }
+
+
+def device_table_record(profile: DeviceProfile, cost_sources: dict[str, int]) -> dict:
+    """Which device table priced a run, as ``metrics.json`` records it."""
+    return {
+        "name": profile.name,
+        "kind": profile.kind,
+        "platform": profile.platform,
+        "path": profile.path,
+        "search_space_sources": source_shares(cost_sources),
+        "energy": profile.energy["method"],
     }

@@ -1,0 +1,82 @@
+"""The analytic model of a cost table's ``analytic`` section (:func:`analytic_latency_ms`), and
+a table as an int8 model runs (:func:`int8_view`)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from autocomp.devices.opkeys import op_counts, parse_key
+from autocomp.models.ops import Op
+
+if TYPE_CHECKING:
+    from autocomp.devices.tables import DeviceProfile
+
+
+def efficiency_key(op: Op) -> str:
+    """Which ``analytic.efficiency`` entry prices ``op`` (``pool`` for the MAC-free ones)."""
+    return {"conv": "conv", "expand": "conv", "dense": "dense", "dwconv": "dwconv"}.get(
+        op.kind, "pool"
+    )
+
+
+def analytic_latency_ms(analytic: dict, kind: str, macs, moved):
+    """The analytic model: per-op overhead + max(MACs / (peak * efficiency), bytes / bandwidth),
+    or their sum where ``analytic.combine`` is ``sum`` (the calibrated tables: compute and
+    memory traffic of these runtimes overlap little); ``analytic.kind_bandwidth_gbs`` may give
+    each kind its own bandwidth. Numbers or numpy arrays; ``kind`` an ``efficiency`` key."""
+    efficiency = analytic["efficiency"].get(kind, analytic["efficiency"].get("pool", 1.0))
+    bandwidth = analytic.get("kind_bandwidth_gbs", {}).get(kind, analytic["bandwidth_gbs"])
+    compute_s = macs / (analytic["peak_gmacs"] * 1e9 * efficiency)
+    memory_s = moved / (bandwidth * 1e9)
+    if analytic.get("combine", "max") == "sum":
+        return (analytic["op_overhead_us"] * 1e-6 + compute_s + memory_s) * 1e3
+    return (analytic["op_overhead_us"] * 1e-6 + np.maximum(compute_s, memory_s)) * 1e3
+
+
+def _int8_analytic(profile: DeviceProfile) -> dict:
+    """The analytic section at the int8 MAC rate and bytes (the ``int8`` column), or as is."""
+    a = profile.analytic
+    if profile.int8 is None:
+        return a
+    speedup, factor = profile.int8["compute_speedup"], profile.int8["bytes_factor"]
+    a8 = dict(a, peak_gmacs=a["peak_gmacs"] * speedup, bandwidth_gbs=a["bandwidth_gbs"] / factor)
+    if "kind_bandwidth_gbs" in a:
+        a8["kind_bandwidth_gbs"] = {k: v / factor for k, v in a["kind_bandwidth_gbs"].items()}
+    return a8
+
+
+def int8_view(profile: DeviceProfile) -> DeviceProfile | None:
+    """The table as ``model_int8.tflite`` runs: each row's measured ``latency_int8_ms``; a row
+    without one, its float latency times the median int8/float ratio of the rows of its kind
+    that have one, or (a table with an ``int8`` column and no int8 rows) times the ratio of the
+    analytic model at the int8 MAC rate and bytes to the float one; the analytic model itself
+    at the int8 rates; the int8 call overhead. Every lookup tier then answers for int8 as it
+    does for float. ``None``: the table has neither int8 rows nor an int8 column."""
+    ratios = profile._int8_ratio
+    if not ratios and profile.int8 is None:
+        return None
+    a, a8 = profile.analytic, _int8_analytic(profile)
+    rows = {}
+    for key, row in profile.rows.items():
+        latency = row.get("latency_int8_ms")
+        if latency is None:
+            op, shape = parse_key(key)
+            if ratios:
+                latency = row["latency_ms"] * ratios.get(op.kind, ratios["*"])
+            else:
+                macs, _, _, weight_read, act_bytes = op_counts(op, shape)
+                kind, moved = efficiency_key(op), weight_read + act_bytes
+                as_float = analytic_latency_ms(a, kind, macs, moved)
+                latency = row["latency_ms"] * analytic_latency_ms(a8, kind, macs, moved) / as_float
+        rows[key] = dict(row, latency_ms=float(latency))
+    overhead = profile.invoke_overhead_int8_ms
+    return replace(
+        profile,
+        name=f"{profile.name} (int8)",
+        rows=rows,
+        analytic=a8,
+        invoke_overhead_ms=profile.invoke_overhead_ms if overhead is None else overhead,
+    )
