@@ -172,3 +172,18 @@ def test_no_module_over_400_lines_and_no_function_over_80():
                 if n > 80 and f"{rel}::{node.name}" not in LONG_FUNCTIONS:
                     too_long.append(f"{rel}::{node.name}: {n} lines")
     assert too_long == []
+
+
+def test_no_test_module_imports_another():
+    """Shared set-ups live in conftest.py (fixtures) or in helper modules that are not tests."""
+    import ast
+
+    for path in sorted((ROOT / "tests").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            else:
+                continue
+            assert not any(n.split(".")[0].startswith("test_") for n in names), (path, names)

@@ -43,7 +43,7 @@ def _measured_table(tmp_path, rows, overhead=0.0):
 
 
 def test_parse_key_inverts_op_key_for_every_op_of_a_search_space():
-    from test_techniques import LAYERS, OPS, RATIOS, TECHS
+    from contract_net import LAYERS, OPS, RATIOS, TECHS
 
     configs = search_configs(OPS, LAYERS, TECHS, RATIOS, (8, 8, 1))
     kinds = {op.kind for op, _ in configs.values()}
@@ -292,21 +292,40 @@ def test_host_profile_with_one_and_four_threads_writes_a_table_each(tmp_path, mo
     assert load_profile("host").path == str(one)  # device=host: the one-thread table
 
 
+FAKE_ADB = """#!{python}
+# A stand-in adb that answers like a phone: benchmark_model reports a mean time that grows
+# with the pushed file's size (1 us per byte), the battery a recorded uevent.
+import os, pathlib, re, sys
+args = sys.argv[1:]
+with open({log!r}, "a") as f:
+    f.write(" ".join(args) + "\\n")
+state = pathlib.Path({state!r})
+if "push" in args:
+    local, remote = args[args.index("push") + 1 : args.index("push") + 3]
+    (state / os.path.basename(remote)).write_text(str(os.path.getsize(local)))
+    with open(state.parent / "pushed_sizes", "a") as f:
+        f.write(f"{{os.path.getsize(local)}}\\n")
+joined = " ".join(args)
+if "benchmark_model" in joined:
+    size = int((state / os.path.basename(re.search(r"--graph=(\\S+)", joined)[1])).read_text())
+    print(f"count=50 first={{size}} curr={{size}} min={{size}} max={{size}} avg={{size}}.0 std=5")
+elif "uevent" in joined:
+    print(open({uevent!r}).read())
+"""
+
+
 def test_android_profile_runs_end_to_end_through_adb(tmp_path):
-    """The android profiler against a stand-in ``adb`` that answers like a phone (it replays a
-    recorded benchmark_model log and battery uevent): pushes, timing, energy and the table."""
+    """The android profiler against a stand-in ``adb`` whose timings depend on the model it was
+    handed (the pushed file's size): pushes, timing, overhead, energy and the table."""
+    import sys
+
     from autocomp.profile import parse_args, run_profile
 
-    log = tmp_path / "adb.log"
+    log, state = tmp_path / "adb.log", tmp_path / "phone"
+    state.mkdir()
     adb = tmp_path / "adb"
-    adb.write_text(
-        "#!/bin/sh\n"
-        f'echo "$@" >> {log}\n'
-        'case "$*" in\n'
-        f"  *benchmark_model*) cat {DATA / 'benchmark_model_android.txt'} ;;\n"
-        f"  *uevent*) cat {DATA / 'battery_uevent_mi8.txt'} ;;\n"
-        "esac\n"
-    )
+    adb.write_text(FAKE_ADB.format(python=sys.executable, log=str(log), state=str(state),
+                                   uevent=str(DATA / "battery_uevent_mi8.txt")))  # fmt: skip
     adb.chmod(0o755)
     out = tmp_path / "phone.json"
     opts, rest = parse_args(["device=android", "serial=R58M123", f"adb={adb}", f"out={out}",
@@ -320,9 +339,15 @@ def test_android_profile_runs_end_to_end_through_adb(tmp_path):
     calls = log.read_text().splitlines()
     assert any(c.startswith("-s R58M123 push ") for c in calls)
     assert any("--num_threads=4" in c and "--use_xnnpack=true" in c for c in calls)
-    # Every op times like the recorded log, and so does the trivial model: no time is left.
-    assert len(table.rows) == 2 and all(r["latency_ms"] == 0.0 for r in table.rows.values())
-    assert table.invoke_overhead_ms == pytest.approx(33.2094)
+    # Each row is its own model's time less the trivial model's: a file of b bytes "runs" in
+    # b us here, so the rows differ, are positive and add back up to the files' sizes.
+    sizes = {float(s) for s in (tmp_path / "pushed_sizes").read_text().split()}
+    overhead_ms = table.invoke_overhead_ms
+    assert overhead_ms > 0 and 1e3 * overhead_ms in sizes
+    rows = [r["latency_ms"] for r in table.rows.values()]
+    assert len(rows) == 2 and all(r > 0 for r in rows) and rows[0] != rows[1]
+    for r in rows:
+        assert any(abs(1e3 * (r + overhead_ms) - s) < 1e-6 for s in sizes), r
 
 
 @pytest.mark.slow

@@ -162,7 +162,7 @@ def test_export_finds_relative_data_paths_from_another_directory(tmp_path, monke
 def test_every_technique_converts_to_tflite_and_agrees():
     """The deployed form of every technique (k x 1 convs, grouped convs, depthwise with a
     multiplier, fire's concatenation, the pooled head) is builtin TFLite with float parity."""
-    from test_techniques import LAYERS, OPS, RATIOS, TECHS
+    from contract_net import LAYERS, OPS, RATIOS, TECHS
 
     from autocomp.config import DistillConfig
     from autocomp.search.plan import LayerChoice, Plan, materialize, prepare_aux

@@ -25,7 +25,7 @@ TINY = [
 ]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def cli_run(tmp_path_factory, cache_dir):
     """One tiny run of the default experiment through the real CLI, with the export; read by
     the tests of this group (one xdist worker runs them: ``--dist loadgroup``)."""
