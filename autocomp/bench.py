@@ -12,6 +12,11 @@ well the device table predicts real latency: random plans of the search space ar
 converted to TFLite and timed whole in the LiteRT interpreter on this host, against the table's
 prediction. Ends with ``MAPE=<percent> spearman=<rho> plans=<n>``.
 
+``python -m autocomp.bench agents [experiment=digits] [evaluations=512] [seeds=3] [agents=a,b]
+[out=outputs/bench/agents/<experiment>] [finetune=true]``: every agent of ``agents/`` with the same
+plan evaluations and seeds; writes ``agents.md``, ``agents.csv``, ``best_reward.png`` and the
+per-run ``runs.jsonl`` (a killed benchmark continues; see :mod:`autocomp.run.compare`).
+
 ``python -m autocomp.bench convs [batch=64]``: forward+backward time of depthwise and grouped
 convs (VGG-sized CIFAR-10 shapes) as XLA:CPU trains them (:func:`autocomp.models.convs.conv_nhwc`)
 against the one grouped ``lax`` conv the export lowers them to.
@@ -103,18 +108,18 @@ def bench_search(overrides: list[str], batches: int = 20) -> dict[str, float]:
     eval_s = time.perf_counter() - start
     recompiles_eval = counter.compiles - before
 
-    train = AGENTS[config.agent.name].make_train(config.agent, env, params)
-    state = train.init(jax.random.key(0))
+    trainer = AGENTS[config.agent.name].make_trainer(config.agent, env)
+    state = trainer.init(jax.random.key(0))
     start = time.perf_counter()
-    state, _ = jax.block_until_ready(train.run_chunk(state))
+    state, _ = jax.block_until_ready(trainer.run_chunk(state, params))
     agent_compile_s = time.perf_counter() - start
     before = counter.compiles
     chunks = 3
     start = time.perf_counter()
     for _ in range(chunks):
-        state, _ = jax.block_until_ready(train.run_chunk(state))
+        state, _ = jax.block_until_ready(trainer.run_chunk(state, params))
     agent_s = time.perf_counter() - start
-    episodes = chunks * config.agent.updates_per_chunk * batch
+    episodes = chunks * trainer.episodes_per_chunk
     return {
         "experiment": config.name,
         "layers": env.spec.num_steps,
@@ -284,10 +289,35 @@ def bench_phones(argv: list[str]) -> list[dict]:
     return results
 
 
+def bench_agents(argv: list[str]) -> None:
+    """Every agent at equal plan evaluations and seeds: table, CSV and plot (resumable)."""
+    from autocomp.run import compose
+    from autocomp.run.compare import compare_agents
+
+    keys = ("evaluations", "seeds", "agents", "out", "finetune")
+    opts = {a.split("=", 1)[0]: a.split("=", 1)[1] for a in argv if a.split("=")[0] in keys}
+    overrides = [a for a in argv if a.split("=")[0] not in keys]
+    name = compose(overrides).name
+    out = Path(opts.get("out", f"outputs/bench/agents/{name}"))
+    paths = compare_agents(
+        overrides,
+        out,
+        evaluations=int(opts.get("evaluations", 512)),
+        seeds=int(opts.get("seeds", 3)),
+        agents=opts["agents"].split(",") if opts.get("agents") else None,
+        finetune=opts.get("finetune", "true").lower() in ("1", "true", "yes"),
+    )
+    print(paths["md"].read_text())
+    for kind, path in paths.items():
+        print(f"{kind}: {path}")
+
+
 def main(argv: list[str]) -> None:
-    if not argv or argv[0] not in ("search", "survey", "costs", "convs", "phones"):
+    if not argv or argv[0] not in ("search", "survey", "costs", "convs", "phones", "agents"):
         print(
             "usage: python -m autocomp.bench search [hydra overrides...]\n"
+            "       python -m autocomp.bench agents [experiment=<name>] [evaluations=512] "
+            "[seeds=3] [agents=a,b,...] [out=dir] [finetune=true] [hydra overrides...]\n"
             "       python -m autocomp.bench survey [experiment=<name>] [survey.ratios=[...]] "
             "[hydra overrides...]\n"
             "       python -m autocomp.bench costs [experiment=<name>] [plans=50] [threads=1] "
@@ -310,6 +340,9 @@ def main(argv: list[str]) -> None:
         return
     if argv[0] == "phones":
         bench_phones(argv[1:])
+        return
+    if argv[0] == "agents":
+        bench_agents(argv[1:])
         return
     if argv[0] == "convs":
         print(f"{'case':<28} {'lax conv ms':>12} {'autocomp ms':>12} {'speedup':>8}")

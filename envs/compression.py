@@ -215,6 +215,20 @@ class CompressionEnv:
         pred = jnp.argmax(self.logits(plan, params, params.x_val), axis=-1)
         return jnp.mean(pred == params.y_val)
 
+    def greedy_tables(
+        self, params: EnvParams
+    ) -> tuple[Float[Array, "L T R"], Float[Array, "L T R"]]:
+        """Per-layer tables for a greedy (equal-slope) selection: ``sensitivity`` (the relative
+        output error of each action, 1 where it does not fit) and ``cost``, the sum over the
+        resources of ``reward.weights`` (all zero: latency alone) times the layer's cost at full
+        input width (width bin 0) / the base model's. An approximation: a pruned predecessor
+        makes a layer cheaper. 0 where the technique does not fit (masked by ``allowed``)."""
+        w = params.reward.weights
+        w = jnp.where(jnp.any(w != 0), w, jnp.array([1.0, 0.0, 0.0], jnp.float32))
+        share = params.costs[:, :, :, 0, :3] / params.reward.base
+        cost = jnp.where(params.allowed, jnp.sum(share * w, axis=-1), 0.0)
+        return params.sensitivity, cost
+
     # ------------------------------------------------------------------- API
     def reset(self, key: Array, params: EnvParams) -> tuple[Observation, EnvState]:
         n_l = self.spec.num_steps

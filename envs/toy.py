@@ -58,6 +58,18 @@ class ToyEnv:
         flat = payoff.reshape(self.spec.num_steps, -1).argmax(axis=1)
         return np.stack(np.unravel_index(flat, payoff.shape[1:]), axis=1)
 
+    def greedy_tables(self, params: ToyParams) -> tuple[jax.Array, jax.Array]:
+        """Tables for a greedy (equal-slope) selection, float32[L, T, R] each: ``sensitivity``
+        is ``max(payoff) - payoff`` over the layer's allowed actions, scaled to [0, 1] per layer
+        (1 where not allowed); ``cost`` is zero, so lambda = 0 (least sensitivity per layer)
+        picks the per-layer argmax of the payoff, i.e. :meth:`optimum`."""
+        payoff = jnp.where(params.allowed, params.payoff, jnp.nan)
+        top = jnp.nanmax(payoff, axis=(1, 2), keepdims=True)
+        spread = top - jnp.nanmin(payoff, axis=(1, 2), keepdims=True)
+        gap = (top - params.payoff) / jnp.where(spread > 0, spread, 1.0)
+        sensitivity = jnp.where(params.allowed, gap, 1.0)
+        return sensitivity, jnp.zeros_like(sensitivity)
+
     def _observe(self, state: ToyState, params: ToyParams) -> Observation:
         layer = jnp.minimum(state.layer, self.spec.num_steps - 1)
         features = jnp.concatenate([jax.nn.one_hot(layer, self.spec.num_steps), state.total[None]])
@@ -85,3 +97,20 @@ class ToyEnv:
 
     def batch_step(self, keys, state, action, params):
         return jax.vmap(self.step, in_axes=(0, 0, 0, None))(keys, state, action, params)
+
+    def evaluate_plans(self, plans, params) -> dict:
+        """Score fixed plans int[B, L, 2] (masked actions projected to (0, 0), as in ``step``)."""
+        layers = jnp.arange(self.spec.num_steps)
+        ok = params.allowed[layers, plans[..., 0], plans[..., 1]]
+        applied = jnp.where(ok[..., None], plans, 0).astype(jnp.int32)
+        reward = params.payoff[layers, applied[..., 0], applied[..., 1]].sum(-1)
+        zero = jnp.zeros_like(reward)
+        return {
+            "plan": applied,
+            "reward": reward,
+            "accuracy": zero,
+            "latency_ms": zero,
+            "energy_mj": zero,
+            "bytes": zero,
+            "violation": jnp.zeros(reward.shape, bool),
+        }

@@ -14,6 +14,13 @@ _SHARED = os.path.join(
 )
 if os.path.isdir(_SHARED):
     os.environ.setdefault("AUTOCOMP_DATA", os.path.abspath(_SHARED))
+# One persistent XLA compilation cache for every worker and every CLI subprocess of the test
+# session (the CLI run's programs are then loaded, not recompiled, by the determinism test:
+# 35 s -> 26 s for that test, `pytest -n 2 --durations=10 tests/test_pipeline.py -k cli`).
+os.environ.setdefault(
+    "JAX_COMPILATION_CACHE_DIR",
+    os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".cache", "jax"),
+)
 
 # The jaxtyping annotations on the public array boundaries (reward, spaces, environment, the
 # agent's networks and losses) are checked at run time in every test, by beartype through
@@ -26,6 +33,10 @@ CHECKED = (
     "envs.compression",
     "agents.compressor_critic.networks",
     "agents.compressor_critic.losses",
+    "agents.ddpg.networks",
+    "agents.ddpg.losses",
+    "agents.greedy.selection",
+    "agents.uniform.train",
 )
 jaxtyping.install_import_hook(CHECKED, "beartype.beartype")
 

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from agents.compressor_critic import CompressorCriticConfig, losses, make_policy, make_train
+from agents.compressor_critic import CompressorCriticConfig, losses, make_trainer
 from envs.toy import ToyEnv
 
 
@@ -34,16 +34,14 @@ def test_pg_value_entropy_losses_by_hand():
 def test_learns_toy_optimum():
     env = ToyEnv(num_layers=4, num_techniques=3, num_ratios=4)
     params = env.make_params(seed=0)
-    config = CompressorCriticConfig(
-        episodes=3072,
-        batch_episodes=32,
-        updates_per_chunk=16,
-        learning_rate=1e-2,
-        entropy_coef=0.01,
-    )
-    train = make_train(config, env, params)
-    state, chunks = train(jax.random.key(0))
-    plan = make_policy(config, env, params)(state.params)
+    # the default learning rate, entropy and risk-seeking share (top_share)
+    config = CompressorCriticConfig(episodes=3072, batch_episodes=32, updates_per_chunk=16)
+    trainer = make_trainer(config, env)
+    state, chunks = trainer.init(jax.random.key(0)), []
+    for _ in range(trainer.num_chunks):
+        state, metrics = trainer.run_chunk(state, params)
+        chunks.append(jax.device_get(metrics))
+    plan = trainer.policy(state, params)
     np.testing.assert_array_equal(plan, env.optimum(params))
     first, last = chunks[0]["reward"].mean(), chunks[-1]["reward"].mean()
     assert last > first

@@ -12,7 +12,7 @@ from hydra import compose, initialize
 from hydra.errors import ConfigCompositionException, MissingConfigException
 
 from autocomp.config import ConfigError
-from autocomp.devices.tables import CostTableError, load_profile
+from autocomp.devices.tables import CostTableError
 from autocomp.run import register, to_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -145,52 +145,6 @@ def test_missing_cost_table_fails_before_anything_is_written(tmp_path, tiny_conf
     with pytest.raises(CostTableError, match="not found.*analytic_cortex_a76"):
         run(config, tmp_path / "run", {}, show_progress=False)
     assert not (tmp_path / "run").exists()
-
-
-@pytest.mark.parametrize(
-    "content,match",
-    [
-        ("{not json", "not valid JSON"),
-        ('{"schema_version": 2, "kind": "analytic"}', "missing object 'device'"),
-        ('{"schema_version": 7}', "schema_version"),
-    ],
-)
-def test_malformed_cost_table_is_a_clear_error(tmp_path, content, match):
-    path = tmp_path / "table.json"
-    path.write_text(content)
-    with pytest.raises(CostTableError, match=match):
-        load_profile(str(path))
-
-
-def test_analytic_table_cannot_claim_to_be_measured(tmp_path):
-    import json
-
-    shipped = json.loads(Path(load_profile("analytic_cortex_a76").path).read_text())
-    shipped["device"]["measured"] = True
-    path = tmp_path / "liar.json"
-    path.write_text(json.dumps(shipped))
-    with pytest.raises(CostTableError, match="cannot claim"):
-        load_profile(str(path))
-
-
-def test_exact_table_rows_win_over_the_analytic_model(tmp_path):
-    import json
-
-    from autocomp.devices.costs import price_op
-    from autocomp.devices.opkeys import op_key
-    from autocomp.models.ops import Op
-
-    shipped = json.loads(Path(load_profile("analytic_cortex_a76").path).read_text())
-    op = Op("dense", "fc", 10)
-    shipped["rows"] = [
-        {"key": op_key(op, (32,)), "latency_ms": 0.5, "latency_spread_ms": 0.01, "energy_mj": 0.25}
-    ]
-    path = tmp_path / "rows.json"
-    path.write_text(json.dumps(shipped))
-    profile = load_profile(str(path))
-    cost = price_op(profile, op, (32,))
-    assert (cost.latency_ms, cost.energy_mj, cost.source) == (0.5, 0.25, "table")
-    assert price_op(profile, op, (64,)).source == "analytic"
 
 
 def test_config_errors_name_the_key():

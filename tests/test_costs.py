@@ -81,6 +81,20 @@ def test_lookup_tiers_exact_interpolated_roofline_and_analytic(tmp_path):
     )
 
 
+def test_a_rows_measured_energy_is_used_and_other_shapes_fall_back(tmp_path):
+    table = json.loads(Path(load_profile("analytic_cortex_a76").path).read_text())
+    op = Op("dense", "fc", 10)
+    table["rows"] = [
+        {"key": op_key(op, (32,)), "latency_ms": 0.5, "latency_spread_ms": 0.01, "energy_mj": 0.25}
+    ]
+    path = tmp_path / "rows.json"
+    path.write_text(json.dumps(table))
+    profile = load_profile(str(path))
+    cost = price_op(profile, op, (32,))
+    assert (cost.latency_ms, cost.energy_mj, cost.source) == (0.5, 0.25, "table")
+    assert price_op(profile, op, (64,)).source == "analytic"
+
+
 def test_k_bit_layers_are_priced_as_their_float_op_but_stored_smaller(tmp_path):
     op = Op("dense", "d", 10)
     profile = load_profile(str(_measured_table(tmp_path, {op_key(op, (64,)): 0.5})))
@@ -116,13 +130,21 @@ def test_the_call_overhead_is_added_once_per_model(tmp_path):
             "energy_mj",
         ),  # fmt: skip
         (lambda t: t.update(schema_version=1), "schema_version is 1, expected 2"),
+        (lambda t: t.update(schema_version=7), "schema_version is 7"),
+        (lambda t: t.pop("device"), "missing object 'device'"),
+        (lambda t: t["device"].update(measured=True), "cannot claim"),
+        ("{not json", "not valid JSON"),
     ],
 )
 def test_corrupt_or_mismatched_tables_are_clear_errors(tmp_path, edit, match):
-    table = json.loads(Path(load_profile("analytic_cortex_a76").path).read_text())
-    edit(table)
+    """Every way a table can be wrong, in one place: each a `CostTableError` naming the field."""
     path = tmp_path / "bad.json"
-    path.write_text(json.dumps(table))
+    if isinstance(edit, str):
+        path.write_text(edit)
+    else:
+        table = json.loads(Path(load_profile("analytic_cortex_a76").path).read_text())
+        edit(table)
+        path.write_text(json.dumps(table))
     with pytest.raises(CostTableError, match=match):
         load_profile(str(path))
 

@@ -25,11 +25,20 @@ TINY = [
 ]
 
 
+def _setups_file(tmp_path_factory) -> Path:
+    base = tmp_path_factory.getbasetemp()  # a worker's own; their parent is the session's
+    return (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "cli_setups.txt"
+
+
 @pytest.fixture(scope="session")
 def cli_run(tmp_path_factory, cache_dir):
     """One tiny run of the default experiment through the real CLI, with the export; read by
     the tests of this group (one xdist worker runs them: ``--dist loadgroup``)."""
     run_dir = tmp_path_factory.mktemp("cli") / "run"
+    # One line per set-up in the directory all workers share: the group test below fails if
+    # the scheduler splits the group (pytest 9 broke xdist 3.8's loadgroup; pytest is pinned).
+    with open(_setups_file(tmp_path_factory), "a") as f:
+        f.write(f"{os.environ.get('PYTEST_XDIST_WORKER', 'main')}\n")
     env = {**os.environ, "WANDB_MODE": "offline", "AUTOCOMP_CACHE": cache_dir}
     proc = subprocess.run(
         [sys.executable, "-m", "autocomp.train", f"hydra.run.dir={run_dir}", *TINY, "export=true"],
@@ -103,13 +112,17 @@ def test_default_experiment_cli_end_to_end(cli_run):
 
 
 @pytest.mark.xdist_group("cli_run")
-def test_same_config_and_seed_give_the_same_plan(cli_run, tmp_path, cache_dir, monkeypatch):
+def test_same_config_and_seed_give_the_same_plan(
+    cli_run, tmp_path, tmp_path_factory, cache_dir, monkeypatch
+):
     """The CLI's run again, in this process (its base model now from the cache): the same plan
     and the same reward."""
     from autocomp.run import compose, run
 
     proc, run_dir = cli_run
     assert proc.returncode == 0, proc.stderr[-3000:]
+    setups = _setups_file(tmp_path_factory).read_text().split()
+    assert len(setups) == 1, f"the CLI run was set up on {setups}: --dist loadgroup not honoured"
     monkeypatch.setenv("AUTOCOMP_CACHE", cache_dir)
     metrics = run(compose(TINY), tmp_path, {"seed": 0}, show_progress=False)
     first = json.loads((run_dir / "metrics.json").read_text())
@@ -132,10 +145,10 @@ def test_resume_continues_a_killed_search(tiny_config, tmp_path):
     config = tiny_config()
     p = prepare(config)
     env, params = build_env(p)
-    train = AGENTS["compressor_critic"].make_train(config.agent, env, params)
+    trainer = AGENTS["compressor_critic"].make_trainer(config.agent, env)
     ckpt = tmp_path / "search.msgpack"
-    per_chunk = config.agent.batch_episodes * config.agent.updates_per_chunk
-    assert train.num_chunks >= 2
+    per_chunk = trainer.episodes_per_chunk
+    assert trainer.num_chunks >= 2
 
     class Killed(Exception):
         pass
@@ -146,16 +159,16 @@ def test_resume_continues_a_killed_search(tiny_config, tmp_path):
                 raise Killed
 
     try:
-        run_search(train, jax.random.key(0), per_chunk, KillInSecondChunk(), ckpt, "fp", False)
+        run_search(trainer, params, jax.random.key(0), KillInSecondChunk(), ckpt, "fp", False)
     except Killed:
         pass
-    saved, saved_history = load_checkpoint(ckpt, train.init(jax.random.key(0)), "fp")
+    saved, saved_history = load_checkpoint(ckpt, trainer.init(jax.random.key(0)), "fp")
     assert int(saved.update) == config.agent.updates_per_chunk
     assert len(saved_history["reward"]) == per_chunk
     state, history, _ = run_search(
-        train, jax.random.key(0), per_chunk, NullTracker(), ckpt, "fp", False
+        trainer, params, jax.random.key(0), NullTracker(), ckpt, "fp", False
     )
-    _, full, _ = run_search(train, jax.random.key(0), per_chunk, NullTracker(), None, "fp", False)
+    _, full, _ = run_search(trainer, params, jax.random.key(0), NullTracker(), None, "fp", False)
     np.testing.assert_array_equal(history["plan"], full["plan"])
     np.testing.assert_allclose(history["reward"], full["reward"])
     # A checkpoint of another config is refused with a clear error.
@@ -164,10 +177,10 @@ def test_resume_continues_a_killed_search(tiny_config, tmp_path):
     from autocomp.training.loop import CheckpointError
 
     with pytest.raises(CheckpointError, match="another config"):
-        run_search(train, jax.random.key(0), per_chunk, NullTracker(), ckpt, "other", False)
+        run_search(trainer, params, jax.random.key(0), NullTracker(), ckpt, "other", False)
     ckpt.write_bytes(b"garbage")
     with pytest.raises(CheckpointError, match="corrupt"):
-        run_search(train, jax.random.key(0), per_chunk, NullTracker(), ckpt, "fp", False)
+        run_search(trainer, params, jax.random.key(0), NullTracker(), ckpt, "fp", False)
 
 
 def test_default_experiment_meets_its_bars(tmp_path, cache_dir):

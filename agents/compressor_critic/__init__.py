@@ -1,9 +1,9 @@
-"""Compressor-critic agent: ``make_train(config, env, env_params) -> train(key)``."""
+"""Compressor-critic agent (DeepIoT-style actor-critic over the layer sequence)."""
 
 from agents.compressor_critic.config import CompressorCriticConfig
-from agents.compressor_critic.train import TrainState, make_policy, make_train
+from agents.compressor_critic.train import TrainState, make_trainer
 from autocomp.search.agent import Agent
 
-AGENT = Agent(CompressorCriticConfig, make_train, make_policy)
+AGENT = Agent(CompressorCriticConfig, make_trainer)
 
-__all__ = ["AGENT", "CompressorCriticConfig", "TrainState", "make_policy", "make_train"]
+__all__ = ["AGENT", "CompressorCriticConfig", "TrainState", "make_trainer"]

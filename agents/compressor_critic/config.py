@@ -21,6 +21,9 @@ class CompressorCriticConfig:
         entropy_final_frac: entropy weight at the end as a share of the start (linear decay).
         value_coef: weight of the critic's squared error.
         max_grad_norm: global gradient-norm clip.
+        top_share: the share of each batch's plans the policy gradient learns from (1: all,
+            with the critic's baseline; below 1: risk-seeking policy gradient, Petersen et al.,
+            ICLR 2021, the batch's best plans pushed up relative to the batch's quantile).
     """
 
     name: str = "compressor_critic"
@@ -33,6 +36,7 @@ class CompressorCriticConfig:
     entropy_final_frac: float = 0.1
     value_coef: float = 0.5
     max_grad_norm: float = 1.0
+    top_share: float = 0.1
 
     def __post_init__(self) -> None:
         if self.episodes < self.batch_episodes or self.batch_episodes < 2:
@@ -40,5 +44,7 @@ class CompressorCriticConfig:
                 f"agent.episodes={self.episodes} must be >= agent.batch_episodes="
                 f"{self.batch_episodes} >= 2"
             )
+        if not 0.0 < self.top_share <= 1.0:
+            raise ValueError(f"agent.top_share={self.top_share} must be in (0, 1]")
         if self.updates_per_chunk < 1 or self.hidden < 1 or self.learning_rate <= 0:
             raise ValueError("agent.updates_per_chunk, hidden and learning_rate must be > 0")

@@ -8,7 +8,7 @@ Each update rolls out ``batch_episodes`` plans in lockstep (one env step per lay
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from functools import partial
 from typing import Any, NamedTuple
 
 import jax
@@ -19,6 +19,7 @@ import optax
 from agents.compressor_critic import losses
 from agents.compressor_critic.config import CompressorCriticConfig
 from agents.compressor_critic.networks import CompressorCritic, greedy_action, sample_action
+from autocomp.search.agent import Trainer, num_chunks
 from autocomp.search.spaces import Environment
 
 
@@ -63,7 +64,7 @@ def _rollout(net, params, env, env_params, key, batch, act_fn):
     return traj
 
 
-def _loss(net, params, traj: Rollout, entropy_coef, value_coef):
+def _loss(net, params, traj: Rollout, entropy_coef, value_coef, top_share=1.0):
     batch = traj.features.shape[1]
 
     def body(carry, xs):
@@ -80,6 +81,11 @@ def _loss(net, params, traj: Rollout, entropy_coef, value_coef):
     returns = jax.vmap(losses.returns_to_go, in_axes=1, out_axes=1)(traj.reward)
     advantage = returns - value
     advantage = (advantage - advantage.mean()) / (advantage.std() + 1e-6)
+    if top_share < 1.0:  # risk-seeking: learn only from the batch's best share of plans
+        final = returns[0]  # [B] the plan's reward (gamma = 1, paid at the last step)
+        level = jnp.quantile(final, 1.0 - top_share)
+        risk = jnp.where(final >= level, final - level, 0.0) / (final.std() + 1e-6)
+        advantage = jnp.broadcast_to(risk, advantage.shape)
     pg = jax.vmap(jax.vmap(losses.policy_gradient_loss))(logp, advantage).mean()
     v = jax.vmap(jax.vmap(losses.value_loss))(value, returns).mean()
     ent = jax.vmap(jax.vmap(losses.entropy_loss))(entropy).mean()
@@ -87,18 +93,13 @@ def _loss(net, params, traj: Rollout, entropy_coef, value_coef):
     return total, {"pg_loss": pg, "value_loss": v, "entropy": -ent}
 
 
-def make_train(
-    config: CompressorCriticConfig, env: Environment, env_params: Any
-) -> Callable[..., tuple[TrainState, list[dict]]]:
-    """Build ``train(key, on_chunk=None, state=None) -> (state, chunks)``.
-
-    ``train.init(key)`` gives a fresh state and ``train.run_chunk(state)`` one jitted chunk,
-    for callers that drive the loop (resume, progress bars). Each chunk's metrics hold, per
-    update, the plans [U, B, L, 2] and their reward, accuracy, latency, energy and bytes [U, B].
-    """
+def make_trainer(config: CompressorCriticConfig, env: Environment) -> Trainer:
+    """The compressor-critic as a :class:`~autocomp.search.agent.Trainer`: one chunk is
+    ``updates_per_chunk`` policy-gradient updates of ``batch_episodes`` plans each, one jitted
+    ``lax.scan``; the policy is the greedy rollout of the trained compressor."""
     net = _network(config, env)
     n_updates = config.episodes // config.batch_episodes
-    n_chunks = -(-n_updates // config.updates_per_chunk)
+    n_chunks = num_chunks(n_updates, config.updates_per_chunk)
     tx = optax.chain(
         optax.clip_by_global_norm(config.max_grad_norm), optax.adam(config.learning_rate)
     )
@@ -109,7 +110,7 @@ def make_train(
         params = net.init(k_init, net.initial_carry(1), dummy)
         return TrainState(params, tx.init(params), key, jnp.int32(0))
 
-    def update(state: TrainState, _):
+    def update(env_params, state: TrainState, _):
         key, k_roll = jax.random.split(state.key)
         traj = _rollout(
             net, state.params, env, env_params, k_roll, config.batch_episodes, sample_action
@@ -117,7 +118,8 @@ def make_train(
         progress = state.update / jnp.maximum(n_updates - 1, 1)
         entropy_coef = config.entropy_coef * (1.0 - (1.0 - config.entropy_final_frac) * progress)
         grads, aux = jax.grad(
-            lambda p: _loss(net, p, traj, entropy_coef, config.value_coef), has_aux=True
+            lambda p: _loss(net, p, traj, entropy_coef, config.value_coef, config.top_share),
+            has_aux=True,
         )(state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
@@ -135,42 +137,18 @@ def make_train(
         return TrainState(params, opt_state, key, state.update + 1), metrics
 
     @jax.jit
-    def run_chunk(state: TrainState):
-        return jax.lax.scan(update, state, None, config.updates_per_chunk)
-
-    def train(key, on_chunk=None, state: TrainState | None = None):
-        state = init(key) if state is None else state
-        chunks = []
-        while int(state.update) < n_chunks * config.updates_per_chunk:
-            state, metrics = run_chunk(state)
-            metrics = jax.device_get(metrics)
-            chunks.append(metrics)
-            if on_chunk is not None:
-                on_chunk(state, metrics)
-        return state, chunks
-
-    train.init = init
-    train.run_chunk = run_chunk
-    train.num_chunks = n_chunks
-    train.network = net
-    return train
-
-
-def make_policy(config: CompressorCriticConfig, env: Environment, env_params: Any):
-    """``policy(params) -> int[L, 2]``: the greedy plan of trained compressor params."""
-    net = _network(config, env)
+    def run_chunk(state: TrainState, env_params):
+        return jax.lax.scan(partial(update, env_params), state, None, config.updates_per_chunk)
 
     @jax.jit
-    def policy(params):
-        traj = _rollout(
-            net,
-            params,
-            env,
-            env_params,
-            jax.random.key(0),
-            1,
-            lambda k, t, r, m: greedy_action(t, r, m),
-        )
+    def greedy(params, env_params):
+        act = lambda k, t, r, m: greedy_action(t, r, m)  # noqa: E731
+        traj = _rollout(net, params, env, env_params, jax.random.key(0), 1, act)
         return traj.action[:, 0]
 
-    return lambda params: np.asarray(policy(params))
+    def policy(state: TrainState, env_params) -> np.ndarray:
+        return np.asarray(greedy(state.params, env_params))
+
+    return Trainer(
+        init, run_chunk, policy, n_chunks, config.batch_episodes * config.updates_per_chunk
+    )

@@ -63,18 +63,18 @@ def run_builtin(
     )
     tracker = make_tracker(config.logger, run_dir, resolved, f"{config.name}-seed{config.seed}")
     env, env_params = build_env(p)
-    train = agent.make_train(config.agent, env, env_params)
+    trainer = agent.make_trainer(config.agent, env)
     paths = pipeline.run_paths(run_dir)
     state, history, timings = run_search(
-        train,
+        trainer,
+        env_params,
         jax.random.key(config.seed),
-        config.agent.batch_episodes * config.agent.updates_per_chunk,
         tracker,
         paths["checkpoint"] if config.resume else None,
         config_fingerprint(resolved),
         show_progress,
     )
-    greedy = agent.make_policy(config.agent, env, env_params)(state.params)
+    greedy = trainer.policy(state, env_params)
     greedy_hist = jax.device_get(env.evaluate_plans(greedy[None], env_params))
     history = pipeline.merge_history(history, {k: v[None] for k, v in greedy_hist.items()})
     sel = pipeline.select(p, history)

@@ -103,13 +103,12 @@ def compress_config(
                      CompressionEnv)  # fmt: skip
     space, aux, env, env_params, base_val = s.space, s.aux, s.env, s.env_params, s.base_val
     agent = AGENTS[config.agent.name]
-    train = agent.make_train(config.agent, env, env_params)
-    episodes = config.agent.batch_episodes * config.agent.updates_per_chunk
+    trainer = agent.make_trainer(config.agent, env)
     state, history, timings = run_search(
-        train, jax.random.key(config.seed), episodes, NullTracker(), checkpoint, fingerprint,
+        trainer, env_params, jax.random.key(config.seed), NullTracker(), checkpoint, fingerprint,
         show_progress,
     )  # fmt: skip
-    greedy = agent.make_policy(config.agent, env, env_params)(state.params)
+    greedy = trainer.policy(state, env_params)
     greedy_hist = jax.device_get(env.evaluate_plans(greedy[None], env_params))
     history = merge_history(history, {k: v[None] for k, v in greedy_hist.items()})
     sel = select_plans(space, history)

@@ -1,23 +1,91 @@
-"""What an agent gives the search: its config schema and two factories. Each agent lives in its
-own folder of ``agents/`` and is named once, in the registry of ``agents/__init__.py``."""
+"""The agent protocol: what every search agent gives the search loop.
+
+An agent lives in its own folder of ``agents/`` and is named once, in the registry of
+``agents/__init__.py``. It exports an :class:`Agent`: its config dataclass and
+``make_trainer(config, env) -> Trainer``. The loop (:mod:`autocomp.search.loop`) drives any
+:class:`Trainer` the same way, checkpoints its state as an opaque pytree and resumes it, so an
+agent never writes its own checkpoint code.
+
+A chunk's metrics hold, per episode, the keys of :data:`EPISODE_KEYS` with leading dims
+``[U, B]`` (any split of the chunk's episodes into U steps of B plans):
+``plan`` int[U, B, L, 2] (the *applied* plan) and ``reward``, ``accuracy``, ``latency_ms``,
+``energy_mj``, ``bytes``, ``violation`` [U, B]. Extra keys (losses, noise levels) are allowed.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+import jax
+import jax.numpy as jnp
+
+EPISODE_KEYS = ("plan", "reward", "accuracy", "latency_ms", "energy_mj", "bytes", "violation")
+
+
+class Trainer(NamedTuple):
+    """A search agent bound to one environment.
+
+    Attributes:
+        init: ``key -> state``, a pytree of arrays (PRNG keys allowed).
+        run_chunk: ``(state, env_params) -> (state, metrics)``, jitted; evaluates exactly
+            ``episodes_per_chunk`` plans. The environment's params are an argument, so the
+            same compiled chunk serves other budgets or reward weights.
+        policy: ``(state, env_params) -> int[L, 2]``, the plan the agent would choose now
+            (a greedy rollout of a learned policy, or the best in-budget plan it has seen).
+        num_chunks: chunks in a whole search (``episodes`` rounded up to whole chunks).
+        episodes_per_chunk: plans evaluated per chunk.
+    """
+
+    init: Callable[[jax.Array], Any]
+    run_chunk: Callable[[Any, Any], tuple[Any, dict]]
+    policy: Callable[[Any, Any], Any]
+    num_chunks: int
+    episodes_per_chunk: int
+
+    @property
+    def episodes(self) -> int:
+        return self.num_chunks * self.episodes_per_chunk
+
 
 class Agent(NamedTuple):
     """An agent as the run sees it.
 
     Attributes:
-        config: its config dataclass (Hydra group ``agent/<name>``; ``name`` names the agent).
-        make_train: ``(config, env, env_params) -> train`` with ``train.init(key)``,
-            ``train.run_chunk(state) -> (state, metrics)`` and ``train.num_chunks(episodes)``.
-        make_policy: ``(config, env, env_params) -> policy`` with ``policy(params)`` the plan it
-            would choose (action indices per layer).
+        config: its config dataclass (Hydra group ``agent/<name>``; ``name`` names the agent,
+            ``episodes`` is the number of plan evaluations of a search).
+        make_trainer: ``(config, env) -> Trainer``.
     """
 
     config: type
-    make_train: Callable[..., Any]
-    make_policy: Callable[..., Any]
+    make_trainer: Callable[[Any, Any], Trainer]
+
+
+def num_chunks(episodes: int, episodes_per_chunk: int) -> int:
+    """Whole chunks that cover ``episodes`` plan evaluations."""
+    return -(-episodes // episodes_per_chunk)
+
+
+class Best(NamedTuple):
+    """The best in-budget plan seen so far (an agent's state field, for agents whose policy is
+    "the best plan found"); ``reward`` is -inf until one is seen."""
+
+    plan: jax.Array  # int[L, 2]
+    reward: jax.Array  # float[]
+
+    @staticmethod
+    def empty(num_layers: int) -> Best:
+        return Best(jnp.zeros((num_layers, 2), jnp.int32), jnp.float32(-jnp.inf))
+
+    def update(self, metrics: dict) -> Best:
+        """Fold a batch of evaluated plans (``plan`` [..., L, 2], ``reward``/``violation``
+        [...]) in; plans over budget count only while nothing in budget was seen (their
+        reward is shifted far down)."""
+        reward = jnp.where(metrics["violation"], metrics["reward"] - 1e6, metrics["reward"])
+        flat_r = reward.reshape(-1)
+        flat_p = metrics["plan"].reshape(-1, *metrics["plan"].shape[-2:])
+        i = jnp.argmax(flat_r)
+        better = flat_r[i] > self.reward
+        return Best(
+            jnp.where(better, flat_p[i], self.plan), jnp.where(better, flat_r[i], self.reward)
+        )

@@ -1,6 +1,5 @@
 """The host side of a search: drive an agent's jitted chunks, show progress, log, checkpoint and
-resume. Works with any agent built as ``make_train(config, env, env_params) -> train`` exposing
-``train.init``, ``train.run_chunk`` and ``train.num_chunks``."""
+resume. Works with any agent's :class:`~autocomp.search.agent.Trainer`."""
 
 from __future__ import annotations
 
@@ -17,19 +16,23 @@ from flax import serialization
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from autocomp.io import atomic_write_bytes
+from autocomp.search.agent import Trainer
 from autocomp.training.loop import CheckpointError
 from autocomp.workflow.pipeline import merge_history
 
 log = logging.getLogger(__name__)
 
 
+def _is_key(x) -> bool:
+    return hasattr(x, "dtype") and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
+
+
 def _to_saveable(state) -> dict:
-    params, opt_state, key, update = state
+    """Any agent's state pytree as a flat dict of arrays (PRNG keys as their key data)."""
+    leaves = jax.tree.leaves(state)
     return {
-        "params": params,
-        "opt_state": opt_state,
-        "key": np.asarray(jax.random.key_data(key)),
-        "update": np.asarray(update),
+        str(i): np.asarray(jax.random.key_data(x) if _is_key(x) else x)
+        for i, x in enumerate(leaves)
     }
 
 
@@ -41,7 +44,8 @@ def save_checkpoint(path: Path, state, history: dict, fingerprint: str) -> None:
 
 
 def load_checkpoint(path: Path, template_state, fingerprint: str):
-    """Restore (state, history) saved by :func:`save_checkpoint` for the same config."""
+    """Restore (state, history) saved by :func:`save_checkpoint` for the same config; the
+    state's structure comes from ``template_state`` (the agent's fresh state)."""
     try:
         raw = serialization.msgpack_restore(path.read_bytes())
     except Exception as err:  # msgpack raises several unrelated types on corrupt input
@@ -54,10 +58,18 @@ def load_checkpoint(path: Path, template_state, fingerprint: str):
             f"search checkpoint {str(path)!r} belongs to another config; use a new "
             "hydra.run.dir, delete the checkpoint, or run with resume=false"
         )
-    template = _to_saveable(template_state)
-    saved = serialization.from_state_dict(template, raw["state"])
-    key = jax.random.wrap_key_data(saved["key"])
-    state = type(template_state)(saved["params"], saved["opt_state"], key, saved["update"])
+    leaves, treedef = jax.tree.flatten(template_state)
+    saved = raw["state"]
+    if len(saved) != len(leaves):
+        raise CheckpointError(
+            f"search checkpoint {str(path)!r} holds another agent's state ({len(saved)} arrays, "
+            f"expected {len(leaves)}); delete it or run with resume=false"
+        )
+    restored = [
+        jax.random.wrap_key_data(saved[str(i)]) if _is_key(x) else saved[str(i)]
+        for i, x in enumerate(leaves)
+    ]
+    state = jax.tree.unflatten(treedef, restored)
     return state, {k: np.asarray(v) for k, v in raw["history"].items()}
 
 
@@ -68,20 +80,20 @@ def config_fingerprint(resolved: dict) -> str:
 
 
 def run_search(
-    train,
+    trainer: Trainer,
+    env_params,
     key: jax.Array,
-    episodes_per_chunk: int,
     tracker,
     checkpoint: Path | None = None,
     fingerprint: str = "",
     show_progress: bool = True,
 ) -> tuple[Any, dict[str, np.ndarray], dict[str, float]]:
     """Run (or resume) a search; returns (agent state, history of every episode, timings)."""
-    state, history = train.init(key), None
+    state, history = trainer.init(key), None
     if checkpoint is not None and checkpoint.is_file():
         state, history = load_checkpoint(checkpoint, state, fingerprint)
-        log.info("resuming search from %s at update %d", checkpoint, int(state.update))
-    total = train.num_chunks * episodes_per_chunk
+        log.info("resuming search from %s at episode %d", checkpoint, len(history["reward"]))
+    total = trainer.episodes
     done = 0 if history is None else len(history["reward"])
     best = {"reward": -np.inf, "accuracy": np.nan, "latency_ms": np.nan}
     timings = {"first_chunk_s": 0.0, "steady_s": 0.0, "steady_episodes": 0}
@@ -96,7 +108,7 @@ def run_search(
         task = bar.add_task("search", total=total, completed=done, r="-", a="-", l="-")
         while done < total:
             start = time.perf_counter()
-            state, metrics = train.run_chunk(state)
+            state, metrics = trainer.run_chunk(state, env_params)
             metrics = jax.device_get(metrics)
             elapsed = time.perf_counter() - start
             first = timings["first_chunk_s"] == 0.0  # first chunk of this process (compiles)

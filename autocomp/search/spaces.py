@@ -3,7 +3,7 @@
 Agents import this module, never ``envs``: any environment with this shape can be searched.
 """
 
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 from jaxtyping import Array, Bool, Float, Int
 
@@ -46,6 +46,7 @@ class StepInfo(NamedTuple):
     violation: Bool[Array, ""]
 
 
+@runtime_checkable
 class Environment(Protocol):
     """gymnax/jumanji-style functional environment; ``batch_*`` run a lockstep batch of episodes
     (all starting together) and must equal ``jax.vmap`` of the unbatched functions."""
@@ -63,3 +64,12 @@ class Environment(Protocol):
     def batch_step(
         self, keys: Array, state: Any, action: Array, params: Any
     ) -> tuple[Observation, Any, Array, Array, StepInfo]: ...
+
+    def evaluate_plans(self, plans: Array, params: Any) -> dict[str, Array]:
+        """Score fixed plans int[B, L, 2] as a search would (budget projections applied):
+        the episode metrics of :data:`autocomp.search.agent.EPISODE_KEYS`, leading dim [B]."""
+        ...
+
+    def greedy_tables(self, params: Any) -> tuple[Array, Array]:
+        """Per-layer sensitivity and cost share, float[L, T, R] each (the ``greedy`` agent)."""
+        ...
