@@ -1,5 +1,5 @@
 """DDPG (AMC's agent with a P-DQN technique choice): the action wall and the losses by hand,
-finding and learning a toy optimum, the chunk metrics' shapes, and the checkpoint round trip.
+finding and learning a toy optimum, the chunk metrics' shapes (resuming: tests/test_agents.py).
 
 The toy is ``ToyEnv(num_layers=3, num_techniques=2, num_ratios=3)``: its payoff table is random
 per (layer, technique, ratio), so it is not smooth in the ratio, which a continuous-ratio actor
@@ -21,7 +21,6 @@ import pytest
 from agents.ddpg import DDPGConfig, losses, make_greedy_policy, make_trainer
 from agents.ddpg.networks import action_wall, explore_ratios
 from autocomp.search.agent import EPISODE_KEYS
-from autocomp.search.loop import load_checkpoint, save_checkpoint
 from envs.toy import ToyEnv
 
 
@@ -110,20 +109,3 @@ def test_finds_and_learns_toy_optimum(search):
     np.testing.assert_array_equal(make_greedy_policy(config, env)(states[-1], params), optimum)
     hits = lambda m: np.all(m["plan"] == optimum, axis=(-2, -1)).mean()  # noqa: E731
     assert hits(chunks[0]) < 0.1 and hits(chunks[-1]) > 0.9
-
-
-def test_checkpoint_round_trip_resumes_exactly(search, tmp_path):
-    """A state saved mid-search (after 2 of 8 chunks, learning under way) and restored by the
-    structure of a fresh ``init`` runs the next chunk exactly as the uninterrupted search did."""
-    _, params, _, trainer, states, chunks = search
-    path = tmp_path / "search.msgpack"
-    save_checkpoint(path, states[2], {}, "fp")
-    restored, _ = load_checkpoint(path, trainer.init(jax.random.key(9)), "fp")
-    resumed, metrics = trainer.run_chunk(restored, params)
-    jax.tree.map(np.testing.assert_array_equal, jax.device_get(metrics), chunks[2])
-    np.testing.assert_array_equal(
-        jax.random.key_data(resumed.key), jax.random.key_data(states[3].key)
-    )
-    rest = lambda s: jax.tree.leaves(jax.device_get(s._replace(key=0)))  # noqa: E731
-    for x, y in zip(rest(resumed), rest(states[3]), strict=True):
-        np.testing.assert_array_equal(x, y)

@@ -1,25 +1,18 @@
 """Regularized evolution: finds the default toy optimum, selection and mutation by hand, the
-population is a ring buffer of the applied plans, chunk metrics have the protocol's shapes, a
-checkpointed state resumes exactly, the yaml holds the defaults."""
+population is a ring buffer of the applied plans, chunk metrics have the protocol's shapes
+(resuming and the config file: tests/test_agents.py, for every agent)."""
 
 from __future__ import annotations
-
-import dataclasses
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import yaml
 
-from agents.evolution import AGENT, EvolutionConfig, make_trainer
+from agents.evolution import EvolutionConfig, make_trainer
 from agents.evolution.train import mutate, random_plans, tournament_winners
 from autocomp.search.agent import EPISODE_KEYS
-from autocomp.search.loop import load_checkpoint, save_checkpoint
 from envs.toy import ToyEnv
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _run(trainer, params, state, chunks):
@@ -86,27 +79,7 @@ def test_tournament_and_mutation_by_hand():
     assert set(np.nonzero(changed)[1]) == {0, 1, 2, 3}  # every layer gets mutated
 
 
-def test_checkpoint_round_trip_resumes_exactly(tmp_path):
-    env = ToyEnv()
-    params = env.make_params(seed=1)
-    config = EvolutionConfig(episodes=256, batch_episodes=8, population=16, tournament=4,
-                             steps_per_chunk=2)  # fmt: skip
-    trainer = make_trainer(config, env)
-    state, _ = _run(trainer, params, trainer.init(jax.random.key(3)), 3)  # past the random start
-    end, straight = _run(trainer, params, state, 3)
-    save_checkpoint(tmp_path / "search.ckpt", state, {"reward": np.zeros(48)}, "fp")
-    restored, _ = load_checkpoint(tmp_path / "search.ckpt", trainer.init(jax.random.key(9)), "fp")
-    end_resumed, resumed = _run(trainer, params, restored, 3)
-    for a, b in zip(straight, resumed, strict=True):
-        for k in EPISODE_KEYS:
-            np.testing.assert_array_equal(a[k], b[k])
-    for a, b in zip(jax.tree.leaves(end), jax.tree.leaves(end_resumed), strict=True):
-        if jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key):
-            a, b = jax.random.key_data(a), jax.random.key_data(b)
-        np.testing.assert_array_equal(a, b)
-
-
-def test_config_checks_and_yaml_defaults():
+def test_config_checks():
     with pytest.raises(ValueError, match="agent.population"):
         EvolutionConfig(population=48, batch_episodes=32)
     with pytest.raises(ValueError, match="agent.episodes"):
@@ -115,7 +88,3 @@ def test_config_checks_and_yaml_defaults():
         EvolutionConfig(tournament=65)
     with pytest.raises(ValueError, match="agent.steps_per_chunk"):
         EvolutionConfig(steps_per_chunk=0)
-    assert AGENT.config is EvolutionConfig
-    saved = yaml.safe_load((ROOT / "experiments/agent/evolution.yaml").read_text())
-    assert saved.pop("defaults") == ["evolution_schema"]
-    assert saved == dataclasses.asdict(EvolutionConfig())

@@ -1,22 +1,15 @@
 """Random search: finds the optimum of a toy space small enough for it, chunk metrics have the
-protocol's shapes, a checkpointed state resumes exactly, the yaml holds the defaults."""
+protocol's shapes (resuming and the config file: tests/test_agents.py, for every agent)."""
 
 from __future__ import annotations
-
-import dataclasses
-from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
-import yaml
 
-from agents.random import AGENT, RandomConfig, make_trainer
+from agents.random import RandomConfig, make_trainer
 from autocomp.search.agent import EPISODE_KEYS
-from autocomp.search.loop import load_checkpoint, save_checkpoint
 from envs.toy import ToyEnv
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _run(trainer, params, state, chunks):
@@ -52,28 +45,8 @@ def test_finds_toy_optimum():
     assert len(np.unique(plans.reshape(len(plans), -1), axis=0)) == 60  # every plan drawn
 
 
-def test_checkpoint_round_trip_resumes_exactly(tmp_path):
-    env = ToyEnv(num_layers=3, num_techniques=2, num_ratios=3)
-    params = env.make_params(seed=1)
-    trainer = make_trainer(RandomConfig(episodes=64, batch_episodes=8, steps_per_chunk=2), env)
-    state, _ = _run(trainer, params, trainer.init(jax.random.key(3)), 2)
-    end, straight = _run(trainer, params, state, 2)
-    save_checkpoint(tmp_path / "search.ckpt", state, {"reward": np.zeros(32)}, "fp")
-    restored, _ = load_checkpoint(tmp_path / "search.ckpt", trainer.init(jax.random.key(9)), "fp")
-    end_resumed, resumed = _run(trainer, params, restored, 2)
-    for a, b in zip(straight, resumed, strict=True):
-        for k in EPISODE_KEYS:
-            np.testing.assert_array_equal(a[k], b[k])
-    np.testing.assert_array_equal(end.best.plan, end_resumed.best.plan)
-    assert int(end_resumed.episodes) == 64
-
-
-def test_config_checks_and_yaml_defaults():
+def test_config_checks():
     with pytest.raises(ValueError, match="agent.batch_episodes"):
         RandomConfig(episodes=8, batch_episodes=16)
     with pytest.raises(ValueError, match="agent.steps_per_chunk"):
         RandomConfig(steps_per_chunk=0)
-    assert AGENT.config is RandomConfig
-    saved = yaml.safe_load((ROOT / "experiments/agent/random.yaml").read_text())
-    assert saved.pop("defaults") == ["random_schema"]
-    assert saved == dataclasses.asdict(RandomConfig())

@@ -1,25 +1,19 @@
 """Uniform compression: its policy is the best uniform plan (brute force in numpy), the grid is
-covered once in order, chunk metrics have the protocol's shapes, a checkpointed state resumes
-exactly, the yaml holds the defaults."""
+covered once in order, chunk metrics have the protocol's shapes (resuming and the config
+file: tests/test_agents.py, for every agent)."""
 
 from __future__ import annotations
 
-import dataclasses
-from pathlib import Path
 from types import SimpleNamespace
 
 import jax
 import numpy as np
 import pytest
-import yaml
 
-from agents.uniform import AGENT, UniformConfig, identity_action, make_trainer
+from agents.uniform import UniformConfig, identity_action, make_trainer
 from autocomp.search.agent import EPISODE_KEYS
-from autocomp.search.loop import load_checkpoint, save_checkpoint
 from autocomp.techniques import make_techniques
 from envs.toy import ToyEnv
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _run(trainer, params, state, chunks):
@@ -92,26 +86,6 @@ def test_identity_action():
     np.testing.assert_array_equal(identity_action(named, mask), [[1, 0]] * 3)
 
 
-def test_checkpoint_round_trip_resumes_exactly(tmp_path):
-    env = ToyEnv(num_layers=4, num_techniques=3, num_ratios=4)
-    params = env.make_params(seed=1)
-    trainer = make_trainer(UniformConfig(batch_episodes=3), env)
-    state, _ = _run(trainer, params, trainer.init(jax.random.key(0)), 2)
-    end, straight = _run(trainer, params, state, 2)
-    save_checkpoint(tmp_path / "search.ckpt", state, {"reward": np.zeros(6)}, "fp")
-    restored, _ = load_checkpoint(tmp_path / "search.ckpt", trainer.init(jax.random.key(1)), "fp")
-    end_resumed, resumed = _run(trainer, params, restored, 2)
-    for a, b in zip(straight, resumed, strict=True):
-        for k in EPISODE_KEYS:
-            np.testing.assert_array_equal(a[k], b[k])
-    np.testing.assert_array_equal(end.best.plan, end_resumed.best.plan)
-    assert int(end_resumed.chunk) == 4
-
-
-def test_config_checks_and_yaml_defaults():
+def test_config_checks():
     with pytest.raises(ValueError, match="agent.batch_episodes"):
         UniformConfig(batch_episodes=0)
-    assert AGENT.config is UniformConfig
-    saved = yaml.safe_load((ROOT / "experiments/agent/uniform.yaml").read_text())
-    assert saved.pop("defaults") == ["uniform_schema"]
-    assert saved == dataclasses.asdict(UniformConfig())

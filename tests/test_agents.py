@@ -5,16 +5,19 @@ uninterrupted one ends (the loop knows nothing of the agent's state)."""
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
+import yaml
 
 from agents import AGENTS
 from autocomp.search.agent import EPISODE_KEYS
 from envs.toy import ToyEnv
 
 NAMES = sorted(AGENTS)
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _small(name: str):
@@ -36,7 +39,12 @@ def _small(name: str):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_agent_composes_from_its_config_file_with_the_common_fields(name):
+    """Its config file holds every field at the dataclass's default, and composes."""
     from autocomp.run import compose
+
+    saved = yaml.safe_load((ROOT / "experiments" / "agent" / f"{name}.yaml").read_text())
+    assert saved.pop("defaults") == [f"{name}_schema"]
+    assert saved == dataclasses.asdict(AGENTS[name].config())
 
     config = compose([f"agent={name}", "agent.episodes=96"]).agent
     assert isinstance(config, AGENTS[name].config)
