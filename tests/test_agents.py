@@ -85,3 +85,15 @@ def test_a_killed_search_resumes_through_the_generic_checkpoint(name, tmp_path):
     np.testing.assert_array_equal(history["plan"], full["plan"])
     np.testing.assert_allclose(history["reward"], full["reward"])
     np.testing.assert_array_equal(trainer.policy(resumed, params), trainer.policy(fresh, params))
+
+
+def test_another_agents_checkpoint_is_refused(tmp_path):
+    from autocomp.search.loop import load_checkpoint, save_checkpoint
+    from autocomp.training.loop import CheckpointError
+
+    env = ToyEnv()
+    random_state = AGENTS["random"].make_trainer(_small("random"), env).init(jax.random.key(0))
+    save_checkpoint(tmp_path / "search.msgpack", random_state, {"reward": np.zeros(0)}, "fp")
+    evolution = AGENTS["evolution"].make_trainer(_small("evolution"), env)
+    with pytest.raises(CheckpointError, match="another agent's state"):
+        load_checkpoint(tmp_path / "search.msgpack", evolution.init(jax.random.key(0)), "fp")

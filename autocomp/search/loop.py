@@ -60,10 +60,13 @@ def load_checkpoint(path: Path, template_state, fingerprint: str):
         )
     leaves, treedef = jax.tree.flatten(template_state)
     saved = raw["state"]
-    if len(saved) != len(leaves):
+    shapes = [np.shape(jax.random.key_data(x) if _is_key(x) else x) for x in leaves]
+    if len(saved) != len(leaves) or any(
+        np.shape(saved[str(i)]) != shape for i, shape in enumerate(shapes)
+    ):
         raise CheckpointError(
-            f"search checkpoint {str(path)!r} holds another agent's state ({len(saved)} arrays, "
-            f"expected {len(leaves)}); delete it or run with resume=false"
+            f"search checkpoint {str(path)!r} holds another agent's state (its arrays do not match "
+            f"the {len(leaves)} of this agent's); delete it or run with resume=false"
         )
     restored = [
         jax.random.wrap_key_data(saved[str(i)]) if _is_key(x) else saved[str(i)]
