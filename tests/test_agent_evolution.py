@@ -8,19 +8,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from agent_runs import run_chunks
 
 from agents.evolution import EvolutionConfig, make_trainer
 from agents.evolution.train import mutate, random_plans, tournament_winners
 from autocomp.search.agent import EPISODE_KEYS
 from envs.toy import ToyEnv
-
-
-def _run(trainer, params, state, chunks):
-    out = []
-    for _ in range(chunks):
-        state, metrics = trainer.run_chunk(state, params)
-        out.append(jax.device_get(metrics))
-    return state, out
 
 
 def test_finds_default_toy_optimum():
@@ -33,7 +26,7 @@ def test_finds_default_toy_optimum():
     assert int(np.asarray(params.allowed).reshape(4, -1).sum(1).prod()) == 6776
     trainer = make_trainer(EvolutionConfig(episodes=512), env)
     assert (trainer.num_chunks, trainer.episodes_per_chunk) == (4, 128)
-    state, chunks = _run(trainer, params, trainer.init(jax.random.key(0)), trainer.num_chunks)
+    state, chunks = run_chunks(trainer, params, trainer.init(jax.random.key(0)), trainer.num_chunks)
     np.testing.assert_array_equal(trainer.policy(state, params), env.optimum(params))
     assert int(state.evaluated) == 512 and int(state.oldest) == 0
     for metrics in chunks:

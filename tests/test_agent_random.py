@@ -6,18 +6,11 @@ from __future__ import annotations
 import jax
 import numpy as np
 import pytest
+from agent_runs import run_chunks
 
 from agents.random import RandomConfig, make_trainer
 from autocomp.search.agent import EPISODE_KEYS
 from envs.toy import ToyEnv
-
-
-def _run(trainer, params, state, chunks):
-    out = []
-    for _ in range(chunks):
-        state, metrics = trainer.run_chunk(state, params)
-        out.append(jax.device_get(metrics))
-    return state, out
 
 
 def test_finds_toy_optimum():
@@ -31,7 +24,7 @@ def test_finds_toy_optimum():
     config = RandomConfig(episodes=1024, batch_episodes=32, steps_per_chunk=4)
     trainer = make_trainer(config, env)
     assert (trainer.num_chunks, trainer.episodes_per_chunk) == (8, 128)
-    state, chunks = _run(trainer, params, trainer.init(jax.random.key(0)), trainer.num_chunks)
+    state, chunks = run_chunks(trainer, params, trainer.init(jax.random.key(0)), trainer.num_chunks)
     np.testing.assert_array_equal(trainer.policy(state, params), env.optimum(params))
     assert int(state.episodes) == trainer.episodes == 1024
     for metrics in chunks:

@@ -9,19 +9,12 @@ from types import SimpleNamespace
 import jax
 import numpy as np
 import pytest
+from agent_runs import run_chunks
 
 from agents.uniform import UniformConfig, identity_action, make_trainer
 from autocomp.search.agent import EPISODE_KEYS
 from autocomp.techniques import make_techniques
 from envs.toy import ToyEnv
-
-
-def _run(trainer, params, state, chunks):
-    out = []
-    for _ in range(chunks):
-        state, metrics = trainer.run_chunk(state, params)
-        out.append(jax.device_get(metrics))
-    return state, out
 
 
 def _uniform_plans(allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -51,7 +44,7 @@ def test_policy_is_the_best_uniform_plan():
     best = plans[np.argmax(rewards)]
     trainer = make_trainer(UniformConfig(episodes=2048, batch_episodes=5), env)
     assert (trainer.num_chunks, trainer.episodes_per_chunk, trainer.episodes) == (3, 5, 15)
-    state, chunks = _run(trainer, params, trainer.init(jax.random.key(0)), trainer.num_chunks)
+    state, chunks = run_chunks(trainer, params, trainer.init(jax.random.key(0)), trainer.num_chunks)
     np.testing.assert_array_equal(trainer.policy(state, params), best)
     assert not np.array_equal(best, env.optimum(params))  # the toy optimum is not uniform
     for metrics in chunks:
