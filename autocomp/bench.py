@@ -53,23 +53,15 @@ class CompileCounter:
 
 def _random_plans(env, params, batch: int):
     """A jitted rollout of uniformly random *allowed* actions: one batch of plans per call."""
+    from autocomp.search import rollouts
 
-    @jax.jit
-    def rollout(key):
-        keys = jax.random.split(key, batch)
-        obs, state = env.batch_reset(keys, params)
-        reward = info = None
-        for _layer in range(env.spec.num_steps):
-            key, k = jax.random.split(key)
-            logits = jnp.where(obs.action_mask, 0.0, -jnp.inf).reshape(batch, -1)
-            flat = jax.random.categorical(k, logits)
-            action = jnp.stack([flat // env.spec.num_ratios, flat % env.spec.num_ratios], -1)
-            obs, state, reward, _, info = env.batch_step(
-                keys, state, action.astype(jnp.int32), params
-            )
-        return state.plan, reward, info.accuracy
+    def act(key, layer, obs):
+        return rollouts.random_allowed(key, obs.action_mask)
 
-    return rollout
+    # all the episode metrics come back, so XLA cannot drop the accuracy it is to time
+    return jax.jit(
+        lambda key: rollouts.episode_metrics(rollouts.rollout(env, params, key, batch, act))
+    )
 
 
 def bench_search(overrides: list[str], batches: int = 20) -> dict[str, float]:
@@ -103,7 +95,7 @@ def bench_search(overrides: list[str], batches: int = 20) -> dict[str, float]:
     start = time.perf_counter()
     seen = set()
     for i in range(1, batches + 1):
-        plans, _, _ = jax.block_until_ready(rollout(jax.random.key(i)))
+        plans = jax.block_until_ready(rollout(jax.random.key(i)))["plan"]
         seen.update(map(bytes, np.asarray(plans).reshape(batch, -1)))
     eval_s = time.perf_counter() - start
     recompiles_eval = counter.compiles - before

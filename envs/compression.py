@@ -13,7 +13,7 @@ from autocomp.models.layers import as_network, layer_inputs
 from autocomp.models.ops import apply_op
 from autocomp.search.reward import RewardParams, compute_reward
 from autocomp.search.space import SearchSpace, min_rest
-from autocomp.search.spaces import EnvSpec, Observation, StepInfo
+from autocomp.search.spaces import EnvSpec, Observation, StepInfo, episode_record
 from autocomp.techniques import Technique, identity_index, layer_forward, layer_out_mask
 
 N_STATIC = 10
@@ -348,15 +348,7 @@ class CompressionEnv:
 
         state, (rewards, infos) = jax.lax.scan(body, state, jnp.swapaxes(plans, 0, 1))
         reward, info = jax.tree.map(lambda a: a[-1], (rewards, infos))
-        return {
-            "plan": state.plan,
-            "reward": reward,
-            "accuracy": info.accuracy,
-            "latency_ms": info.latency_ms,
-            "energy_mj": info.energy_mj,
-            "bytes": info.bytes,
-            "violation": info.violation,
-        }
+        return episode_record(state.plan, reward, info)
 
     def _observe(self, state: EnvState, params: EnvParams) -> Observation:
         n_t, n_r = self.spec.num_techniques, self.spec.num_ratios

@@ -8,7 +8,6 @@ Each update rolls out ``batch_episodes`` plans in lockstep (one env step per lay
 
 from __future__ import annotations
 
-from functools import partial
 from typing import Any, NamedTuple
 
 import jax
@@ -19,8 +18,8 @@ import optax
 from agents.compressor_critic import losses
 from agents.compressor_critic.config import CompressorCriticConfig
 from agents.compressor_critic.networks import CompressorCritic, greedy_action, sample_action
-from autocomp.search.agent import Trainer, num_chunks
-from autocomp.search.spaces import Environment
+from autocomp.search.agent import Trainer, num_chunks, scan_chunk
+from autocomp.search.spaces import Environment, episode_record
 
 
 class TrainState(NamedTuple):
@@ -124,21 +123,11 @@ def make_trainer(config: CompressorCriticConfig, env: Environment) -> Trainer:
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         last = jax.tree.map(lambda x: x[-1], traj.info)
-        metrics = {
-            "plan": jnp.swapaxes(traj.action, 0, 1),
-            "reward": traj.reward.sum(axis=0),
-            "accuracy": last.accuracy,
-            "latency_ms": last.latency_ms,
-            "energy_mj": last.energy_mj,
-            "bytes": last.bytes,
-            "violation": last.violation,
-            **aux,
-        }
+        plan = jnp.swapaxes(traj.action, 0, 1)
+        metrics = episode_record(plan, traj.reward.sum(axis=0), last) | aux
         return TrainState(params, opt_state, key, state.update + 1), metrics
 
-    @jax.jit
-    def run_chunk(state: TrainState, env_params):
-        return jax.lax.scan(partial(update, env_params), state, None, config.updates_per_chunk)
+    run_chunk = scan_chunk(update, config.updates_per_chunk)
 
     @jax.jit
     def greedy(params, env_params):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from autocomp.search.agent import check_batches
+
 
 @dataclass
 class DDPGConfig:
@@ -65,11 +67,7 @@ class DDPGConfig:
     updates_per_step: int = 0
 
     def __post_init__(self) -> None:
-        if self.batch_episodes < 1 or self.episodes < self.batch_episodes:
-            raise ValueError(
-                f"agent.episodes={self.episodes} must be >= agent.batch_episodes="
-                f"{self.batch_episodes} >= 1"
-            )
+        check_batches(self)
         if self.batch_episodes > self.replay_per_layer:
             raise ValueError(
                 f"agent.replay_per_layer={self.replay_per_layer} must be >= "
@@ -77,7 +75,7 @@ class DDPGConfig:
             )
         if self.warmup < 0:
             raise ValueError(f"agent.warmup={self.warmup} must be >= 0")
-        for field in ("steps_per_chunk", "hidden", "batch_size"):
+        for field in ("hidden", "batch_size"):
             if getattr(self, field) < 1:
                 raise ValueError(f"agent.{field}={getattr(self, field)} must be >= 1")
         for field in ("actor_lr", "critic_lr"):

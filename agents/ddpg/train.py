@@ -21,8 +21,8 @@ import optax
 from agents.ddpg import losses, replay
 from agents.ddpg.config import DDPGConfig
 from agents.ddpg.networks import Actor, Critic, action_wall, explore_ratios
-from autocomp.search.agent import Best, Trainer, num_chunks
-from autocomp.search.spaces import Environment
+from autocomp.search.agent import Best, Trainer, best_plan_policy, num_chunks, scan_chunk
+from autocomp.search.spaces import Environment, episode_record
 
 
 class DDPGState(NamedTuple):
@@ -249,30 +249,16 @@ def make_trainer(config: DDPGConfig, env: Environment) -> Trainer:
             lambda s: _learn(ag, s, k_learn, n_updates),
             state,
         )
-        metrics = {
-            "plan": plan,
-            "reward": traj.reward[-1],
-            "accuracy": last.accuracy,
-            "latency_ms": last.latency_ms,
-            "energy_mj": last.energy_mj,
-            "bytes": last.bytes,
-            "violation": last.violation,
-        }
+        metrics = episode_record(plan, traj.reward[-1], last)
         best = state.best.update(metrics)
         state = state._replace(episodes=state.episodes + config.batch_episodes, best=best)
         extras = {"noise": explore.sigma, "epsilon": explore.epsilon, "baseline": state.baseline}
         return state, metrics | extras | {"critic_loss": c_loss, "actor_loss": a_loss}
 
-    @jax.jit
-    def run_chunk(state: DDPGState, env_params):
-        return jax.lax.scan(partial(step, env_params), state, None, config.steps_per_chunk)
-
-    def policy(state: DDPGState, env_params) -> np.ndarray:
-        del env_params  # the best plan was scored under these params during the search
-        return np.asarray(state.best.plan)
+    run_chunk = scan_chunk(step, config.steps_per_chunk)
 
     return Trainer(
-        init, run_chunk, policy, n_chunks, config.batch_episodes * config.steps_per_chunk
+        init, run_chunk, best_plan_policy, n_chunks, config.batch_episodes * config.steps_per_chunk
     )
 
 

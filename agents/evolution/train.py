@@ -21,16 +21,14 @@ replaces one per cycle: the batch is evaluated in parallel, as the paper's worke
 
 from __future__ import annotations
 
-from functools import partial
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from agents.evolution.config import EvolutionConfig
 from autocomp.search import rollouts
-from autocomp.search.agent import Best, Trainer, num_chunks
+from autocomp.search.agent import Best, Trainer, best_plan_policy, num_chunks, scan_chunk
 from autocomp.search.spaces import Environment
 
 
@@ -121,12 +119,8 @@ def make_trainer(config: EvolutionConfig, env: Environment) -> Trainer:
         )
         return new, metrics
 
-    @jax.jit
-    def run_chunk(state: EvolutionState, env_params):
-        return jax.lax.scan(partial(step, env_params), state, None, config.steps_per_chunk)
+    run_chunk = scan_chunk(step, config.steps_per_chunk)
 
-    def policy(state: EvolutionState, env_params) -> np.ndarray:
-        del env_params
-        return np.asarray(state.best.plan)
-
-    return Trainer(init, run_chunk, policy, num_chunks(config.episodes, per_chunk), per_chunk)
+    return Trainer(
+        init, run_chunk, best_plan_policy, num_chunks(config.episodes, per_chunk), per_chunk
+    )

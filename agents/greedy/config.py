@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from autocomp.search.agent import check_batches
+
 
 @dataclass
 class GreedyConfig:
@@ -27,13 +29,7 @@ class GreedyConfig:
     lambda_max: float = 1e3
 
     def __post_init__(self) -> None:
-        if self.batch_episodes < 1 or self.episodes < self.batch_episodes:
-            raise ValueError(
-                f"agent.episodes={self.episodes} must be >= agent.batch_episodes="
-                f"{self.batch_episodes} >= 1"
-            )
-        if self.steps_per_chunk < 1:
-            raise ValueError(f"agent.steps_per_chunk={self.steps_per_chunk} must be >= 1")
+        check_batches(self)
         if not 0 < self.lambda_min < self.lambda_max:
             raise ValueError(
                 f"agent.lambda_min={self.lambda_min} and agent.lambda_max={self.lambda_max} "

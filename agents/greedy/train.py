@@ -52,7 +52,7 @@ import numpy as np
 from agents.greedy.config import GreedyConfig
 from agents.greedy.selection import lambda_grid, select, van_der_corput_order
 from autocomp.search import rollouts
-from autocomp.search.agent import Best, Trainer, num_chunks
+from autocomp.search.agent import Best, Trainer, best_plan_policy, num_chunks
 
 
 class GreedyState(NamedTuple):
@@ -98,8 +98,4 @@ def make_trainer(config: GreedyConfig, env) -> Trainer:
         tables = env.greedy_tables(env_params)
         return jax.lax.scan(partial(step, env_params, tables), state, None, config.steps_per_chunk)
 
-    def policy(state: GreedyState, env_params) -> np.ndarray:
-        del env_params  # the best plan seen was applied under these params already
-        return np.asarray(state.best.plan)
-
-    return Trainer(init, run_chunk, policy, n_chunks, per_chunk)
+    return Trainer(init, run_chunk, best_plan_policy, n_chunks, per_chunk)

@@ -9,16 +9,14 @@ and projections act exactly as for any other agent. The policy is the best in-bu
 
 from __future__ import annotations
 
-from functools import partial
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from agents.random.config import RandomConfig
 from autocomp.search import rollouts
-from autocomp.search.agent import Best, Trainer, num_chunks
+from autocomp.search.agent import Best, Trainer, best_plan_policy, num_chunks, scan_chunk
 from autocomp.search.spaces import Environment
 
 
@@ -50,12 +48,8 @@ def make_trainer(config: RandomConfig, env: Environment) -> Trainer:
         new = RandomState(key, state.best.update(metrics), state.episodes + config.batch_episodes)
         return new, metrics
 
-    @jax.jit
-    def run_chunk(state: RandomState, env_params):
-        return jax.lax.scan(partial(step, env_params), state, None, config.steps_per_chunk)
+    run_chunk = scan_chunk(step, config.steps_per_chunk)
 
-    def policy(state: RandomState, env_params) -> np.ndarray:
-        del env_params
-        return np.asarray(state.best.plan)
-
-    return Trainer(init, run_chunk, policy, num_chunks(config.episodes, per_chunk), per_chunk)
+    return Trainer(
+        init, run_chunk, best_plan_policy, num_chunks(config.episodes, per_chunk), per_chunk
+    )

@@ -20,13 +20,12 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.typing import ArrayLike
 from jaxtyping import Array, Bool, Int
 
 from agents.uniform.config import UniformConfig
 from autocomp.search import rollouts
-from autocomp.search.agent import Best, Trainer, num_chunks
+from autocomp.search.agent import Best, Trainer, best_plan_policy, num_chunks
 from autocomp.search.spaces import Environment
 from autocomp.techniques import identity_index
 
@@ -84,8 +83,6 @@ def make_trainer(config: UniformConfig, env: Environment) -> Trainer:
     def run_chunk(state: UniformState, env_params):
         return jax.lax.scan(lambda s, x: step(env_params, s, x), state, None, 1)
 
-    def policy(state: UniformState, env_params) -> np.ndarray:
-        del env_params
-        return np.asarray(state.best.plan)
-
-    return Trainer(init, run_chunk, policy, num_chunks(min(config.episodes, grid), batch), batch)
+    return Trainer(
+        init, run_chunk, best_plan_policy, num_chunks(min(config.episodes, grid), batch), batch
+    )

@@ -15,12 +15,25 @@ A chunk's metrics hold, per episode, the keys of :data:`EPISODE_KEYS` with leadi
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-EPISODE_KEYS = ("plan", "reward", "accuracy", "latency_ms", "energy_mj", "bytes", "violation")
+from autocomp.search.spaces import EPISODE_KEYS
+
+__all__ = [
+    "EPISODE_KEYS",
+    "Agent",
+    "Best",
+    "Trainer",
+    "best_plan_policy",
+    "check_batches",
+    "num_chunks",
+    "scan_chunk",
+]
 
 
 class Trainer(NamedTuple):
@@ -89,3 +102,33 @@ class Best(NamedTuple):
         return Best(
             jnp.where(better, flat_p[i], self.plan), jnp.where(better, flat_r[i], self.reward)
         )
+
+
+def best_plan_policy(state, env_params) -> np.ndarray:
+    """The policy of an agent that delivers the best in-budget plan it has seen
+    (``state.best``, a :class:`Best`); the plan was scored under ``env_params`` already."""
+    del env_params
+    return np.asarray(state.best.plan)
+
+
+def scan_chunk(step: Callable[[Any, Any, Any], tuple[Any, dict]], length: int):
+    """``run_chunk(state, env_params)``: ``length`` calls of ``step(env_params, state, _) ->
+    (state, metrics)`` in one jitted ``lax.scan`` (metrics stacked along a leading [U])."""
+
+    @jax.jit
+    def run_chunk(state, env_params):
+        return jax.lax.scan(partial(step, env_params), state, None, length)
+
+    return run_chunk
+
+
+def check_batches(config) -> None:
+    """The checks every batch-stepping agent's config shares: ``episodes >= batch_episodes >=
+    1`` and ``steps_per_chunk >= 1``; a ``ValueError`` naming the ``agent.`` field."""
+    if config.batch_episodes < 1 or config.episodes < config.batch_episodes:
+        raise ValueError(
+            f"agent.episodes={config.episodes} must be >= agent.batch_episodes="
+            f"{config.batch_episodes} >= 1"
+        )
+    if config.steps_per_chunk < 1:
+        raise ValueError(f"agent.steps_per_chunk={config.steps_per_chunk} must be >= 1")

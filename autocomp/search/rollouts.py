@@ -9,7 +9,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from autocomp.search.agent import EPISODE_KEYS
+from autocomp.search.spaces import EPISODE_KEYS, episode_record
 
 
 def random_allowed(key: jax.Array, mask: jax.Array) -> jax.Array:
@@ -38,16 +38,7 @@ def rollout(
         masks.append(obs.action_mask)
         action = act(k, layer, obs)
         obs, state, reward, _, info = env.batch_step(keys[1:], state, action, env_params)
-    out = {
-        "plan": state.plan,
-        "reward": reward,
-        "accuracy": info.accuracy,
-        "latency_ms": info.latency_ms,
-        "energy_mj": info.energy_mj,
-        "bytes": info.bytes,
-        "violation": info.violation,
-    }
-    assert set(EPISODE_KEYS) <= set(out)
+    out = episode_record(state.plan, reward, info)
     return out | {"features": jnp.stack(features), "mask": jnp.stack(masks)}
 
 

@@ -35,6 +35,9 @@ class Observation(NamedTuple):
     action_mask: Bool[Array, "techniques ratios"]
 
 
+EPISODE_KEYS = ("plan", "reward", "accuracy", "latency_ms", "energy_mj", "bytes", "violation")
+
+
 class StepInfo(NamedTuple):
     """Per-step diagnostics. ``applied_action`` is what the env really did (learn from it)."""
 
@@ -44,6 +47,20 @@ class StepInfo(NamedTuple):
     energy_mj: Float[Array, ""]
     bytes: Float[Array, ""]
     violation: Bool[Array, ""]
+
+
+def episode_record(plan: Array, reward: Array, info: StepInfo) -> dict[str, Array]:
+    """An episode's metrics (:data:`EPISODE_KEYS`) from its applied plan, its reward and the
+    last step's info (any leading batch dims)."""
+    return {
+        "plan": plan,
+        "reward": reward,
+        "accuracy": info.accuracy,
+        "latency_ms": info.latency_ms,
+        "energy_mj": info.energy_mj,
+        "bytes": info.bytes,
+        "violation": info.violation,
+    }
 
 
 @runtime_checkable

@@ -21,6 +21,7 @@ from autocomp.search.pareto import pareto_front
 from autocomp.search.plan import LayerChoice, Plan, materialize, plan_from_indices, prepare_aux
 from autocomp.search.reward import RewardParams, make_reward_params
 from autocomp.search.space import CHANNELS, SearchSpace, build_search_space, plan_bins, plan_cost
+from autocomp.search.spaces import EPISODE_KEYS
 from autocomp.techniques import PrepareContext, Technique, make_techniques
 from autocomp.training.loop import accuracy, cache_root, finetune, predict, train_base
 
@@ -91,15 +92,12 @@ def prepare_context(config: RootConfig) -> PrepareContext:
     )
 
 
-HISTORY_KEYS = ("plan", "reward", "accuracy", "latency_ms", "energy_mj", "bytes", "violation")
-
-
 def merge_history(history: dict[str, np.ndarray] | None, chunk: dict) -> dict[str, np.ndarray]:
     """Append a chunk's per-episode records ([U, B, ...] flattened to [U*B, ...])."""
-    flat = {k: np.asarray(chunk[k]).reshape(-1, *np.shape(chunk[k])[2:]) for k in HISTORY_KEYS}
+    flat = {k: np.asarray(chunk[k]).reshape(-1, *np.shape(chunk[k])[2:]) for k in EPISODE_KEYS}
     if history is None:
         return flat
-    return {k: np.concatenate([history[k], flat[k]]) for k in HISTORY_KEYS}
+    return {k: np.concatenate([history[k], flat[k]]) for k in EPISODE_KEYS}
 
 
 @dataclass(frozen=True)
