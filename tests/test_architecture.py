@@ -147,6 +147,22 @@ def test_the_readme_tree_lists_packages_that_exist():
     assert packages <= named, f"packages the README's tree does not list: {packages - named}"
 
 
+def test_pyproject_lists_every_package():
+    """``agents`` and ``envs`` are listed by hand (PyPI has unrelated packages of those names), so
+    a new package must be added there too, or a wheel install would lack it."""
+    import tomllib
+
+    listed = set(
+        tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    )
+    on_disk = {
+        ".".join(p.parent.relative_to(ROOT).parts)
+        for top in ("autocomp", "agents", "envs", "experiments")
+        for p in (ROOT / top).glob("**/__init__.py")
+    }
+    assert on_disk <= listed, f"packages missing from pyproject.toml: {sorted(on_disk - listed)}"
+
+
 # Over the limits, and why (kept short on purpose: a new entry needs a reason here).
 LONG_FUNCTIONS = {
     # factories whose body is the technique's closures (fits, prepare, simulate, materialize)
