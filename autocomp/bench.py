@@ -2,7 +2,12 @@
 
 ``python -m autocomp.bench search [experiment=digits] [overrides...]``: compile time of the plan
 evaluation, plan evaluations per second (random masked plans through the environment, and whole
-agent updates), and how many compilations happened after the first plan (target: zero).
+agent updates), and how many compilations happened after the first plan (target: zero). With
+``budgets=0.3,0.5,0.7``: a whole search per latency budget, separately against one vmapped search
+over all of them, and the speedup.
+
+``python -m autocomp.bench scale [devices=1,2] [experiment=digits]``: ``bench search`` with 1 and
+2 devices (on CPU, forced host devices), the validation examples split over them.
 
 ``python -m autocomp.bench survey [experiment=digits] [survey.*=...]``: the survey's comparison
 table, every technique alone (see :mod:`autocomp.survey.builtin`).
@@ -305,9 +310,12 @@ def bench_agents(argv: list[str]) -> None:
 
 
 def main(argv: list[str]) -> None:
-    if not argv or argv[0] not in ("search", "survey", "costs", "convs", "phones", "agents"):
+    if not argv or argv[0] not in (
+        "search", "scale", "survey", "costs", "convs", "phones", "agents"
+    ):  # fmt: skip
         print(
-            "usage: python -m autocomp.bench search [hydra overrides...]\n"
+            "usage: python -m autocomp.bench search [budgets=0.3,0.5,0.7] [hydra overrides...]\n"
+            "       python -m autocomp.bench scale [devices=1,2] [hydra overrides...]\n"
             "       python -m autocomp.bench agents [experiment=<name>] [evaluations=512] "
             "[seeds=3] [agents=a,b,...] [out=dir] [finetune=true] [hydra overrides...]\n"
             "       python -m autocomp.bench survey [experiment=<name>] [survey.ratios=[...]] "
@@ -321,6 +329,21 @@ def main(argv: list[str]) -> None:
         raise SystemExit(2)
     if argv[0] == "survey":
         bench_survey(argv[1:])
+        return
+    if argv[0] == "scale":
+        from autocomp.search.benchmarks import bench_scale
+
+        rows = bench_scale(argv[1:])
+        print(f"{'devices':>7} {'backend':>7} {'plan evals/s':>13} {'agent episodes/s':>17} "
+              f"{'eval compile s':>15}")  # fmt: skip
+        for r in rows:
+            evals, episodes = r["plan_evals_per_s"], r["agent_episodes_per_s"]
+            print(f"{r['devices']:>7} {r['backend']:>7} {evals:>13,.0f} {episodes:>17,.0f} "
+                  f"{r['plan_eval_compile_s']:>15.2f}")  # fmt: skip
+        base = rows[0]["plan_evals_per_s"]
+        for r in rows[1:]:
+            print(f"devices={r['devices']} speedup={r['plan_evals_per_s'] / base:.2f}x "
+                  f"(against devices={rows[0]['devices']})")  # fmt: skip
         return
     if argv[0] == "costs":
         result = bench_costs(argv[1:])
@@ -342,7 +365,14 @@ def main(argv: list[str]) -> None:
             print(f"{row['case']:<28} {row['lax_ms']:>12.1f} {row['fast_ms']:>12.1f} "
                   f"{row['speedup']:>7.1f}x")  # fmt: skip
         return
-    result = bench_search(argv[1:])
+    rest = [a for a in argv[1:] if not a.startswith("budgets=")]
+    budgets = [a.split("=", 1)[1] for a in argv[1:] if a.startswith("budgets=")]
+    if budgets:
+        from autocomp.search.benchmarks import bench_budgets
+
+        result = bench_budgets(rest, [float(b) for b in budgets[-1].split(",")])
+    else:
+        result = bench_search(rest)
     width = max(map(len, result))
     for key, value in result.items():
         shown = f"{value:,.3f}" if isinstance(value, float) else str(value)

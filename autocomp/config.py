@@ -8,6 +8,7 @@ and for configs built in Python (tests).
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -357,6 +358,42 @@ class SurveyConfig:
 
 
 @dataclass
+class SweepConfig:
+    """Several rewards searched at once, as one compiled (vmapped) search.
+
+    Each non-empty list replaces the ``reward.`` field of its name; a run searches every
+    combination (the product of the lists) in one program, then selects, fine-tunes and writes a
+    model per combination (``<run dir>/sweep/<name=value,...>/``) and the accuracy-latency front
+    over them. All empty (the default): one search, for ``reward``.
+
+    Attributes:
+        max_latency_frac: latency budgets, as fractions of the base model's latency.
+        latency_weight: weights of the latency saving in the reward.
+    """
+
+    max_latency_frac: list[float] = field(default_factory=list)
+    latency_weight: list[float] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        for name in ("max_latency_frac", "latency_weight"):
+            values = list(getattr(self, name))
+            if len(set(values)) != len(values):
+                raise ConfigError(f"sweep.{name}={values} repeats a value; list each value once")
+
+    def variants(self, reward: RewardConfig) -> list[tuple[str, RewardConfig]]:
+        """(label, reward config) per combination, in product order; ``[]`` when all empty."""
+        names = [n for n in ("max_latency_frac", "latency_weight") if getattr(self, n)]
+        if not names:
+            return []
+        out = []
+        for combo in itertools.product(*(getattr(self, n) for n in names)):
+            changes = dict(zip(names, map(float, combo), strict=True))
+            label = ",".join(f"{n}={v:g}" for n, v in changes.items())
+            out.append((label, dataclasses.replace(reward, **changes)))
+        return out
+
+
+@dataclass
 class RootConfig:
     """The whole run. Groups are directories of ``experiments/``."""
 
@@ -374,6 +411,7 @@ class RootConfig:
     resume: bool = True
     export: bool = False
     survey: SurveyConfig = field(default_factory=SurveyConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
 
 
 def register_configs(agent_schemas: dict[str, type]) -> None:

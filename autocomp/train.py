@@ -12,17 +12,19 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from autocomp.cluster import initialize
 from autocomp.run import USER_ERRORS, register, run, to_config
 
 log = logging.getLogger("autocomp.train")
 
 
 @hydra.main(version_base="1.3", config_path="../experiments", config_name="config")
-def main(cfg: DictConfig) -> float:
+def main(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
 
     logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # "no TPU" chatter
     logging.getLogger("absl").setLevel(logging.WARNING)  # orbax's per-save progress lines
+    initialize()  # jax.distributed in a Slurm job of several tasks; a no-op otherwise
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
         overrides = list(HydraConfig.get().overrides.task)
@@ -32,7 +34,8 @@ def main(cfg: DictConfig) -> float:
         log.error("%s: %s", type(err).__name__, err)
         raise SystemExit(2) from err
     log.info("run directory: %s", run_dir)
-    return metrics["compressed"]["reward"]
+    # the reward of the chosen plan (Hydra's sweepers optimize it); a `sweep.*` run has several
+    return metrics["compressed"]["reward"] if "compressed" in metrics else None
 
 
 if __name__ == "__main__":

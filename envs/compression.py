@@ -14,6 +14,7 @@ from autocomp.models.ops import apply_op
 from autocomp.search.reward import RewardParams, compute_reward
 from autocomp.search.space import SearchSpace, min_rest
 from autocomp.search.spaces import EnvSpec, Observation, StepInfo, episode_record
+from autocomp.sharding import labelled_accuracy
 from autocomp.techniques import Technique, identity_index, layer_forward, layer_out_mask
 
 N_STATIC = 10
@@ -211,9 +212,10 @@ class CompressionEnv:
         return branch
 
     def accuracy(self, plan: Int[ArrayLike, "L 2"], params: EnvParams) -> Float[Array, ""]:
-        """Validation accuracy of the simulated plan."""
+        """Validation accuracy of the simulated plan (examples labelled -1 pad a split over
+        devices and do not count: :mod:`autocomp.sharding`)."""
         pred = jnp.argmax(self.logits(plan, params, params.x_val), axis=-1)
-        return jnp.mean(pred == params.y_val)
+        return labelled_accuracy(pred, params.y_val)
 
     def greedy_tables(
         self, params: EnvParams

@@ -74,23 +74,28 @@ def cache_dir(tmp_path_factory):
     return str(tmp_path_factory.mktemp("cache"))
 
 
+def tiny_config_for(cache_dir: str, **changes) -> RootConfig:
+    """The tiny LeNet run on the digits (also for tests that run it in a child process)."""
+    config = RootConfig(
+        name="tiny",
+        seed=0,
+        model=ModelConfig("tiny_lenet", [8, 8, 1], 10, TINY_LAYERS),
+        data=DataConfig(),
+        base=TrainConfig(epochs=8, cache_dir=cache_dir),
+        agent=CompressorCriticConfig(episodes=64, batch_episodes=16, updates_per_chunk=2),
+        reward=RewardConfig(max_latency_frac=0.85),
+        device=DeviceConfig("analytic-cortex-a76", "analytic_cortex_a76"),
+        finetune=FinetuneConfig(epochs=1),
+        logger=LoggerConfig(name="none"),
+        env=EnvConfig(distill=DistillConfig(steps=0, examples=256)),
+    )
+    return dataclasses.replace(config, **changes)
+
+
 @pytest.fixture(scope="session")
 def tiny_config(cache_dir):
     def make(**changes) -> RootConfig:
-        config = RootConfig(
-            name="tiny",
-            seed=0,
-            model=ModelConfig("tiny_lenet", [8, 8, 1], 10, TINY_LAYERS),
-            data=DataConfig(),
-            base=TrainConfig(epochs=8, cache_dir=cache_dir),
-            agent=CompressorCriticConfig(episodes=64, batch_episodes=16, updates_per_chunk=2),
-            reward=RewardConfig(max_latency_frac=0.85),
-            device=DeviceConfig("analytic-cortex-a76", "analytic_cortex_a76"),
-            finetune=FinetuneConfig(epochs=1),
-            logger=LoggerConfig(name="none"),
-            env=EnvConfig(distill=DistillConfig(steps=0, examples=256)),
-        )
-        return dataclasses.replace(config, **changes)
+        return tiny_config_for(cache_dir, **changes)
 
     return make
 
@@ -113,6 +118,10 @@ LONGEST = (
     "test_experiment_composes_and_runs_a_few_steps",
     "test_compress_a_trained_user_model_end_to_end",
     "test_launch_files_compose_and_run",
+    "test_two_devices_score_plans_and_train_as_one_does",
+    "test_a_budget_sweep_run_writes_a_model_per_budget_and_the_front",
+    "test_sweep_runs_offline_and_resumes",
+    "test_budget_sweep_on_a_real_search_chooses_what_separate_searches_choose",
     "test_compressor_critic_beats_random_search_on_a_tiny_real_search",
     "test_cli_compresses_a_user_model_from_its_orbax_checkpoint",
     "test_compress_a_trained_nnx_model_end_to_end",

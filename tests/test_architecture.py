@@ -14,7 +14,13 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-ENTRY_POINTS = ("autocomp.train", "autocomp.bench", "autocomp.profile", "autocomp.export.__main__")
+ENTRY_POINTS = (
+    "autocomp.train",
+    "autocomp.bench",
+    "autocomp.profile",
+    "autocomp.export.__main__",
+    "autocomp.sweep",
+)
 
 RECORD = r"""
 import builtins, importlib, json, pkgutil, sys
@@ -169,7 +175,9 @@ LONG_FUNCTIONS = {
     "autocomp/techniques/dwsep.py::make_dwsep": "one technique's closures",
     "autocomp/techniques/mlpconv.py::make_mlpconv": "one technique's closures",
 }
-LONG_MODULES: dict[str, str] = {}
+LONG_MODULES: dict[str, str] = {
+    "autocomp/config.py": "the whole typed config schema, one dataclass per Hydra group",
+}
 
 
 def test_no_module_over_400_lines_and_no_function_over_80():

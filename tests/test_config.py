@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import contextlib
-import itertools
 from pathlib import Path
 
 import pytest
-import yaml
 from hydra import compose, initialize
 from hydra.errors import ConfigCompositionException, MissingConfigException
 
@@ -31,7 +29,6 @@ EXPERIMENTS = [
     for name in NAMES
     if name != "digits"
 ]
-LAUNCH = sorted((ROOT / "launch").glob("*.yaml"))
 TINY = [
     "agent.episodes=32",
     "agent.batch_episodes=16",
@@ -84,32 +81,6 @@ def test_experiment_composes_and_runs_a_few_steps(name, tmp_path, cache_dir):
             to_config(cfg), tmp_path, OmegaConf.to_container(cfg, resolve=True), show_progress=False
         )
     assert (tmp_path / "metrics.json").is_file() and metrics["search"]["episodes"] > 0
-
-
-def _sweep_overrides(path: Path) -> list[list[str]]:
-    spec = yaml.safe_load(path.read_text())
-    params = spec["parameters"]
-    names = list(params)
-    grids = [params[n]["values"] if "values" in params[n] else [params[n]["value"]] for n in names]
-    return [
-        [f"{n}={v}" for n, v in zip(names, combo, strict=False)]
-        for combo in itertools.product(*grids)
-    ]
-
-
-@pytest.mark.parametrize("path", LAUNCH, ids=lambda p: p.name)
-def test_launch_files_compose_and_run(path, tmp_path, cache_dir):
-    from omegaconf import OmegaConf
-
-    from autocomp.run import run
-
-    spec = yaml.safe_load(path.read_text())
-    assert "autocomp.train" in " ".join(map(str, spec["command"]))
-    combos = _sweep_overrides(path)
-    for combo in combos:  # every grid point composes and type-checks
-        to_config(_compose([*combo, f"base.cache_dir={cache_dir}", *TINY]))
-    cfg = _compose([*combos[0], f"base.cache_dir={cache_dir}", *TINY])
-    run(to_config(cfg), tmp_path, OmegaConf.to_container(cfg, resolve=True), show_progress=False)
 
 
 def test_unknown_experiment_lists_the_available_ones():

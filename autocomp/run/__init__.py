@@ -11,7 +11,7 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from autocomp.config import RootConfig
+from autocomp.config import ConfigError, RootConfig
 from autocomp.devices.tables import CostTableError, load_profile
 from autocomp.run.builtin import build_env, run_builtin
 from autocomp.run.compose import USER_ERRORS, compose, register, to_config
@@ -40,6 +40,11 @@ def run(
         log.info("device=host has no table of this machine: timing a few configurations")
         raise CostTableError(f"{err}; {profiling_estimate(config)}") from err
     if config.model._target_:  # a user's own linen or NNX model
+        if config.sweep.variants(config.reward):
+            raise ConfigError(
+                "sweep.* (several rewards in one search) runs the built-in models only; for your "
+                "own model run one reward per run, e.g. `-m reward.max_latency_frac=0.3,0.5`"
+            )
         return run_custom(config, run_dir, resolved, show_progress, overrides)
     return run_builtin(config, run_dir, resolved, show_progress, overrides)
 

@@ -8,6 +8,7 @@ import logging
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import jax
 import numpy as np
@@ -18,6 +19,7 @@ from autocomp.devices.costs import format_shares
 from autocomp.export import export_run
 from autocomp.search.loop import config_fingerprint, run_search
 from autocomp.search.reward import RESOURCES
+from autocomp.sharding import shard_env_params
 from autocomp.workflow import pipeline
 from autocomp.workflow.outputs import write_run
 from autocomp.workflow.report import EpochBar, print_report
@@ -33,7 +35,7 @@ def build_env(p: pipeline.Prepared):
     params = env.make_params(
         p.base_params, p.aux, p.data.x_val[:n_val], p.data.y_val[:n_val], p.reward
     )
-    return env, params
+    return env, shard_env_params(params)
 
 
 def run_builtin(
@@ -64,19 +66,38 @@ def run_builtin(
     tracker = make_tracker(config.logger, run_dir, resolved, f"{config.name}-seed{config.seed}")
     env, env_params = build_env(p)
     trainer = agent.make_trainer(config.agent, env)
-    paths = pipeline.run_paths(run_dir)
+    checkpoint = pipeline.run_paths(run_dir)["checkpoint"] if config.resume else None
+    key, fingerprint = jax.random.key(config.seed), config_fingerprint(resolved)
+    if config.sweep.variants(config.reward):
+        from autocomp.run.sweep import run_sweep
+
+        return run_sweep(p, env, env_params, trainer, run_dir, resolved, tracker,
+                         show_progress, overrides, started)  # fmt: skip
     state, history, timings = run_search(
-        trainer,
-        env_params,
-        jax.random.key(config.seed),
-        tracker,
-        paths["checkpoint"] if config.resume else None,
-        config_fingerprint(resolved),
-        show_progress,
+        trainer, env_params, key, tracker, checkpoint, fingerprint, show_progress
     )
-    greedy = trainer.policy(state, env_params)
+    out = Searched(env, env_params, trainer, state, history, timings)
+    return finish(p, out, run_dir, resolved, tracker, show_progress, overrides, started)
+
+
+class Searched(NamedTuple):
+    """A finished search, as :func:`finish` takes it."""
+
+    env: CompressionEnv
+    env_params: object
+    trainer: object
+    state: object
+    history: dict
+    timings: dict
+
+
+def finish(p, s: Searched, run_dir, resolved, tracker, show_progress, overrides, started) -> dict:
+    """After the search: the policy's plan scored and added, selection, materialization,
+    fine-tuning, outputs, tracking, the report and (``export=true``) the phone files."""
+    config, env, env_params = p.config, s.env, s.env_params
+    greedy = s.trainer.policy(s.state, env_params)
     greedy_hist = jax.device_get(env.evaluate_plans(greedy[None], env_params))
-    history = pipeline.merge_history(history, {k: v[None] for k, v in greedy_hist.items()})
+    history = pipeline.merge_history(s.history, {k: v[None] for k, v in greedy_hist.items()})
     sel = pipeline.select(p, history)
     indices = sel.plans[sel.chosen]
     comp = pipeline.compress(p, indices, jax.jit(lambda x: env.logits(indices, env_params, x)))
@@ -84,7 +105,7 @@ def run_builtin(
         params, test_acc = pipeline.finetune_compressed(p, comp, on_epoch=bar.callback)
     base = pipeline.model_metrics(p, p.ops, p.base_params, p.base_test_accuracy)
     compressed = pipeline.model_metrics(p, comp.ops, params, test_acc)
-    metrics = _metrics(p, sel, comp, base, compressed, history, timings, started)
+    metrics = _metrics(p, sel, comp, base, compressed, history, s.timings, started)
     paths = write_run(run_dir, p, sel, comp, params, metrics, resolved, overrides)
     _track(tracker, p, sel, comp, base, compressed, paths["pareto"])
     print_report(metrics, comp.plan, p.profile.name)

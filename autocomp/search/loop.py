@@ -100,28 +100,15 @@ def run_search(
     done = 0 if history is None else len(history["reward"])
     best = {"reward": -np.inf, "accuracy": np.nan, "latency_ms": np.nan}
     timings = {"first_chunk_s": 0.0, "steady_s": 0.0, "steady_episodes": 0}
-    columns = (
-        TextColumn("[bold]search"),
-        BarColumn(bar_width=16),
-        MofNCompleteColumn(),
-        TextColumn("best r={task.fields[r]} acc={task.fields[a]} lat={task.fields[l]}ms"),
-        TimeElapsedColumn(),
-    )
-    with Progress(*columns, disable=not show_progress, transient=False) as bar:
+    with _progress(show_progress) as bar:
         task = bar.add_task("search", total=total, completed=done, r="-", a="-", l="-")
         while done < total:
             start = time.perf_counter()
             state, metrics = trainer.run_chunk(state, env_params)
             metrics = jax.device_get(metrics)
             elapsed = time.perf_counter() - start
-            first = timings["first_chunk_s"] == 0.0  # first chunk of this process (compiles)
             history = merge_history(history, metrics)
-            n_new = len(history["reward"]) - done
-            if first:
-                timings["first_chunk_s"] = elapsed
-            else:
-                timings["steady_s"] += elapsed
-                timings["steady_episodes"] += n_new
+            _time_chunk(timings, elapsed, len(history["reward"]) - done)
             _log_chunk(tracker, history, done, best)
             done = len(history["reward"])
             if checkpoint is not None:
@@ -139,6 +126,26 @@ def run_search(
                     done, total, best["reward"], best["accuracy"], best["latency_ms"],
                 )  # fmt: skip
     return state, history, timings
+
+
+def _progress(show: bool) -> Progress:
+    columns = (
+        TextColumn("[bold]search"),
+        BarColumn(bar_width=16),
+        MofNCompleteColumn(),
+        TextColumn("best r={task.fields[r]} acc={task.fields[a]} lat={task.fields[l]}ms"),
+        TimeElapsedColumn(),
+    )
+    return Progress(*columns, disable=not show, transient=False)
+
+
+def _time_chunk(timings: dict, elapsed: float, episodes: int) -> None:
+    """The first chunk of a process compiles: timed apart from the steady ones."""
+    if timings["first_chunk_s"] == 0.0:
+        timings["first_chunk_s"] = elapsed
+    else:
+        timings["steady_s"] += elapsed
+        timings["steady_episodes"] += episodes
 
 
 def _log_chunk(tracker, history: dict, start: int, best: dict) -> None:

@@ -28,6 +28,7 @@ from autocomp.models.ops import (
     init_variables,
     param_shapes,
 )
+from autocomp.sharding import batch_sharding, put_batch
 
 log = logging.getLogger(__name__)
 
@@ -173,20 +174,16 @@ def fit(
         )  # fmt: skip
         log.info("resuming training from %s at epoch %d", checkpoint, first_epoch)
     teacher_train = teacher(data.x_train) if teacher is not None else None
+    split = batch_sharding(batch_size)  # data-parallel over the local devices (or None)
     for epoch in range(first_epoch, epochs):
         losses = []
         idx = np.random.default_rng([seed, epoch]).permutation(len(data.x_train))
         for b in range(steps_per_epoch):
             sel = idx[b * batch_size : (b + 1) * batch_size]
             t_logits = teacher_train[sel] if teacher_train is not None else None
+            x, y, t_logits = put_batch(split, data.x_train[sel], data.y_train[sel], t_logits)
             params, batch_stats, opt_state, loss = step(
-                params,
-                batch_stats,
-                opt_state,
-                data.x_train[sel],
-                data.y_train[sel],
-                t_logits,
-                epoch * steps_per_epoch + b,
+                params, batch_stats, opt_state, x, y, t_logits, epoch * steps_per_epoch + b
             )
             losses.append(loss)
         if checkpoint is not None and epoch + 1 < epochs:

@@ -17,6 +17,7 @@ from autocomp.config import ModelConfig, TrainConfig
 from autocomp.data import Dataset
 from autocomp.models.discovery import ModelError
 from autocomp.models.linen import LinenNetwork
+from autocomp.sharding import batch_sharding, put_batch, shard_env_params
 
 log = logging.getLogger(__name__)
 
@@ -181,7 +182,7 @@ def search_setup(net, data: Dataset, config, profile, techniques, ctx, env_cls) 
     base_val = float(np.mean(predict(net.forward, base_params, x_val).argmax(-1) == y_val))
     reward = make_reward_params(config.reward, tuple(space.base[:3]), base_val)
     env = env_cls(net, space)
-    env_params = env.make_params(base_params, aux, x_val, y_val, reward)
+    env_params = shard_env_params(env.make_params(base_params, aux, x_val, y_val, reward))
     return SearchSetup(space, aux, env, env_params, base_val)
 
 
@@ -347,14 +348,15 @@ def finetune(net, cmp, data: Dataset, cfg, seed: int, base_params, on_epoch=None
     params = jax.tree.map(jnp.asarray, cmp.params)
     state = tx.init(params)
     key = jax.random.key(seed + 1)
+    split = batch_sharding(batch)
     for epoch in range(cfg.epochs):
         order = np.random.default_rng([seed, epoch]).permutation(len(data.x_train))
         for b in range(steps_per_epoch):
             sel = order[b * batch : (b + 1) * batch]
+            x, y, t = put_batch(split, data.x_train[sel], data.y_train[sel], teacher[sel])
             params, state, loss = step(
-                params, state, data.x_train[sel], data.y_train[sel], teacher[sel],
-                jax.random.fold_in(key, epoch * steps_per_epoch + b),
-            )  # fmt: skip
+                params, state, x, y, t, jax.random.fold_in(key, epoch * steps_per_epoch + b)
+            )
         if on_epoch is not None:
             on_epoch(epoch, float(loss))
     return jax.tree.map(np.asarray, params)
