@@ -42,12 +42,9 @@ def test_vmap_params_stacks_only_what_differs():
     assert stacked.payoff.shape == (2, *a.payoff.shape) and stacked.allowed.shape == a.allowed.shape
 
 
-# the compressor-critic in the default run, every other agent with `make test-slow`
-AGENT_PARAMS = [n if n == "compressor_critic" else pytest.param(n, marks=pytest.mark.slow)
-                for n in sorted(AGENTS)]  # fmt: skip
-
-
-@pytest.mark.parametrize("name", AGENT_PARAMS)
+# every agent with `make test-slow`; the default run checks the real search below
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(AGENTS))
 def test_one_vmapped_search_equals_separate_searches_on_the_toy_env(name):
     """Each agent, three payoff tables, the same seed: the vmapped search evaluates the same plans
     with the same rewards as three separate searches and delivers the same plans."""
@@ -127,7 +124,11 @@ def test_a_budget_sweep_run_writes_a_model_per_budget_and_the_front(tiny_config,
     from autocomp.config import SweepConfig
     from autocomp.run import run
 
-    config = tiny_config(sweep=SweepConfig(max_latency_frac=[0.85, 0.95]))
+    config = tiny_config(
+        sweep=SweepConfig(max_latency_frac=[0.85, 0.95]),
+        agent=dataclasses.replace(tiny_config().agent, episodes=32),
+        finetune=dataclasses.replace(tiny_config().finetune, epochs=0),
+    )
     metrics = run(config, tmp_path, {"reward": {}}, show_progress=False)
     labels = [r["label"] for r in metrics["sweep"]]
     assert labels == ["max_latency_frac=0.85", "max_latency_frac=0.95"]

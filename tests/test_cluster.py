@@ -19,6 +19,7 @@ import jax
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
+from tiny_runs import TINY
 
 from autocomp import cluster
 from autocomp.run import register
@@ -212,18 +213,7 @@ def test_cli_multirun_submits_one_array_task_per_combination(at_root, tmp_path):
 @pytest.mark.slow
 def test_submitted_array_task_runs_as_slurm_would(at_root, tmp_path, cache_dir):
     """Task 1 of a submitted array, run here with the variables Slurm and srun would set."""
-    tiny = [
-        "agent.episodes=32",
-        "agent.batch_episodes=16",
-        "agent.updates_per_chunk=2",
-        "base.epochs=1",
-        "finetune.epochs=0",
-        "logger=none",
-        "data.max_examples=600",
-        "env.distill.steps=0",
-        "env.distill.examples=64",
-        f"base.cache_dir={cache_dir}",
-    ]
+    tiny = [*TINY, f"base.cache_dir={cache_dir}"]
     sweep = _submit_from_cli(tmp_path, ["seed=0,1", *tiny], jobs=2)
     slurm = {
         "SLURM_JOB_ID": "1236",  # an array task has its own id

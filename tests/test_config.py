@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize
 from hydra.errors import ConfigCompositionException, MissingConfigException
+from tiny_runs import TINY
 
 from autocomp.config import ConfigError
 from autocomp.devices.tables import CostTableError
@@ -28,17 +29,6 @@ EXPERIMENTS = [
     pytest.param(name, marks=pytest.mark.slow) if name in BIG else name
     for name in NAMES
     if name != "digits"
-]
-TINY = [
-    "agent.episodes=32",
-    "agent.batch_episodes=16",
-    "agent.updates_per_chunk=2",
-    "base.epochs=1",
-    "finetune.epochs=0",
-    "logger=none",
-    "data.max_examples=600",
-    "env.distill.steps=0",
-    "env.distill.examples=64",
 ]
 BIG_MODEL_TECHNIQUES = ["env.techniques=[keep,magnitude,filter,svd,dwsep,group]"]
 

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import yaml
 from hydra import compose, initialize
+from tiny_runs import TINY
 
 from autocomp.run import register, to_config
 from autocomp.sweep import hydra_value, load_spec, main, read_run, run_sweep, trial_argv
@@ -21,18 +22,6 @@ from autocomp.sweep import hydra_value, load_spec, main, read_run, run_sweep, tr
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCH = sorted((ROOT / "launch" / "sweeps").glob("*.yaml"))
 BUDGETS = ROOT / "launch" / "sweeps" / "budgets.yaml"
-# tests/test_config.py's tiny run (test modules do not import each other)
-TINY = [
-    "agent.episodes=32",
-    "agent.batch_episodes=16",
-    "agent.updates_per_chunk=2",
-    "base.epochs=1",
-    "finetune.epochs=0",
-    "logger=none",
-    "data.max_examples=600",
-    "env.distill.steps=0",
-    "env.distill.examples=64",
-]
 # Three techniques: a trial's set-up (each technique's replacement branches for every layer) then
 # takes 2 s instead of 25 s on 2 CPU cores; every technique runs in tests/test_techniques.py.
 FEW_TECHNIQUES = "env.techniques=[keep,magnitude,filter]"

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import io
 import json
 import logging
 import time
@@ -23,9 +22,10 @@ from rich.console import Console
 from rich.table import Table
 
 from autocomp.config import SweepConfig
-from autocomp.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from autocomp.io import atomic_write_json, atomic_write_text
 from autocomp.search.batched import run_searches
 from autocomp.search.loop import config_fingerprint
+from autocomp.search.pareto import finish_figure
 from autocomp.search.reward import make_reward_params
 from autocomp.workflow import pipeline
 from autocomp.workflow.tracking import NullTracker
@@ -169,13 +169,7 @@ def _plot(path: Path, rows: list[dict], front: list[int], title: str) -> None:
     ax.set_xlabel("latency (ms, device cost table)")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    finish_figure(fig, ax, path)
 
 
 def _write_front(run_dir: Path, rows: list[dict], p, tracker, timings: dict, started) -> dict:

@@ -42,7 +42,6 @@ def plot_pareto(
     title: str = "",
 ) -> Path:
     """Accuracy vs latency of every evaluated plan (colour: size), front and chosen plan marked."""
-    import io
 
     import matplotlib
 
@@ -88,6 +87,15 @@ def plot_pareto(
     ax.set_xlabel("latency (ms, device cost table)")
     ax.set_ylabel("validation accuracy (%), before fine-tuning")
     ax.set_title(title)
+    return finish_figure(fig, ax, path)
+
+
+def finish_figure(fig, ax, path: str | Path) -> Path:
+    """Grid, legend at the lower right, then the PNG written atomically and the figure closed."""
+    import io
+
+    import matplotlib.pyplot as plt
+
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
