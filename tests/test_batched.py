@@ -118,6 +118,7 @@ def test_a_killed_vmapped_search_resumes_where_it_stopped(tmp_path):
         np.testing.assert_array_equal(resumed[1][k]["reward"], whole[1][k]["reward"])
 
 
+@pytest.mark.slow  # a model per budget, about 40 s on 2 cores: `make test-slow`
 def test_a_budget_sweep_run_writes_a_model_per_budget_and_the_front(tiny_config, tmp_path):
     """`sweep.max_latency_frac=[...]`: one search, then a finished run directory per budget (as a
     single run writes it) and the front over them; a second run redoes nothing."""

@@ -69,6 +69,7 @@ def test_summary_table_csv_and_plot(tmp_path):
     assert paths["png"].read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.slow  # about 70 s on 2 cores: `make test-slow`
 def test_bench_agents_runs_every_agent_and_a_rerun_continues(tmp_path, cache_dir, monkeypatch):
     """Two agents on the default experiment (tiny settings); the second call finds both runs
     in runs.jsonl and runs nothing again, and a lost run (a killed benchmark) is redone."""

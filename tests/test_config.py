@@ -15,10 +15,10 @@ from autocomp.devices.tables import CostTableError
 from autocomp.run import register, to_config
 
 ROOT = Path(__file__).resolve().parents[1]
-# The bigger models' smoke runs (about 2-3 min each on 2 CPU cores) run with `make test-slow`;
-# the default test run keeps MNIST (digits, the default, runs end to end through the CLI in
-# tests/test_pipeline.py).
-BIG = {"audio", "cifar", "imagenet"}
+# The smoke runs of the data-set experiments (about 1 min for MNIST, 2-3 min for the others on
+# 2 CPU cores) run with `make test-slow`; digits, the default, runs end to end through the CLI
+# in tests/test_pipeline.py.
+BIG = {"audio", "cifar", "imagenet", "mnist"}
 # `custom` needs the user's model (model._target_): tests/test_own_models.py runs it with one.
 NAMES = [
     p.stem

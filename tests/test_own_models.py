@@ -83,7 +83,15 @@ def _mobilenet():
 MODELS = {"jax_resnet18": _resnet18, "hf_resnet": _hf_resnet, "mobilenet_v2": _mobilenet}
 
 
-@pytest.fixture(scope="module", params=sorted(MODELS))
+# ResNet-18's check (about 2 min on 2 cores) runs with `make test-slow`; the default run checks
+# the same residual coupling on the transformers ResNet and the MobileNet-V2 fixture.
+@pytest.fixture(
+    scope="module",
+    params=[
+        pytest.param(n, marks=pytest.mark.slow) if n == "jax_resnet18" else n
+        for n in sorted(MODELS)
+    ],
+)
 def built(request):
     return request.param, *MODELS[request.param]()
 

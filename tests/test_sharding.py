@@ -1,7 +1,7 @@
 """Plans scored and models trained over 2 (forced) host devices give what one device gives.
 
-Each check runs in a fresh process: ``XLA_FLAGS=--xla_force_host_platform_device_count`` only
-takes effect before jax starts.
+The 2-device side runs in a fresh process (``XLA_FLAGS=--xla_force_host_platform_device_count``
+only takes effect before jax starts); the 1-device side in this one.
 """
 
 from __future__ import annotations
@@ -10,52 +10,21 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 
 import numpy as np
 import pytest
+from sharding_child import measure
 
 from autocomp.sharding import labelled_accuracy, pad_examples
-
-CHILD = textwrap.dedent(
-    """
-    import json, sys
-    import jax, numpy as np
-    from autocomp.run import build_env
-    from autocomp.search import rollouts
-    from autocomp.training.loop import fit
-    from autocomp.workflow.pipeline import prepare
-    from tests.conftest import tiny_config_for
-
-    import dataclasses
-    config = tiny_config_for(sys.argv[1])
-    config = dataclasses.replace(config, env=dataclasses.replace(config.env, val_examples=215),
-                                 base=dataclasses.replace(config.base, epochs=2))
-    p = prepare(config)
-    env, params = build_env(p)
-    act = lambda key, layer, obs: rollouts.random_allowed(key, obs.action_mask)
-    out = jax.jit(lambda k: rollouts.episode_metrics(rollouts.rollout(env, params, k, 16, act)))
-    metrics = jax.device_get(out(jax.random.key(0)))
-    tuned, _ = fit(p.ops, p.base_params, p.data, epochs=1, batch_size=64, learning_rate=1e-3,
-                   weight_decay=0.0, seed=0)
-    print("RESULT " + json.dumps({
-        "devices": jax.local_device_count(),
-        "val_shards": len(params.x_val.sharding.device_set),
-        "n_val": int(params.x_val.shape[0]),
-        "accuracy": np.asarray(metrics["accuracy"]).tolist(),
-        "plans": np.asarray(metrics["plan"]).tolist(),
-        "tuned": float(sum(np.abs(x).sum() for x in jax.tree.leaves(tuned))),
-    }))
-    """
-)
 
 
 def _run(devices: int, cache_dir: str) -> dict:
     env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-    out = subprocess.run([sys.executable, "-c", CHILD, cache_dir], env=env, cwd=root,
-                         capture_output=True, text=True, timeout=600, check=False)  # fmt: skip
+    here = os.path.dirname(os.path.abspath(__file__))
+    env["PYTHONPATH"] = here + os.pathsep + env.get("PYTHONPATH", "")
+    out = subprocess.run([sys.executable, "-m", "sharding_child", cache_dir], env=env,
+                         cwd=os.path.dirname(here), capture_output=True, text=True, timeout=600,
+                         check=False)  # fmt: skip
     lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
     assert out.returncode == 0 and lines, out.stderr[-3000:]
     return json.loads(lines[-1][len("RESULT ") :])
@@ -73,7 +42,7 @@ def test_pad_examples_is_exact():
 def test_two_devices_score_plans_and_train_as_one_does(cache_dir):
     """An odd number of validation examples (so the 2-way split pads), 16 random plans: the same
     plans, the same accuracies, and data-parallel training ends at the same weights."""
-    one, two = _run(1, cache_dir), _run(2, cache_dir)
+    one, two = measure(cache_dir), _run(2, cache_dir)  # this process has one device
     assert one["devices"] == 1 and two["devices"] == 2 and two["val_shards"] == 2
     assert one["n_val"] % 2 == 1 and two["n_val"] == one["n_val"] + 1
     assert one["plans"] == two["plans"]

@@ -62,11 +62,7 @@ def _tiny(combo: list[str]) -> list[str]:
 
 
 @pytest.mark.parametrize("path", LAUNCH, ids=lambda p: p.name)
-def test_launch_files_compose_and_run(path, tmp_path, cache_dir):
-    from omegaconf import OmegaConf
-
-    from autocomp.run import run
-
+def test_launch_files_compose(path, cache_dir):
     spec = load_spec(path)  # what the offline engine accepts
     header = path.read_text()
     assert f"wandb sweep launch/sweeps/{path.name}" in header
@@ -75,8 +71,19 @@ def test_launch_files_compose_and_run(path, tmp_path, cache_dir):
     combos = _sweep_overrides(path)
     for combo in combos:  # every grid point (or listed value, or range end) type-checks
         to_config(_compose([*combo, f"base.cache_dir={cache_dir}", *_tiny(combo)]))
-    if path == BUDGETS:  # its trials run for real in test_sweep_runs_offline_and_resumes
-        return
+
+
+# budgets.yaml's trials run for real in the default run (test_sweep_runs_offline_and_resumes);
+# one trial of each other file, about 15 s each on 2 cores, with `make test-slow`
+@pytest.mark.slow
+@pytest.mark.parametrize("path", [p for p in LAUNCH if p != BUDGETS], ids=lambda p: p.name)
+def test_launch_files_run_a_trial(path, tmp_path, cache_dir):
+    from omegaconf import OmegaConf
+
+    from autocomp.run import run
+
+    spec = load_spec(path)
+    combos = _sweep_overrides(path)
     cfg = _compose([*combos[0], f"base.cache_dir={cache_dir}", *_tiny(combos[0]), FEW_TECHNIQUES])
     metrics = run(
         to_config(cfg), tmp_path, OmegaConf.to_container(cfg, resolve=True), show_progress=False

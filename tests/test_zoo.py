@@ -26,8 +26,9 @@ MODELS = {
 }
 
 
-# the sequential ones without batch norm are like lenet_digits: slow run only
-SLOW = {"lenet5", "audio_cnn"}
+# the sequential ones without batch norm are like lenet_digits, and MobileNet-V1 (30 s) is
+# like resnet20 with depthwise convs: slow run only
+SLOW = {"lenet5", "audio_cnn", "mobilenet_v1"}
 
 
 @pytest.mark.parametrize(
