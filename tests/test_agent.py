@@ -59,3 +59,44 @@ def test_array_annotations_are_checked_at_test_time():
     compute_reward(params, jnp.float32(0.8), jnp.ones(3))
     with pytest.raises(TypeCheckError):
         compute_reward(params, jnp.float32(0.8), jnp.ones(4))
+
+
+def test_queue_keeps_the_best_distinct_in_budget_plans():
+    from agents.compressor_critic.train import Elite
+
+    queue = Elite.empty(3, num_steps=2)
+    plans = jnp.array([[[0, 1], [1, 0]], [[1, 1], [0, 0]], [[0, 1], [1, 0]], [[1, 0], [1, 1]]])
+    reward = jnp.array([3.0, 1.0, 3.0, 9.0])
+    queue = queue.push(plans, reward, jnp.array([False, False, False, True]))
+    # the over-budget plan (9.0) stays out; the repeated plan counts once; a slot stays empty
+    np.testing.assert_array_equal(queue.reward, [3.0, 1.0, -np.inf])
+    np.testing.assert_array_equal(queue.action[:2], plans[:2])
+    again = queue.push(plans, jnp.array([3.0, 1.0, 3.0, 0.5]), jnp.zeros(4, bool))
+    # a queued plan seen again is not queued twice; a new one takes the empty slot
+    np.testing.assert_array_equal(again.reward, [3.0, 1.0, 0.5])
+    np.testing.assert_array_equal(again.action, plans[jnp.array([0, 1, 3])])
+    worse = again.push(plans, jnp.zeros(4), jnp.zeros(4, bool))
+    jax.tree.map(np.testing.assert_array_equal, worse, again)  # nothing better: unchanged
+    best = again.push(plans[3:], jnp.array([7.0]), jnp.zeros(1, bool))
+    np.testing.assert_array_equal(best.reward, [3.0, 1.0, 0.5])  # plans[3] is queued already
+
+
+def test_variants_change_one_layer_of_a_queued_plan():
+    from agents.compressor_critic.networks import sample_action
+    from agents.compressor_critic.train import Elite, _network, _rollout, _variants
+
+    env = ToyEnv(num_layers=5, num_techniques=3, num_ratios=4)
+    params = env.make_params(seed=0)
+    plan = jnp.asarray(env.optimum(params))
+    queue = Elite.empty(4, env.spec.num_steps)
+    queue = queue._replace(action=queue.action.at[0].set(plan), reward=queue.reward.at[0].set(1.0))
+    config = CompressorCriticConfig()
+    net = _network(config, env)
+    weights = net.init(jax.random.key(0), net.initial_carry(1), jnp.zeros((1, env.spec.obs_dim)))
+    variants = _variants(jax.random.key(1), queue, 24)
+    traj = _rollout(net, weights, env, params, jax.random.key(2), 32, sample_action, variants)
+    rows = np.swapaxes(np.asarray(traj.action), 0, 1)[8:]  # the last 24 rows are variants
+    changed = np.any(rows != np.asarray(plan)[None], axis=-1).sum(axis=1)
+    np.testing.assert_array_equal(changed, 1)  # the optimum's actions are always allowed here
+    empty = _variants(jax.random.key(1), Elite.empty(4, env.spec.num_steps), 24)
+    assert not np.asarray(empty.keep).any() and not np.asarray(empty.change).any()

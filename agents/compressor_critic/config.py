@@ -24,6 +24,14 @@ class CompressorCriticConfig:
         top_share: the share of each batch's plans the policy gradient learns from (1: all,
             with the critic's baseline; below 1: risk-seeking policy gradient, Petersen et al.,
             ICLR 2021, the batch's best plans pushed up relative to the batch's quantile).
+        elite: size of the queue of the best distinct in-budget plans seen so far, the
+            parents of the one-layer variants (0: no queue, no variants, and the delivered
+            plan is the greedy rollout of the policy).
+        local_share: the share of each batch that are one-layer variants of queued plans: a
+            plan drawn from the queue, one layer drawn uniformly, a new action for it sampled
+            from the policy (its other layers keep the plan's actions where the budget still
+            allows them). They feed the queue, not the policy gradient (they are not the
+            policy's own samples). 0: every plan is the policy's own.
     """
 
     name: str = "compressor_critic"
@@ -37,6 +45,8 @@ class CompressorCriticConfig:
     value_coef: float = 0.5
     max_grad_norm: float = 1.0
     top_share: float = 0.1
+    elite: int = 16
+    local_share: float = 0.5
 
     def __post_init__(self) -> None:
         if self.episodes < self.batch_episodes or self.batch_episodes < 2:
@@ -46,5 +56,13 @@ class CompressorCriticConfig:
             )
         if not 0.0 < self.top_share <= 1.0:
             raise ValueError(f"agent.top_share={self.top_share} must be in (0, 1]")
+        if self.elite < 0:
+            raise ValueError(f"agent.elite={self.elite} must be >= 0")
+        own = self.batch_episodes - round(self.local_share * self.batch_episodes)
+        if not 0.0 <= self.local_share < 1.0 or own < 2:
+            raise ValueError(
+                f"agent.local_share={self.local_share} must be in [0, 1) and leave at least 2 of "
+                f"agent.batch_episodes={self.batch_episodes} to the policy's own samples"
+            )
         if self.updates_per_chunk < 1 or self.hidden < 1 or self.learning_rate <= 0:
             raise ValueError("agent.updates_per_chunk, hidden and learning_rate must be > 0")

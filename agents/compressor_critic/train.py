@@ -1,9 +1,14 @@
 """Training of the compressor-critic by policy gradient with a learned critic baseline.
 
-Each update rolls out ``batch_episodes`` plans in lockstep (one env step per layer), scores them
-(the env's reward at the last layer), and takes one Adam step on
-``pg_loss + value_coef * value_loss + entropy_coef * entropy_loss``. Updates run in jitted chunks
-(``lax.scan``); the host logs and checkpoints between chunks.
+Each update rolls out ``batch_episodes`` plans in lockstep (one env step per layer) and scores
+them (the env's reward at the last layer). The first share of the batch is the policy's own
+samples; the rest (``local_share``) are one-layer variants of the best distinct in-budget plans
+seen so far (a queue of ``elite`` plans), the changed layer's new action sampled from the policy:
+the learned policy serves as the mutation proposal of a local search, which a sampler of whole
+plans lacks. Every plan feeds the queue; one Adam step on the own samples' ``pg_loss +
+value_coef * value_loss + entropy_coef * entropy_loss`` follows. Updates run in jitted chunks
+(``lax.scan``); the host logs and checkpoints between chunks. The delivered plan is the queue's
+head.
 """
 
 from __future__ import annotations
@@ -22,13 +27,6 @@ from autocomp.search.agent import Trainer, num_chunks, scan_chunk
 from autocomp.search.spaces import Environment, episode_record
 
 
-class TrainState(NamedTuple):
-    params: Any
-    opt_state: Any
-    key: jax.Array
-    update: jax.Array
-
-
 class Rollout(NamedTuple):
     """Time-major [L, B, ...] record of a lockstep batch of episodes."""
 
@@ -39,32 +37,113 @@ class Rollout(NamedTuple):
     info: Any
 
 
+class Elite(NamedTuple):
+    """The queue of the best distinct in-budget plans seen: applied plans int[K, L, 2] and
+    their rewards float[K], best first (-inf marks an empty slot)."""
+
+    action: jax.Array
+    reward: jax.Array
+
+    @staticmethod
+    def empty(size: int, num_steps: int) -> Elite:
+        return Elite(
+            jnp.zeros((size, num_steps, 2), jnp.int32), jnp.full((size,), -jnp.inf, jnp.float32)
+        )
+
+    def push(self, plans: jax.Array, reward: jax.Array, violation: jax.Array) -> Elite:
+        """The queue with a batch of plans [B, L, 2] folded in: the ``K`` best distinct
+        in-budget plans of queue and batch (a plan already queued, or twice in the batch,
+        counts once)."""
+        action = jnp.concatenate([self.action, plans])
+        score = jnp.concatenate([self.reward, jnp.where(violation, -jnp.inf, reward)])
+        n = score.shape[0]
+        same = jnp.all(action[:, None] == action[None, :], axis=(-2, -1))
+        earlier = jnp.arange(n)[None, :] < jnp.arange(n)[:, None]
+        dup = jnp.any(same & earlier & jnp.isfinite(score)[None, :], axis=1)
+        _, keep = jax.lax.top_k(jnp.where(dup, -jnp.inf, score), self.reward.shape[0])
+        return Elite(action[keep], score[keep])
+
+
+class TrainState(NamedTuple):
+    params: Any
+    opt_state: Any
+    key: jax.Array
+    update: jax.Array
+    elite: Elite
+
+
 def _network(config: CompressorCriticConfig, env: Environment) -> CompressorCritic:
     return CompressorCritic(env.spec.num_techniques, env.spec.num_ratios, config.hidden)
 
 
-def _rollout(net, params, env, env_params, key, batch, act_fn):
+class Variants(NamedTuple):
+    """Plans to roll out as one-layer variants of queued ones, time-major [L, B, ...]: where
+    ``keep`` is set the queued plan's ``action`` is taken (if the budget mask still allows it);
+    where ``change`` is set the policy samples an action other than it."""
+
+    action: jax.Array
+    keep: jax.Array
+    change: jax.Array
+
+
+def _variants(key, elite: Elite, rows: int) -> Variants:
+    """``rows`` one-layer variants of plans drawn uniformly from the queue's full slots (none
+    while the queue is empty: those rows are then the policy's own samples)."""
+    k_pick, k_layer = jax.random.split(key)
+    full = jnp.isfinite(elite.reward)
+    pick = jax.random.categorical(k_pick, jnp.where(full, 0.0, -jnp.inf), shape=(rows,))
+    steps = elite.action.shape[1]
+    layer = jax.random.randint(k_layer, (rows,), 0, steps)
+    on = (jnp.arange(steps)[:, None] == layer[None, :]) & jnp.any(full)  # [L, rows]
+    return Variants(jnp.swapaxes(elite.action[pick], 0, 1), ~on & jnp.any(full), on)
+
+
+def _with_variants(act_fn, variants: Variants | None, batch: int):
+    """``act_fn`` for a batch whose last rows follow ``variants`` (one layer's slice)."""
+    if variants is None:
+        return lambda key, t, r, mask, _: act_fn(key, t, r, mask)
+    first = batch - variants.action.shape[1]
+
+    def act(key, t_logits, r_logits, mask, step: Variants):
+        def pad(x, fill):  # the policy's own rows first, then the variants
+            return jnp.concatenate([jnp.full((first, *x.shape[1:]), fill, x.dtype), x])
+
+        queued, keep, change = pad(step.action, 0), pad(step.keep, False), pad(step.change, False)
+        rows = jnp.arange(batch)
+        was = mask[rows, queued[:, 0], queued[:, 1]]  # the queued action, allowed here
+        other = mask.at[rows, queued[:, 0], queued[:, 1]].set(False)
+        other_ok = jnp.any(other, axis=(1, 2))
+        mask = jnp.where((change & was & other_ok)[:, None, None], other, mask)
+        sampled = act_fn(key, t_logits, r_logits, mask)
+        return jnp.where((keep & was)[:, None], queued, sampled)
+
+    return act
+
+
+def _rollout(net, params, env, env_params, key, batch, act_fn, variants: Variants | None = None):
     keys = jax.random.split(key, batch + 1)
     obs, state = env.batch_reset(keys[1:], env_params)
     carry = net.initial_carry(batch)
+    act_fn = _with_variants(act_fn, variants, batch)
 
-    def body(c, _):
+    def body(c, step):
         carry, obs, state, key = c
         key, k_act, k_env = jax.random.split(key, 3)
         carry, (t_logits, r_logits, _) = net.apply(params, carry, obs.features)
-        action = act_fn(k_act, t_logits, r_logits, obs.action_mask)
+        action = act_fn(k_act, t_logits, r_logits, obs.action_mask, step)
         obs2, state2, reward, _, info = env.batch_step(
             jax.random.split(k_env, batch), state, action, env_params
         )
         record = Rollout(obs.features, obs.action_mask, info.applied_action, reward, info)
         return (carry, obs2, state2, key), record
 
-    _, traj = jax.lax.scan(body, (carry, obs, state, keys[0]), None, env.spec.num_steps)
+    _, traj = jax.lax.scan(body, (carry, obs, state, keys[0]), variants, env.spec.num_steps)
     return traj
 
 
-def _loss(net, params, traj: Rollout, entropy_coef, value_coef, top_share=1.0):
-    batch = traj.features.shape[1]
+def _replay(net, params, features, mask, action):
+    """The policy's log-probability, entropy and value at each step of recorded episodes
+    (time-major [L, B, ...]), the LSTM run over them as in the rollout."""
 
     def body(carry, xs):
         features, mask, action = xs
@@ -74,9 +153,12 @@ def _loss(net, params, traj: Rollout, entropy_coef, value_coef, top_share=1.0):
         )
         return carry, (logp, entropy, value)
 
-    _, (logp, entropy, value) = jax.lax.scan(
-        body, net.initial_carry(batch), (traj.features, traj.mask, traj.action)
-    )
+    _, out = jax.lax.scan(body, net.initial_carry(features.shape[1]), (features, mask, action))
+    return out
+
+
+def _loss(net, params, traj: Rollout, entropy_coef, value_coef, top_share=1.0):
+    logp, entropy, value = _replay(net, params, traj.features, traj.mask, traj.action)
     returns = jax.vmap(losses.returns_to_go, in_axes=1, out_axes=1)(traj.reward)
     advantage = returns - value
     advantage = (advantage - advantage.mean()) / (advantage.std() + 1e-6)
@@ -95,7 +177,7 @@ def _loss(net, params, traj: Rollout, entropy_coef, value_coef, top_share=1.0):
 def make_trainer(config: CompressorCriticConfig, env: Environment) -> Trainer:
     """The compressor-critic as a :class:`~autocomp.search.agent.Trainer`: one chunk is
     ``updates_per_chunk`` policy-gradient updates of ``batch_episodes`` plans each, one jitted
-    ``lax.scan``; the policy is the greedy rollout of the trained compressor."""
+    ``lax.scan``; the delivered plan is the best in-budget plan seen (the queue's head)."""
     net = _network(config, env)
     n_updates = config.episodes // config.batch_episodes
     n_chunks = num_chunks(n_updates, config.updates_per_chunk)
@@ -107,25 +189,40 @@ def make_trainer(config: CompressorCriticConfig, env: Environment) -> Trainer:
         k_init, key = jax.random.split(key)
         dummy = jnp.zeros((1, env.spec.obs_dim), jnp.float32)
         params = net.init(k_init, net.initial_carry(1), dummy)
-        return TrainState(params, tx.init(params), key, jnp.int32(0))
+        elite = Elite.empty(config.elite, env.spec.num_steps)
+        return TrainState(params, tx.init(params), key, jnp.int32(0), elite)
+
+    local = round(config.local_share * config.batch_episodes) if config.elite else 0
+    own = config.batch_episodes - local  # the policy's own samples: the policy gradient's batch
+
+    def loss(params, traj: Rollout, entropy_coef):
+        traj = jax.tree.map(lambda x: x[:, :own], traj)  # the policy's own samples only
+        return _loss(net, params, traj, entropy_coef, config.value_coef, config.top_share)
 
     def update(env_params, state: TrainState, _):
-        key, k_roll = jax.random.split(state.key)
+        key, k_roll, k_var = jax.random.split(state.key, 3)
+        variants = _variants(k_var, state.elite, local) if local else None
         traj = _rollout(
-            net, state.params, env, env_params, k_roll, config.batch_episodes, sample_action
+            net,
+            state.params,
+            env,
+            env_params,
+            k_roll,
+            config.batch_episodes,
+            sample_action,
+            variants,
         )
         progress = state.update / jnp.maximum(n_updates - 1, 1)
         entropy_coef = config.entropy_coef * (1.0 - (1.0 - config.entropy_final_frac) * progress)
-        grads, aux = jax.grad(
-            lambda p: _loss(net, p, traj, entropy_coef, config.value_coef, config.top_share),
-            has_aux=True,
-        )(state.params)
+        last = jax.tree.map(lambda x: x[-1], traj.info)
+        reward = traj.reward.sum(axis=0)
+        plan = jnp.swapaxes(traj.action, 0, 1)
+        elite = state.elite.push(plan, reward, last.violation) if config.elite else state.elite
+        grads, aux = jax.grad(loss, has_aux=True)(state.params, traj, entropy_coef)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        last = jax.tree.map(lambda x: x[-1], traj.info)
-        plan = jnp.swapaxes(traj.action, 0, 1)
-        metrics = episode_record(plan, traj.reward.sum(axis=0), last) | aux
-        return TrainState(params, opt_state, key, state.update + 1), metrics
+        metrics = episode_record(plan, reward, last) | aux
+        return TrainState(params, opt_state, key, state.update + 1, elite), metrics
 
     run_chunk = scan_chunk(update, config.updates_per_chunk)
 
@@ -136,6 +233,11 @@ def make_trainer(config: CompressorCriticConfig, env: Environment) -> Trainer:
         return traj.action[:, 0]
 
     def policy(state: TrainState, env_params) -> np.ndarray:
+        """The best in-budget plan seen (the queue's head, scored under ``env_params`` during
+        the search); the greedy rollout of the compressor before any was seen, or without
+        a queue."""
+        if config.elite and np.isfinite(float(state.elite.reward[0])):
+            return np.asarray(state.elite.action[0])
         return np.asarray(greedy(state.params, env_params))
 
     return Trainer(
