@@ -93,10 +93,12 @@ def test_variants_change_one_layer_of_a_queued_plan():
     config = CompressorCriticConfig()
     net = _network(config, env)
     weights = net.init(jax.random.key(0), net.initial_carry(1), jnp.zeros((1, env.spec.obs_dim)))
-    variants = _variants(jax.random.key(1), queue, 24)
+    variants = _variants(jax.random.key(1), queue, 32, 24)
     traj = _rollout(net, weights, env, params, jax.random.key(2), 32, sample_action, variants)
     rows = np.swapaxes(np.asarray(traj.action), 0, 1)[8:]  # the last 24 rows are variants
     changed = np.any(rows != np.asarray(plan)[None], axis=-1).sum(axis=1)
     np.testing.assert_array_equal(changed, 1)  # the optimum's actions are always allowed here
-    empty = _variants(jax.random.key(1), Elite.empty(4, env.spec.num_steps), 24)
+    assert not np.asarray(variants.keep)[:, :8].any()  # the first 8 are the policy's own
+    assert not np.asarray(variants.change)[:, :8].any()
+    empty = _variants(jax.random.key(1), Elite.empty(4, env.spec.num_steps), 32, 24)
     assert not np.asarray(empty.keep).any() and not np.asarray(empty.change).any()

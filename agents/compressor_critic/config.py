@@ -58,11 +58,16 @@ class CompressorCriticConfig:
             raise ValueError(f"agent.top_share={self.top_share} must be in (0, 1]")
         if self.elite < 0:
             raise ValueError(f"agent.elite={self.elite} must be >= 0")
-        own = self.batch_episodes - round(self.local_share * self.batch_episodes)
-        if not 0.0 <= self.local_share < 1.0 or own < 2:
+        if not 0.0 <= self.local_share < 1.0 or self.batch_episodes - self.variants_per_batch < 2:
             raise ValueError(
                 f"agent.local_share={self.local_share} must be in [0, 1) and leave at least 2 of "
                 f"agent.batch_episodes={self.batch_episodes} to the policy's own samples"
             )
         if self.updates_per_chunk < 1 or self.hidden < 1 or self.learning_rate <= 0:
             raise ValueError("agent.updates_per_chunk, hidden and learning_rate must be > 0")
+
+    @property
+    def variants_per_batch(self) -> int:
+        """How many of each batch's plans ``local_share`` makes one-layer variants (the agent
+        runs them only with a queue, ``elite`` > 0)."""
+        return round(self.local_share * self.batch_episodes)

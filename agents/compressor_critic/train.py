@@ -77,45 +77,45 @@ def _network(config: CompressorCriticConfig, env: Environment) -> CompressorCrit
 
 
 class Variants(NamedTuple):
-    """Plans to roll out as one-layer variants of queued ones, time-major [L, B, ...]: where
-    ``keep`` is set the queued plan's ``action`` is taken (if the budget mask still allows it);
-    where ``change`` is set the policy samples an action other than it."""
+    """Plans to roll out as one-layer variants of queued ones, time-major [L, B, ...] over the
+    whole batch: where ``keep`` is set the queued plan's ``action`` is taken (if the budget mask
+    still allows it); where ``change`` is set the policy samples an action other than it; rows
+    with neither set anywhere are the policy's own samples."""
 
     action: jax.Array
     keep: jax.Array
     change: jax.Array
 
 
-def _variants(key, elite: Elite, rows: int) -> Variants:
-    """``rows`` one-layer variants of plans drawn uniformly from the queue's full slots (none
-    while the queue is empty: those rows are then the policy's own samples)."""
+def _variants(key, elite: Elite, batch: int, rows: int) -> Variants:
+    """For a batch whose last ``rows`` are one-layer variants of plans drawn uniformly from the
+    queue's full slots (while the queue is empty, every row is the policy's own sample)."""
     k_pick, k_layer = jax.random.split(key)
     full = jnp.isfinite(elite.reward)
     pick = jax.random.categorical(k_pick, jnp.where(full, 0.0, -jnp.inf), shape=(rows,))
     steps = elite.action.shape[1]
     layer = jax.random.randint(k_layer, (rows,), 0, steps)
-    on = (jnp.arange(steps)[:, None] == layer[None, :]) & jnp.any(full)  # [L, rows]
-    return Variants(jnp.swapaxes(elite.action[pick], 0, 1), ~on & jnp.any(full), on)
+    own = batch - rows  # the first rows: the policy's own samples, masked out by `row`
+    row = (jnp.arange(batch) >= own) & jnp.any(full)
+    layer = jnp.concatenate([jnp.zeros(own, layer.dtype), layer])
+    on = jnp.arange(steps)[:, None] == layer[None, :]  # [L, B]
+    queued = jnp.concatenate([jnp.zeros((own, steps, 2), jnp.int32), elite.action[pick]])
+    return Variants(jnp.swapaxes(queued, 0, 1), ~on & row, on & row)
 
 
-def _with_variants(act_fn, variants: Variants | None, batch: int):
-    """``act_fn`` for a batch whose last rows follow ``variants`` (one layer's slice)."""
+def _with_variants(act_fn, variants: Variants | None):
+    """``act_fn`` following ``variants`` (one step's slice [B, ...]) where they say so."""
     if variants is None:
         return lambda key, t, r, mask, _: act_fn(key, t, r, mask)
-    first = batch - variants.action.shape[1]
 
     def act(key, t_logits, r_logits, mask, step: Variants):
-        def pad(x, fill):  # the policy's own rows first, then the variants
-            return jnp.concatenate([jnp.full((first, *x.shape[1:]), fill, x.dtype), x])
-
-        queued, keep, change = pad(step.action, 0), pad(step.keep, False), pad(step.change, False)
-        rows = jnp.arange(batch)
-        was = mask[rows, queued[:, 0], queued[:, 1]]  # the queued action, allowed here
-        other = mask.at[rows, queued[:, 0], queued[:, 1]].set(False)
+        rows = jnp.arange(mask.shape[0])
+        was = mask[rows, step.action[:, 0], step.action[:, 1]]  # the queued action, allowed
+        other = mask.at[rows, step.action[:, 0], step.action[:, 1]].set(False)
         other_ok = jnp.any(other, axis=(1, 2))
-        mask = jnp.where((change & was & other_ok)[:, None, None], other, mask)
+        mask = jnp.where((step.change & was & other_ok)[:, None, None], other, mask)
         sampled = act_fn(key, t_logits, r_logits, mask)
-        return jnp.where((keep & was)[:, None], queued, sampled)
+        return jnp.where((step.keep & was)[:, None], step.action, sampled)
 
     return act
 
@@ -124,7 +124,7 @@ def _rollout(net, params, env, env_params, key, batch, act_fn, variants: Variant
     keys = jax.random.split(key, batch + 1)
     obs, state = env.batch_reset(keys[1:], env_params)
     carry = net.initial_carry(batch)
-    act_fn = _with_variants(act_fn, variants, batch)
+    act_fn = _with_variants(act_fn, variants)
 
     def body(c, step):
         carry, obs, state, key = c
@@ -141,9 +141,8 @@ def _rollout(net, params, env, env_params, key, batch, act_fn, variants: Variant
     return traj
 
 
-def _replay(net, params, features, mask, action):
-    """The policy's log-probability, entropy and value at each step of recorded episodes
-    (time-major [L, B, ...]), the LSTM run over them as in the rollout."""
+def _loss(net, params, traj: Rollout, entropy_coef, value_coef, top_share=1.0):
+    batch = traj.features.shape[1]
 
     def body(carry, xs):
         features, mask, action = xs
@@ -153,12 +152,9 @@ def _replay(net, params, features, mask, action):
         )
         return carry, (logp, entropy, value)
 
-    _, out = jax.lax.scan(body, net.initial_carry(features.shape[1]), (features, mask, action))
-    return out
-
-
-def _loss(net, params, traj: Rollout, entropy_coef, value_coef, top_share=1.0):
-    logp, entropy, value = _replay(net, params, traj.features, traj.mask, traj.action)
+    _, (logp, entropy, value) = jax.lax.scan(
+        body, net.initial_carry(batch), (traj.features, traj.mask, traj.action)
+    )
     returns = jax.vmap(losses.returns_to_go, in_axes=1, out_axes=1)(traj.reward)
     advantage = returns - value
     advantage = (advantage - advantage.mean()) / (advantage.std() + 1e-6)
@@ -192,7 +188,7 @@ def make_trainer(config: CompressorCriticConfig, env: Environment) -> Trainer:
         elite = Elite.empty(config.elite, env.spec.num_steps)
         return TrainState(params, tx.init(params), key, jnp.int32(0), elite)
 
-    local = round(config.local_share * config.batch_episodes) if config.elite else 0
+    local = config.variants_per_batch if config.elite else 0
     own = config.batch_episodes - local  # the policy's own samples: the policy gradient's batch
 
     def loss(params, traj: Rollout, entropy_coef):
@@ -201,7 +197,7 @@ def make_trainer(config: CompressorCriticConfig, env: Environment) -> Trainer:
 
     def update(env_params, state: TrainState, _):
         key, k_roll, k_var = jax.random.split(state.key, 3)
-        variants = _variants(k_var, state.elite, local) if local else None
+        variants = _variants(k_var, state.elite, config.batch_episodes, local) if local else None
         traj = _rollout(
             net,
             state.params,
