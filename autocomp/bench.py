@@ -2,9 +2,11 @@
 
 ``python -m autocomp.bench search [experiment=digits] [overrides...]``: compile time of the plan
 evaluation, plan evaluations per second (random masked plans through the environment, and whole
-agent updates), and how many compilations happened after the first plan (target: zero). With
-``budgets=0.3,0.5,0.7``: a whole search per latency budget, separately against one vmapped search
-over all of them, and the speedup.
+agent updates), and how many compilations happened after the first plan (target: zero);
+``batches=20`` batches of random plans are timed. With ``env.race.examples=<n>`` (racing), also
+the whole-split throughput of the same plans and the rank correlation of the raced scores with
+the whole-split ones. With ``budgets=0.3,0.5,0.7``: a whole search per latency budget,
+separately against one vmapped search over all of them, and the speedup.
 
 ``python -m autocomp.bench scale [devices=1,2] [experiment=digits]``: ``bench search`` with 1 and
 2 devices (on CPU, forced host devices), the validation examples split over them.
@@ -98,12 +100,14 @@ def bench_search(overrides: list[str], batches: int = 20) -> dict[str, float]:
     compile_s = time.perf_counter() - start
     before = counter.compiles
     start = time.perf_counter()
-    seen = set()
+    seen, scored = set(), []
     for i in range(1, batches + 1):
-        plans = jax.block_until_ready(rollout(jax.random.key(i)))["plan"]
-        seen.update(map(bytes, np.asarray(plans).reshape(batch, -1)))
+        out = jax.device_get(jax.block_until_ready(rollout(jax.random.key(i))))
+        seen.update(map(bytes, np.asarray(out["plan"]).reshape(batch, -1)))
+        scored.append(out)
     eval_s = time.perf_counter() - start
     recompiles_eval = counter.compiles - before
+    race = _race_figures(env, params, scored) if config.env.race.examples > 0 else {}
 
     trainer = AGENTS[config.agent.name].make_trainer(config.agent, env)
     state = trainer.init(jax.random.key(0))
@@ -123,12 +127,43 @@ def bench_search(overrides: list[str], batches: int = 20) -> dict[str, float]:
         "val_examples": int(params.x_val.shape[0]),
         "plan_eval_compile_s": compile_s,
         "plan_evals_per_s": batches * batch / eval_s,
+        **race,
         "distinct_plans_evaluated": len(seen),
         "recompiles_after_first_plan": recompiles_eval,
         "agent_chunk_compile_s": agent_compile_s,
         "agent_episodes_per_s": episodes / agent_s,
         "recompiles_agent_after_first_chunk": counter.compiles - before,
         "backend": jax.default_backend(),
+    }
+
+
+def _race_figures(env, params, scored: list[dict]) -> dict[str, float]:
+    """The raced scores of ``scored`` (one dict per batch) against the whole-split scores of the
+    same plans: rank correlation, whether each batch's best plan went on to the whole split,
+    and the whole-split throughput."""
+    from scipy.stats import spearmanr
+
+    full = jax.jit(lambda plans: env.evaluate_plans(plans, params, True))
+    jax.block_until_ready(full(scored[0]["plan"]))  # compile
+    start = time.perf_counter()
+    exact = [jax.device_get(jax.block_until_ready(full(out["plan"]))) for out in scored]
+    full_s = time.perf_counter() - start
+    raced = np.concatenate([out["reward"] for out in scored])
+    whole = np.concatenate([out["reward"] for out in exact])
+    raced_acc = np.concatenate([out["accuracy"] for out in scored])
+    whole_acc = np.concatenate([out["accuracy"] for out in exact])
+    best_kept = [  # the batch's best plan on the whole split was scored on it while racing
+        np.isclose(r["reward"][np.argmax(e["reward"])], e["reward"].max(), atol=1e-6)
+        for r, e in zip(scored, exact, strict=True)
+    ]
+    n = len(raced)
+    return {
+        "race_examples": env.race_examples,
+        "race_keep": env.race_keep,
+        "plan_evals_per_s_whole_split": n / full_s,
+        "race_spearman_reward": float(spearmanr(raced, whole).statistic),
+        "race_spearman_accuracy": float(spearmanr(raced_acc, whole_acc).statistic),
+        "race_batch_best_kept": float(np.mean(best_kept)),
     }
 
 
@@ -365,14 +400,15 @@ def main(argv: list[str]) -> None:
             print(f"{row['case']:<28} {row['lax_ms']:>12.1f} {row['fast_ms']:>12.1f} "
                   f"{row['speedup']:>7.1f}x")  # fmt: skip
         return
-    rest = [a for a in argv[1:] if not a.startswith("budgets=")]
+    rest = [a for a in argv[1:] if not a.startswith(("budgets=", "batches="))]
     budgets = [a.split("=", 1)[1] for a in argv[1:] if a.startswith("budgets=")]
+    batches = [int(a.split("=", 1)[1]) for a in argv[1:] if a.startswith("batches=")]
     if budgets:
         from autocomp.search.benchmarks import bench_budgets
 
         result = bench_budgets(rest, [float(b) for b in budgets[-1].split(",")])
     else:
-        result = bench_search(rest)
+        result = bench_search(rest, *batches[-1:])
     width = max(map(len, result))
     for key, value in result.items():
         shown = f"{value:,.3f}" if isinstance(value, float) else str(value)

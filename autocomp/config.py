@@ -236,6 +236,35 @@ class DistillConfig:
 
 
 @dataclass
+class RaceConfig:
+    """Racing of plan evaluation: every plan of a lockstep batch is scored on the first
+    ``examples`` validation images, and only the ``keep`` share of the batch with the best
+    reward there also on the rest; the others keep the estimate. After the search, the best
+    plans and the accuracy-latency front are re-scored on the whole split until the chosen
+    plan's score is exact (:func:`autocomp.workflow.pipeline.select_plans`).
+
+    Attributes:
+        examples: validation images every plan sees (0: off, every plan sees them all).
+        keep: share of each batch (at least one plan) that goes on to the whole split.
+    """
+
+    examples: int = 0
+    keep: float = 0.25
+
+    def __post_init__(self) -> None:
+        if self.examples < 0 or not 0.0 < self.keep <= 1.0:
+            raise ConfigError(
+                f"env.race: examples >= 0 and keep in (0, 1] required (got examples="
+                f"{self.examples}, keep={self.keep}); env.race.examples=0 turns racing off"
+            )
+
+    @property
+    def spec(self) -> tuple[int, float]:
+        """(examples, keep), as :class:`envs.compression.CompressionEnv` takes it."""
+        return (self.examples, self.keep)
+
+
+@dataclass
 class EnvConfig:
     """The compression environment.
 
@@ -247,6 +276,7 @@ class EnvConfig:
         ratios: compression ratio bins (fraction removed), each in [0, 1); the first must be 0.
         val_examples: cap on validation examples scored per plan (None: all).
         distill: layer-wise distillation of replacement layers.
+        race: racing of plan evaluation (off by default).
     """
 
     techniques: list[str] = field(default_factory=list)
@@ -255,6 +285,7 @@ class EnvConfig:
     )
     val_examples: int | None = None
     distill: DistillConfig = field(default_factory=DistillConfig)
+    race: RaceConfig = field(default_factory=RaceConfig)
 
     def __post_init__(self) -> None:
         for i, ratio in enumerate(self.ratios):

@@ -1,6 +1,7 @@
 """The compression environment: one episode is one sweep over a model's compressible layers."""
 
 import functools
+import math
 from typing import NamedTuple
 
 import jax
@@ -68,11 +69,18 @@ class CompressionEnv:
     - Budgets: an action is masked when even the cheapest completion of the plan would exceed
       a budget (exact for one budget). A masked action sent anyway is projected onto the nearest
       allowed one and ``info.applied_action`` says which: learn from that.
+    - Racing (``race=(n, keep)``, n > 0): :meth:`batch_step` scores every finished plan of a
+      batch on the first ``n`` validation examples, then only the ``ceil(keep * B)`` plans with
+      the best reward on them also on the rest; the others keep the estimate from the ``n``
+      (so a batch is then not ``vmap(step)``: which plans see the rest depends on the batch).
+      ``evaluate_plans(..., full=True)`` scores on the whole split regardless.
     - State: :class:`EnvState`, a pytree of arrays.
     """
 
-    def __init__(self, model, space: SearchSpace):
+    def __init__(self, model, space: SearchSpace, race: tuple[int, float] = (0, 1.0)):
+        """``race``: (examples, keep) of racing in :meth:`batch_step` (0 examples: off)."""
         self.network = as_network(model, space.layers)
+        self.race_examples, self.race_keep = int(race[0]), float(race[1])
         self.space = space
         self.layers = space.layers
         self.techniques: tuple[Technique, ...] = space.techniques
@@ -217,6 +225,31 @@ class CompressionEnv:
         pred = jnp.argmax(self.logits(plan, params, params.x_val), axis=-1)
         return labelled_accuracy(pred, params.y_val)
 
+    def _correct(self, plan, params: EnvParams, x, y) -> Float[Array, ""]:
+        """Number of correctly classified examples of (x, y) under the simulated plan."""
+        pred = jnp.argmax(self.logits(plan, params, x), axis=-1)
+        return jnp.sum(pred == y).astype(jnp.float32)
+
+    def _finish_batch(self, plans, spent, params: EnvParams, full: bool):
+        """(reward, accuracy, violation) [B] of finished plans, raced unless ``full``."""
+        batch, n = plans.shape[0], params.x_val.shape[0]
+        n_race = self.race_examples
+        keep = min(batch, max(1, math.ceil(self.race_keep * batch)))
+        score = jax.vmap(compute_reward, in_axes=(None, 0, 0))
+        if full or n_race <= 0 or n_race >= n or keep >= batch:
+            return jax.lax.map(lambda xs: self._finish(xs[0], xs[1], params), (plans, spent))
+        x_a, y_a = params.x_val[:n_race], params.y_val[:n_race]
+        x_b, y_b = params.x_val[n_race:], params.y_val[n_race:]
+        n_a = jnp.maximum(jnp.sum(y_a >= 0), 1).astype(jnp.float32)
+        n_all = jnp.maximum(jnp.sum(params.y_val >= 0), 1).astype(jnp.float32)
+        right_a = jax.lax.map(lambda plan: self._correct(plan, params, x_a, y_a), plans)
+        estimate, _ = score(params.reward, right_a / n_a, spent[:, :3])
+        _, best = jax.lax.top_k(estimate, keep)
+        right_b = jax.lax.map(lambda plan: self._correct(plan, params, x_b, y_b), plans[best])
+        acc = (right_a / n_a).at[best].set((right_a[best] + right_b) / n_all)
+        reward, violation = score(params.reward, acc, spent[:, :3])
+        return reward, acc, violation
+
     def greedy_tables(
         self, params: EnvParams
     ) -> tuple[Float[Array, "L T R"], Float[Array, "L T R"]]:
@@ -314,19 +347,20 @@ class CompressionEnv:
     def batch_reset(self, keys: Array, params: EnvParams):
         return jax.vmap(self.reset, in_axes=(0, None))(keys, params)
 
-    def batch_step(self, keys: Array, state: EnvState, action: Array, params: EnvParams):
+    def batch_step(
+        self, keys: Array, state: EnvState, action: Array, params: EnvParams, full: bool = False
+    ):
         """``jax.vmap(step)`` for a lockstep batch, with the accuracy of the finished plans
         evaluated by one ``lax.map`` only on the last step (a vmapped ``cond`` would evaluate
-        every step, and vmapped convolutions over different weights are slow on XLA:CPU)."""
+        every step, and vmapped convolutions over different weights are slow on XLA:CPU);
+        raced (see the class) unless ``full``."""
         del keys
         new_state, applied = jax.vmap(self._transition, in_axes=(0, 0, None))(state, action, params)
         done_all = new_state.layer[0] >= self.spec.num_steps  # lockstep: same for all
         batch = action.shape[0]
 
         def finish():
-            return jax.lax.map(
-                lambda xs: self._finish(xs[0], xs[1], params), (new_state.plan, new_state.spent)
-            )
+            return self._finish_batch(new_state.plan, new_state.spent, params, full)
 
         def skip():
             return (jnp.zeros(batch), jnp.zeros(batch), jnp.zeros(batch, bool))
@@ -337,20 +371,30 @@ class CompressionEnv:
         obs = jax.vmap(self._observe, in_axes=(0, None))(new_state, params)
         return obs, new_state, reward, done, info
 
-    @functools.partial(jax.jit, static_argnums=0)
-    def evaluate_plans(self, plans: Int[ArrayLike, "B L 2"], params: EnvParams) -> dict[str, Array]:
+    @functools.partial(jax.jit, static_argnums=(0, 3))
+    def evaluate_plans(
+        self, plans: Int[ArrayLike, "B L 2"], params: EnvParams, full: bool = False
+    ) -> dict[str, Array]:
         """Score given plans exactly as the search does (a lockstep rollout of fixed actions,
-        compiled once as a scan over the layers)."""
+        compiled once as a scan over the layers); ``full``: on the whole validation split,
+        even when the environment races."""
         keys = jax.random.split(jax.random.key(0), plans.shape[0])
         _, state = self.batch_reset(keys, params)
 
         def body(state, actions):
-            _, state, reward, _, info = self.batch_step(keys, state, actions, params)
+            _, state, reward, _, info = self.batch_step(keys, state, actions, params, full)
             return state, (reward, info)
 
         state, (rewards, infos) = jax.lax.scan(body, state, jnp.swapaxes(plans, 0, 1))
         reward, info = jax.tree.map(lambda a: a[-1], (rewards, infos))
         return episode_record(state.plan, reward, info)
+
+    def full_scorer(self, params: EnvParams):
+        """What selection re-scores a raced search's plans with (``plans -> metrics`` on the
+        whole validation split, on the host); None when the environment does not race."""
+        if self.race_examples <= 0:
+            return None
+        return lambda plans: jax.device_get(self.evaluate_plans(plans, params, True))
 
     def _observe(self, state: EnvState, params: EnvParams) -> Observation:
         n_t, n_r = self.spec.num_techniques, self.spec.num_ratios

@@ -213,3 +213,73 @@ def test_infeasible_budget_allows_the_cheapest_and_flags_violation(env_and_param
         obs, state, reward, done, info = step(keys, state, actions, tight)
     assert np.asarray(info.violation).all()
     assert np.all(np.asarray(reward) < 0)
+
+
+@pytest.fixture(scope="module")
+def raced(prepared, env_and_params):
+    """The tiny LeNet's environment racing on 64 validation images (keep 4 of 16), 16 plans
+    of random actions, and their scores on the 64 images alone and on the whole split."""
+    env, params = env_and_params
+    race = CompressionEnv(prepared.ops, prepared.space, race=(64, 0.25))
+    actions = [
+        _random_actions(
+            jax.random.key(20 + layer), (env.spec.num_techniques, len(params.ratios)), 16
+        )
+        for layer in range(env.spec.num_steps)
+    ]
+    plans = env.evaluate_plans(jnp.stack(actions, 1), params)["plan"]
+    head = params._replace(x_val=params.x_val[:64], y_val=params.y_val[:64])
+    scores = {
+        "raced": race.evaluate_plans(plans, params),
+        "whole": env.evaluate_plans(plans, params),
+        "head": env.evaluate_plans(plans, head),
+        "forced": race.evaluate_plans(plans, params, True),
+    }
+    return race, params, plans, jax.device_get(scores)
+
+
+def test_racing_finishes_the_best_quarter_of_a_batch_on_the_whole_split(raced):
+    _, params, _, s = raced
+    assert params.x_val.shape[0] > 64
+    kept = np.argsort(-s["head"]["reward"], kind="stable")[:4]
+    expected = s["head"]["accuracy"].copy()
+    expected[kept] = s["whole"]["accuracy"][kept]
+    np.testing.assert_allclose(s["raced"]["accuracy"], expected, atol=1e-6)
+    assert not np.allclose(s["raced"]["accuracy"], s["whole"]["accuracy"])  # it did race
+    # rewards follow from the raced accuracy; full=True scores everything on the whole split
+    chex.assert_trees_all_close(s["forced"], s["whole"], atol=1e-6)
+    np.testing.assert_allclose(
+        s["raced"]["reward"] - s["whole"]["reward"],
+        (s["raced"]["accuracy"] - s["whole"]["accuracy"]) * float(params.reward.accuracy_weight),
+        atol=1e-5,
+    )
+
+
+def test_selection_after_racing_rescores_until_the_chosen_plan_is_exact(prepared, raced):
+    from autocomp.search.pareto import pareto_front
+    from autocomp.workflow.pipeline import select_plans
+
+    race, params, plans, s = raced
+    history = s["raced"]
+    calls = []
+
+    def rescore(batch):
+        calls.append(len(batch))
+        return race.full_scorer(params)(batch)
+
+    sel = select_plans(prepared.space, history, rescore, batch=4)
+    assert calls and set(calls) == {4}  # padded to one compiled batch size
+    whole = dict(zip(map(bytes, np.asarray(plans)), s["whole"]["reward"], strict=True))
+    exact = np.isclose(sel.reward, [whole[bytes(p)] for p in sel.plans], atol=1e-6)
+    candidates = np.flatnonzero(~sel.violation)
+    assert exact[sel.chosen]
+    assert sel.reward[sel.chosen] >= sel.reward[candidates].max() - 1e-9
+    assert exact[pareto_front(sel.accuracy, sel.costs[:, :1])].all()
+    assert select_plans(prepared.space, history).reward.tolist() != sel.reward.tolist()
+
+
+def test_race_config_names_the_fix():
+    from autocomp.config import ConfigError, RaceConfig
+
+    with pytest.raises(ConfigError, match="env.race.examples=0 turns racing off"):
+        RaceConfig(examples=100, keep=0.0)

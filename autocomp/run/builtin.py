@@ -30,7 +30,7 @@ log = logging.getLogger("autocomp.train")
 
 
 def build_env(p: pipeline.Prepared):
-    env = CompressionEnv(p.ops, p.space)
+    env = CompressionEnv(p.ops, p.space, p.config.env.race.spec)
     n_val = p.config.env.val_examples or len(p.data.x_val)
     params = env.make_params(
         p.base_params, p.aux, p.data.x_val[:n_val], p.data.y_val[:n_val], p.reward
@@ -98,11 +98,12 @@ def finish(p, s: Searched, run_dir, resolved, tracker, show_progress, overrides,
     greedy = s.trainer.policy(s.state, env_params)
     greedy_hist = jax.device_get(env.evaluate_plans(greedy[None], env_params))
     history = pipeline.merge_history(s.history, {k: v[None] for k, v in greedy_hist.items()})
-    sel = pipeline.select(p, history)
+    sel = pipeline.select(p, history, env.full_scorer(env_params))
     indices = sel.plans[sel.chosen]
     comp = pipeline.compress(p, indices, jax.jit(lambda x: env.logits(indices, env_params, x)))
+    resume = pipeline.run_paths(run_dir)["finetune"] if config.resume else None
     with EpochBar("fine-tune (KD)", config.finetune.epochs, show_progress) as bar:
-        params, test_acc = pipeline.finetune_compressed(p, comp, on_epoch=bar.callback)
+        params, test_acc = pipeline.finetune_compressed(p, comp, bar.callback, resume)
     base = pipeline.model_metrics(p, p.ops, p.base_params, p.base_test_accuracy)
     compressed = pipeline.model_metrics(p, comp.ops, params, test_acc)
     metrics = _metrics(p, sel, comp, base, compressed, history, s.timings, started)

@@ -111,7 +111,7 @@ def compress_config(
     greedy = trainer.policy(state, env_params)
     greedy_hist = jax.device_get(env.evaluate_plans(greedy[None], env_params))
     history = merge_history(history, {k: v[None] for k, v in greedy_hist.items()})
-    sel = select_plans(space, history)
+    sel = select_plans(space, history, env.full_scorer(env_params))
     indices = sel.plans[sel.chosen]
     plan = plan_from_indices(net.name, net.layers, techniques, ratios, indices)
     cmp = compressed_model(net, aux, techniques, plan)

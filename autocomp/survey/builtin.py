@@ -30,7 +30,7 @@ from autocomp.io import append_jsonl, atomic_write_bytes, atomic_write_text, rea
 from autocomp.models.ops import Op, walk_shapes
 from autocomp.search.plan import LayerChoice, Plan, materialize
 from autocomp.techniques import family, identity_index, make_techniques, technique_fits
-from autocomp.training.loop import accuracy, finetune, predict
+from autocomp.training.loop import accuracy, finetune
 from autocomp.workflow.pipeline import Prepared, prepare
 
 log = logging.getLogger(__name__)
@@ -137,8 +137,7 @@ def run_survey(config: RootConfig) -> list[SurveyRow]:
     p = prepare(config)
     data = finetune_data(p.data)
 
-    def teacher(x):
-        return predict(p.ops, p.base_params, x)
+    teacher = (p.ops, p.base_params)
 
     def make_row(name, ratio, plan) -> SurveyRow:
         if plan is None:

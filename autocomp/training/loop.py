@@ -93,9 +93,11 @@ def make_optimizer(name: str, learning_rate: float, weight_decay: float, steps: 
     return optax.adamw(schedule, weight_decay=weight_decay)
 
 
-def _make_step(model, tx, mask_tree: dict, augment: bool, aug_key, temperature, alpha):
+def _make_step(model, tx, mask_tree: dict, augment: bool, aug_key, temperature, alpha, teacher):
     """The jitted training step of :func:`fit` (augmentation, batch norm, distillation, masks
-    kept after every update) and the masking function."""
+    kept after every update) and the masking function. With augmentation the teacher
+    (``SequentialNet``, its params passed to the step) sees the same augmented batch as the
+    student; without, its logits come precomputed (``t_logits``)."""
 
     def apply_masks(p):
         return {
@@ -104,9 +106,11 @@ def _make_step(model, tx, mask_tree: dict, augment: bool, aug_key, temperature, 
         }
 
     @jax.jit
-    def step(p, stats, s, x, y, t_logits, i):
+    def step(p, stats, s, x, y, t_logits, i, t_params):
         if augment:
             x = augment_batch(jax.random.fold_in(aug_key, i), x)
+            if teacher is not None:
+                t_logits = teacher.apply({"params": t_params}, x)
 
         def loss_fn(p):
             variables = {"params": p, **({"batch_stats": stats} if stats else {})}
@@ -137,7 +141,7 @@ def fit(
     optimizer: str = "adamw",
     augment: bool = False,
     batch_stats: dict | None = None,
-    teacher: Callable[[np.ndarray], np.ndarray] | None = None,
+    teacher: tuple[tuple[Op, ...], dict] | None = None,
     temperature: float = 1.0,
     alpha: float = 1.0,
     masks: dict[str, np.ndarray] | None = None,
@@ -146,8 +150,9 @@ def fit(
 ) -> tuple[dict, dict]:
     """Train ``ops`` from ``params``; returns (params, batch_stats).
 
-    Optional distillation from ``teacher`` logits, fixed sparsity ``masks`` (op name -> kernel
-    mask) that every update keeps, batch norm (``batch_stats``) and augmentation. With
+    Optional distillation from ``teacher`` (its ops and params; with ``augment`` it sees the
+    student's augmented batches), fixed sparsity ``masks`` (op name -> kernel mask) that every
+    update keeps, batch norm (``batch_stats``) and augmentation. With
     ``checkpoint``, the state is saved atomically after every epoch and a run that finds one
     continues from it (the epoch order is a function of (seed, epoch), so a resumed run sees
     the same batches as an uninterrupted one).
@@ -161,7 +166,11 @@ def fit(
     batch_stats = batch_stats or {}
     aug_key = jax.random.key(seed + 1)
 
-    step, apply_masks = _make_step(model, tx, mask_tree, augment, aug_key, temperature, alpha)
+    t_model = SequentialNet(teacher[0]) if teacher is not None else None
+    t_params = jax.tree.map(jnp.asarray, teacher[1]) if teacher is not None else None
+    step, apply_masks = _make_step(
+        model, tx, mask_tree, augment, aug_key, temperature, alpha, t_model
+    )
     params = apply_masks(jax.tree.map(jnp.asarray, params))
     batch_stats = jax.tree.map(jnp.asarray, batch_stats)
     opt_state = tx.init(params)
@@ -173,7 +182,9 @@ def fit(
             int(state["epoch"]), state["params"], state["stats"], state["opt"]
         )  # fmt: skip
         log.info("resuming training from %s at epoch %d", checkpoint, first_epoch)
-    teacher_train = teacher(data.x_train) if teacher is not None else None
+    teacher_train = None
+    if teacher is not None and not augment:  # precomputed once; augmented: inside the step
+        teacher_train = predict(teacher[0], teacher[1], data.x_train)
     split = batch_sharding(batch_size)  # data-parallel over the local devices (or None)
     for epoch in range(first_epoch, epochs):
         losses = []
@@ -183,8 +194,9 @@ def fit(
             t_logits = teacher_train[sel] if teacher_train is not None else None
             x, y, t_logits = put_batch(split, data.x_train[sel], data.y_train[sel], t_logits)
             params, batch_stats, opt_state, loss = step(
-                params, batch_stats, opt_state, x, y, t_logits, epoch * steps_per_epoch + b
-            )
+                params, batch_stats, opt_state, x, y, t_logits, epoch * steps_per_epoch + b,
+                t_params,
+            )  # fmt: skip
             losses.append(loss)
         if checkpoint is not None and epoch + 1 < epochs:
             state = {"epoch": epoch + 1, "params": params, "stats": batch_stats, "opt": opt_state}
@@ -331,11 +343,13 @@ def finetune(
     masks: dict[str, np.ndarray],
     data: Dataset,
     cfg: FinetuneConfig,
-    teacher: Callable[[np.ndarray], np.ndarray],
+    teacher: tuple[tuple[Op, ...], dict],
     seed: int,
     on_epoch: Callable[[int, float], None] | None = None,
+    checkpoint: Path | None = None,
 ) -> dict:
-    """Distil the base model into the compressed one, keeping sparsity masks."""
+    """Distil the base model (``teacher``: its ops and params) into the compressed one, keeping
+    sparsity masks; with ``checkpoint``, resumable after every epoch (see :func:`fit`)."""
     return fit(
         ops,
         params,
@@ -350,5 +364,6 @@ def finetune(
         temperature=cfg.temperature,
         alpha=cfg.alpha,
         masks=masks,
+        checkpoint=checkpoint,
         on_epoch=on_epoch,
     )[0]

@@ -181,7 +181,7 @@ def search_setup(net, data: Dataset, config, profile, techniques, ctx, env_cls) 
     x_val, y_val = data.x_val[:n_val], data.y_val[:n_val]
     base_val = float(np.mean(predict(net.forward, base_params, x_val).argmax(-1) == y_val))
     reward = make_reward_params(config.reward, tuple(space.base[:3]), base_val)
-    env = env_cls(net, space)
+    env = env_cls(net, space, config.env.race.spec)
     env_params = shard_env_params(env.make_params(base_params, aux, x_val, y_val, reward))
     return SearchSetup(space, aux, env, env_params, base_val)
 
@@ -329,16 +329,18 @@ def finetune(net, cmp, data: Dataset, cfg, seed: int, base_params, on_epoch=None
 
     if cfg.epochs == 0:
         return cmp.params
-    teacher = predict(net.forward, base_params, data.x_train)
+    # augmented: the teacher sees the student's augmented batch, inside the step
+    teacher = None if cfg.augment else predict(net.forward, base_params, data.x_train)
     batch = min(cfg.batch_size, len(data.x_train))
     steps_per_epoch = max(1, len(data.x_train) // batch)
     tx = make_optimizer("adamw", cfg.learning_rate, 0.0, cfg.epochs * steps_per_epoch)
     masks = {k: jnp.asarray(m) for k, m in cmp.masks.items()}
 
     @jax.jit
-    def step(p, s, x, y, t, key):
+    def step(p, s, x, y, t, key, t_params):
         if cfg.augment:
             x = augment_batch(key, x)
+            t = net.forward(t_params, x)
         loss, grads = jax.value_and_grad(
             lambda p: _kd_loss(cmp.logits(p, x), y, t, cfg.temperature, cfg.alpha)
         )(p)
@@ -346,6 +348,7 @@ def finetune(net, cmp, data: Dataset, cfg, seed: int, base_params, on_epoch=None
         return keep_masks(optax.apply_updates(p, updates), masks), s, loss
 
     params = jax.tree.map(jnp.asarray, cmp.params)
+    t_params = jax.tree.map(jnp.asarray, base_params)
     state = tx.init(params)
     key = jax.random.key(seed + 1)
     split = batch_sharding(batch)
@@ -353,10 +356,12 @@ def finetune(net, cmp, data: Dataset, cfg, seed: int, base_params, on_epoch=None
         order = np.random.default_rng([seed, epoch]).permutation(len(data.x_train))
         for b in range(steps_per_epoch):
             sel = order[b * batch : (b + 1) * batch]
-            x, y, t = put_batch(split, data.x_train[sel], data.y_train[sel], teacher[sel])
+            t = teacher[sel] if teacher is not None else None
+            x, y, t = put_batch(split, data.x_train[sel], data.y_train[sel], t)
             params, state, loss = step(
-                params, state, x, y, t, jax.random.fold_in(key, epoch * steps_per_epoch + b)
-            )
+                params, state, x, y, t, jax.random.fold_in(key, epoch * steps_per_epoch + b),
+                t_params,
+            )  # fmt: skip
         if on_epoch is not None:
             on_epoch(epoch, float(loss))
     return jax.tree.map(np.asarray, params)

@@ -4,6 +4,7 @@ agent (autocomp never imports ``envs`` or ``agents``)."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -113,13 +114,21 @@ class Selection:
     chosen: int
 
 
-def select(prepared: Prepared, history: dict[str, np.ndarray]) -> Selection:
+def select(prepared: Prepared, history: dict[str, np.ndarray], rescore=None) -> Selection:
     """Deduplicate evaluated plans, find the Pareto front, pick the best plan within budgets."""
-    return select_plans(prepared.space, history)
+    return select_plans(prepared.space, history, rescore)
 
 
-def select_plans(space: SearchSpace, history: dict[str, np.ndarray]) -> Selection:
-    """:func:`select` for any model's search space."""
+def select_plans(
+    space: SearchSpace,
+    history: dict[str, np.ndarray],
+    rescore: Callable[[np.ndarray], dict] | None = None,
+    batch: int = 16,
+) -> Selection:
+    """:func:`select` for any model's search space. ``rescore(plans int[B, L, 2])`` (after a
+    raced search: the environment's whole-split ``evaluate_plans``) re-scores, ``batch`` plans
+    at a time, the best in-budget plans and the accuracy-latency front until the chosen plan
+    and that front have exact scores."""
     flat = history["plan"].reshape(len(history["plan"]), -1)
     _, first = np.unique(flat, axis=0, return_index=True)
     first = np.sort(first)
@@ -127,13 +136,38 @@ def select_plans(space: SearchSpace, history: dict[str, np.ndarray]) -> Selectio
     costs = np.stack([plan_cost(space, p) for p in plans])
     reward, acc = history["reward"][first], history["accuracy"][first]
     violation = history["violation"][first]
-    front = pareto_front(acc, costs[:, :3])
     candidates = np.flatnonzero(~violation)
     if len(candidates) == 0:
         log.warning("no evaluated plan meets the budgets; choosing the best-reward plan anyway")
         candidates = np.arange(len(plans))
+    if rescore is not None:
+        reward, acc = _settle(plans, costs, reward, acc, candidates, rescore, batch)
+    front = pareto_front(acc, costs[:, :3])
     chosen = int(candidates[np.argmax(reward[candidates])])
     return Selection(plans, reward, acc, costs, violation, front, chosen)
+
+
+def _settle(plans, costs, reward, acc, candidates, rescore, batch: int):
+    """Re-score plans until the best candidate and the accuracy-latency front are exact; each
+    round scores the ones still estimated, topped up with the next best candidates."""
+    reward, acc = reward.astype(np.float64), acc.astype(np.float64)
+    exact = np.zeros(len(plans), bool)
+    while True:
+        chosen = candidates[np.argmax(reward[candidates])]
+        need = np.union1d(pareto_front(acc, costs[:, :1]), [chosen])
+        need = need[~exact[need]]
+        if len(need) == 0:
+            log.info("racing: %d plans re-scored on the whole validation split", exact.sum())
+            return reward, acc
+        order = candidates[np.argsort(-reward[candidates], kind="stable")]
+        extra = order[~exact[order] & ~np.isin(order, need)]
+        todo = np.concatenate([need, extra[: -len(need) % batch]])
+        padded = np.concatenate([todo, np.full(-len(todo) % batch, todo[-1])])
+        for i in range(0, len(padded), batch):
+            out = rescore(plans[padded[i : i + batch]])
+            reward[padded[i : i + batch]] = np.asarray(out["reward"])
+            acc[padded[i : i + batch]] = np.asarray(out["accuracy"])
+        exact[todo] = True
 
 
 @dataclass(frozen=True)
@@ -212,15 +246,16 @@ def model_metrics(
     }
 
 
-def finetune_compressed(p: Prepared, c: Compressed, on_epoch=None) -> tuple[dict, float]:
-    """Distil the base model into the compressed one; returns (params, test accuracy)."""
-
-    def teacher(x):
-        return predict(p.ops, p.base_params, x)
-
+def finetune_compressed(
+    p: Prepared, c: Compressed, on_epoch=None, checkpoint: Path | None = None
+) -> tuple[dict, float]:
+    """Distil the base model into the compressed one (resumable with ``checkpoint``); returns
+    (params, test accuracy)."""
+    teacher = (p.ops, p.base_params)
     params = finetune(
-        c.ops, c.params, c.masks, p.data, p.config.finetune, teacher, p.config.seed, on_epoch
-    )
+        c.ops, c.params, c.masks, p.data, p.config.finetune, teacher, p.config.seed, on_epoch,
+        checkpoint,
+    )  # fmt: skip
     return params, accuracy(c.ops, params, p.data.x_test, p.data.y_test)
 
 
@@ -264,6 +299,7 @@ def run_paths(run_dir: Path) -> dict[str, Path]:
         "params": run_dir / "compressed_params.msgpack",
         "pareto": run_dir / "pareto.png",
         "checkpoint": run_dir / "checkpoint" / "search.msgpack",
+        "finetune": run_dir / "checkpoint" / "finetune.msgpack",
         "run": run_dir / "run.json",
     }
 
