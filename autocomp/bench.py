@@ -24,6 +24,11 @@ prediction. Ends with ``MAPE=<percent> spearman=<rho> plans=<n>``.
 plan evaluations and seeds; writes ``agents.md``, ``agents.csv``, ``best_reward.png`` and the
 per-run ``runs.jsonl`` (a killed benchmark continues; see :mod:`autocomp.run.compare`).
 
+``python -m autocomp.bench rank [experiment=mnist] [plans=30] [short=4096]
+[out=outputs/bench/rank/<experiment>]``: one search, then ``plans`` of its plans fine-tuned as the
+experiment does, and the Spearman correlation of the search's score (and of a short fine-tuning)
+with the fine-tuned test accuracy (resumable; see :mod:`autocomp.run.rank`).
+
 ``python -m autocomp.bench convs [batch=64]``: forward+backward time of depthwise and grouped
 convs (VGG-sized CIFAR-10 shapes) as XLA:CPU trains them (:func:`autocomp.models.convs.conv_nhwc`)
 against the one grouped ``lax`` conv the export lowers them to.
@@ -344,9 +349,23 @@ def bench_agents(argv: list[str]) -> None:
         print(f"{kind}: {path}")
 
 
+def bench_rank(argv: list[str]) -> None:
+    from autocomp.run.compose import compose
+    from autocomp.run.rank import rank_plans
+
+    opts = dict(a.split("=", 1) for a in argv if a.split("=", 1)[0] in ("plans", "short", "out"))
+    rest = [a for a in argv if a.split("=", 1)[0] not in ("plans", "short", "out")]
+    name = compose(rest).name
+    out = Path(opts.get("out", f"outputs/bench/rank/{name}"))
+    result = rank_plans(rest, out, int(opts.get("plans", 30)), int(opts.get("short", 4096)))
+    print(f"wrote {out / 'rank.md'} and {out / 'rank.png'}")
+    print(" ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}"
+                   for k, v in result.items()))  # fmt: skip
+
+
 def main(argv: list[str]) -> None:
     if not argv or argv[0] not in (
-        "search", "scale", "survey", "costs", "convs", "phones", "agents"
+        "search", "scale", "survey", "costs", "convs", "phones", "agents", "rank"
     ):  # fmt: skip
         print(
             "usage: python -m autocomp.bench search [budgets=0.3,0.5,0.7] [hydra overrides...]\n"
@@ -357,6 +376,8 @@ def main(argv: list[str]) -> None:
             "[hydra overrides...]\n"
             "       python -m autocomp.bench costs [experiment=<name>] [plans=50] [threads=1] "
             "[device=host] [hydra overrides...]\n"
+            "       python -m autocomp.bench rank [experiment=<name>] [plans=30] [short=4096] "
+            "[out=dir] [hydra overrides...]\n"
             "       python -m autocomp.bench convs [batch=64]\n"
             "       python -m autocomp.bench phones [source=../shared/data/phones] "
             "[plot=docs/phones.png]"
@@ -393,6 +414,9 @@ def main(argv: list[str]) -> None:
         return
     if argv[0] == "agents":
         bench_agents(argv[1:])
+        return
+    if argv[0] == "rank":
+        bench_rank(argv[1:])
         return
     if argv[0] == "convs":
         print(f"{'case':<28} {'lax conv ms':>12} {'autocomp ms':>12} {'speedup':>8}")

@@ -1,0 +1,173 @@
+"""How well a search's score of a plan predicts what the plan becomes after fine-tuning: the runs
+behind ``python -m autocomp.bench rank``.
+
+One search of the experiment (resumable: its checkpoint is in ``out/search.msgpack``), then
+``plans`` of its distinct evaluated plans: half spread evenly along the accuracy-latency front,
+half spread evenly over the score ranks of the in-budget plans. Each is materialized and
+
+- scored as the search scored it (``score``: validation accuracy of the simulated plan, no
+  fine-tuning),
+- fine-tuned briefly (``short``: one pass of distillation over ``short`` training images, then
+  validation accuracy: the re-ranking lever, a few hundred steps),
+- fine-tuned as the experiment's run does (``finetuned``: test accuracy).
+
+Each plan's record goes to ``out/plans.jsonl`` as soon as it is done (a killed benchmark
+continues); ``rank.md`` holds the Spearman correlations of ``score`` and ``short`` with
+``finetuned``, over all the plans and over the in-budget ones, and ``rank.png`` the scatter.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from agents import AGENTS
+from autocomp.io import append_jsonl, atomic_write_text, read_jsonl
+from autocomp.run.builtin import build_env
+from autocomp.run.compose import compose
+from autocomp.search.loop import run_search
+from autocomp.search.pareto import pareto_front
+from autocomp.training.loop import accuracy
+from autocomp.workflow import pipeline
+from autocomp.workflow.tracking import NullTracker
+
+log = logging.getLogger("autocomp.bench")
+
+
+def spread(sel: pipeline.Selection, n: int) -> list[int]:
+    """``n`` distinct plans of a selection: half evenly along the accuracy-latency front, the
+    rest evenly over the score ranks of the in-budget plans (fewer if there are not so many)."""
+    front = pareto_front(sel.accuracy, sel.costs[:, :1])
+    front = front[np.argsort(sel.costs[front, 0])]
+    picked = list(dict.fromkeys(front[np.linspace(0, len(front) - 1, min(n // 2, len(front)))
+                                      .round().astype(int)].tolist()))  # fmt: skip
+    inside = np.flatnonzero(~sel.violation)
+    inside = inside[np.argsort(-sel.accuracy[inside], kind="stable")]
+    inside = np.array([i for i in inside if i not in picked], int)
+    rest = min(n - len(picked), len(inside))
+    if rest > 0:
+        picked += inside[np.linspace(0, len(inside) - 1, rest).round().astype(int)].tolist()
+    return list(dict.fromkeys(picked))
+
+
+def _spearman(a, b) -> float:
+    from scipy.stats import spearmanr
+
+    return float(spearmanr(a, b).statistic) if len(a) > 2 else float("nan")
+
+
+def rank_plans(
+    overrides: Sequence[str],
+    out_dir: Path,
+    plans: int = 30,
+    short: int = 4096,
+    show_progress: bool = True,
+) -> dict[str, float]:
+    """Run (or resume) the benchmark into ``out_dir``; returns the correlations."""
+    if plans < 3 or short < 1:
+        raise ValueError(f"plans={plans} must be >= 3 and short={short} >= 1")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    config = compose(overrides)
+    fingerprint = hashlib.sha256(json.dumps([list(overrides), plans]).encode()).hexdigest()
+    p = pipeline.prepare(config)
+    env, env_params = build_env(p)
+    trainer = AGENTS[config.agent.name].make_trainer(config.agent, env)
+    started = time.perf_counter()
+    state, history, _ = run_search(
+        trainer, env_params, jax.random.key(config.seed), NullTracker(),
+        out_dir / "search.msgpack", fingerprint, show_progress,
+    )  # fmt: skip
+    sel = pipeline.select(p, history, env.full_scorer(env_params))
+    log.info("rank: search done in %.0f s, %d distinct plans", time.perf_counter() - started,
+             len(sel.plans))  # fmt: skip
+    records_path = out_dir / "plans.jsonl"
+    records = read_jsonl(records_path) if records_path.exists() else []
+    done = {r["key"] for r in records}
+    brief = dataclasses.replace(config, finetune=dataclasses.replace(config.finetune, epochs=1))
+    brief_data = p.data._replace(x_train=p.data.x_train[:short], y_train=p.data.y_train[:short])
+    logits = jax.jit(lambda plan, x: env.logits(plan, env_params, x))
+    for k, i in enumerate(spread(sel, plans)):
+        indices = sel.plans[i]
+        key = " ".join(f"{t}:{r}" for t, r in indices)
+        if key in done:
+            continue
+        t0 = time.perf_counter()
+        comp = pipeline.compress(p, indices, lambda x, plan=indices: logits(plan, x))
+        quick = dataclasses.replace(p, config=brief, data=brief_data)
+        params, _ = pipeline.finetune_compressed(quick, comp)
+        short_acc = accuracy(comp.ops, params, p.data.x_val, p.data.y_val)
+        _, test_acc = pipeline.finetune_compressed(p, comp)
+        record = {
+            "key": key,
+            "in_budget": bool(~sel.violation[i]),
+            "latency_ms": float(sel.costs[i, 0]),
+            "reward": float(sel.reward[i]),
+            "score": float(sel.accuracy[i]),
+            "short": short_acc,
+            "finetuned": test_acc,
+            "seconds": time.perf_counter() - t0,
+        }
+        append_jsonl(records_path, record)
+        records.append(record)
+        log.info("rank: plan %d/%d score %.4f short %.4f fine-tuned %.4f (%.0f s)", k + 1,
+                 plans, record["score"], short_acc, test_acc, record["seconds"])  # fmt: skip
+    return write_report(out_dir, records, config, short)
+
+
+def write_report(out_dir: Path, records: list[dict], config, short: int) -> dict[str, float]:
+    """``rank.md`` (correlations and every plan) and ``rank.png`` (score against result)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = {k: np.array([r[k] for r in records]) for k in ("score", "short", "finetuned")}
+    inside = np.array([r["in_budget"] for r in records])
+    result = {
+        "plans": len(records),
+        "in_budget": int(inside.sum()),
+        "spearman_score": _spearman(cols["score"], cols["finetuned"]),
+        "spearman_short": _spearman(cols["short"], cols["finetuned"]),
+        "spearman_score_in_budget": _spearman(cols["score"][inside], cols["finetuned"][inside]),
+        "spearman_short_in_budget": _spearman(cols["short"][inside], cols["finetuned"][inside]),
+    }
+    lines = [
+        f"# Search score against fine-tuned accuracy: {config.name}",
+        "",
+        f"{len(records)} plans ({result['in_budget']} in budget); `score`: validation accuracy "
+        f"of the simulated plan (what the search ranks by); `short`: validation accuracy after "
+        f"one distillation pass over {short} training images; `finetuned`: test accuracy after "
+        f"the experiment's fine-tuning ({config.finetune.epochs} epochs).",
+        "",
+        "| Spearman with `finetuned` | all plans | in budget |",
+        "|---|---|---|",
+        f"| `score` | {result['spearman_score']:.3f} | {result['spearman_score_in_budget']:.3f} |",
+        f"| `short` | {result['spearman_short']:.3f} | {result['spearman_short_in_budget']:.3f} |",
+        "",
+        "| latency (ms) | in budget | score | short | finetuned | plan |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in sorted(records, key=lambda r: r["latency_ms"]):
+        lines.append(f"| {r['latency_ms']:.4f} | {'yes' if r['in_budget'] else 'no'} | "
+                     f"{r['score']:.4f} | {r['short']:.4f} | {r['finetuned']:.4f} | "
+                     f"`{r['key']}` |")  # fmt: skip
+    atomic_write_text(out_dir / "rank.md", "\n".join(lines) + "\n")
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    ax.scatter(cols["score"], cols["finetuned"], label="score (no fine-tuning)", s=14)
+    ax.scatter(cols["short"], cols["finetuned"], label=f"short ({short} images)", s=14, marker="x")
+    ax.set_xlabel("validation accuracy before the full fine-tuning")
+    ax.set_ylabel("test accuracy after fine-tuning")
+    ax.set_title(config.name)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out_dir / "rank.png", dpi=120)
+    plt.close(fig)
+    return result
