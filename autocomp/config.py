@@ -197,8 +197,18 @@ class FinetuneConfig:
     temperature: float = 4.0
     alpha: float = 0.5  # weight of the hard-label loss; 1 - alpha goes to the teacher
     augment: bool = False
+    # re-ranking: the best `rerank` in-budget plans of the search (by reward) each get one pass
+    # of distillation over `rerank_examples` training images, and the one with the best
+    # validation accuracy after it is chosen (0: the best reward is chosen)
+    rerank: int = 0
+    rerank_examples: int = 4096
 
     def __post_init__(self) -> None:
+        if self.rerank < 0 or self.rerank_examples < 1:
+            raise ConfigError(
+                f"finetune.rerank={self.rerank} must be >= 0 (0: off) and "
+                f"finetune.rerank_examples={self.rerank_examples} >= 1"
+            )
         if not 0.0 <= self.alpha <= 1.0:
             raise ConfigError(f"finetune.alpha={self.alpha} must be in [0, 1]")
         if self.temperature <= 0:

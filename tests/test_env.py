@@ -283,3 +283,24 @@ def test_race_config_names_the_fix():
 
     with pytest.raises(ConfigError, match="env.race.examples=0 turns racing off"):
         RaceConfig(examples=100, keep=0.0)
+
+
+def test_rerank_chooses_by_accuracy_after_a_short_fine_tuning(prepared, raced):
+    import dataclasses
+
+    from autocomp.workflow import pipeline
+
+    race, params, _, s = raced
+    cfg = dataclasses.replace(prepared.config.finetune, rerank=3, rerank_examples=128)
+    p = dataclasses.replace(prepared, config=dataclasses.replace(prepared.config, finetune=cfg))
+    sel = pipeline.select_plans(p.space, s["whole"])
+    logits = jax.jit(lambda plan, x: race.logits(plan, params, x))
+    new, rows = pipeline.rerank(p, sel, lambda plan: lambda x: logits(plan, x))
+    inside = np.flatnonzero(~sel.violation)
+    top = inside[np.argsort(-sel.reward[inside], kind="stable")][:3]
+    assert [r["plan"] for r in rows] == top.tolist()
+    assert new.chosen == max(rows, key=lambda r: r["short_finetune_val_accuracy"])["plan"]
+    c = pipeline.compress(p, sel.plans[new.chosen], lambda x: logits(sel.plans[new.chosen], x))
+    assert pipeline.short_finetune(p, c, 128) == pytest.approx(
+        max(r["short_finetune_val_accuracy"] for r in rows)
+    )  # deterministic

@@ -99,14 +99,24 @@ def finish(p, s: Searched, run_dir, resolved, tracker, show_progress, overrides,
     greedy_hist = jax.device_get(env.evaluate_plans(greedy[None], env_params))
     history = pipeline.merge_history(s.history, {k: v[None] for k, v in greedy_hist.items()})
     sel = pipeline.select(p, history, env.full_scorer(env_params))
+    logits = jax.jit(lambda plan, x: env.logits(plan, env_params, x))
+
+    def simulated(plan):
+        return lambda x: logits(plan, x)
+
+    reranked = []
+    if config.finetune.rerank > 0:
+        sel, reranked = pipeline.rerank(p, sel, simulated)
     indices = sel.plans[sel.chosen]
-    comp = pipeline.compress(p, indices, jax.jit(lambda x: env.logits(indices, env_params, x)))
+    comp = pipeline.compress(p, indices, simulated(indices))
     resume = pipeline.run_paths(run_dir)["finetune"] if config.resume else None
     with EpochBar("fine-tune (KD)", config.finetune.epochs, show_progress) as bar:
         params, test_acc = pipeline.finetune_compressed(p, comp, bar.callback, resume)
     base = pipeline.model_metrics(p, p.ops, p.base_params, p.base_test_accuracy)
     compressed = pipeline.model_metrics(p, comp.ops, params, test_acc)
     metrics = _metrics(p, sel, comp, base, compressed, history, s.timings, started)
+    if reranked:
+        metrics["search"]["rerank"] = reranked
     paths = write_run(run_dir, p, sel, comp, params, metrics, resolved, overrides)
     _track(tracker, p, sel, comp, base, compressed, paths["pareto"])
     print_report(metrics, comp.plan, p.profile.name)

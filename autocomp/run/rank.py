@@ -18,7 +18,6 @@ continues); ``rank.md`` holds the Spearman correlations of ``score`` and ``short
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import logging
@@ -35,7 +34,6 @@ from autocomp.run.builtin import build_env
 from autocomp.run.compose import compose
 from autocomp.search.loop import run_search
 from autocomp.search.pareto import pareto_front
-from autocomp.training.loop import accuracy
 from autocomp.workflow import pipeline
 from autocomp.workflow.tracking import NullTracker
 
@@ -91,8 +89,6 @@ def rank_plans(
     records_path = out_dir / "plans.jsonl"
     records = read_jsonl(records_path) if records_path.exists() else []
     done = {r["key"] for r in records}
-    brief = dataclasses.replace(config, finetune=dataclasses.replace(config.finetune, epochs=1))
-    brief_data = p.data._replace(x_train=p.data.x_train[:short], y_train=p.data.y_train[:short])
     logits = jax.jit(lambda plan, x: env.logits(plan, env_params, x))
     for k, i in enumerate(spread(sel, plans)):
         indices = sel.plans[i]
@@ -101,9 +97,7 @@ def rank_plans(
             continue
         t0 = time.perf_counter()
         comp = pipeline.compress(p, indices, lambda x, plan=indices: logits(plan, x))
-        quick = dataclasses.replace(p, config=brief, data=brief_data)
-        params, _ = pipeline.finetune_compressed(quick, comp)
-        short_acc = accuracy(comp.ops, params, p.data.x_val, p.data.y_val)
+        short_acc = pipeline.short_finetune(p, comp, short)
         _, test_acc = pipeline.finetune_compressed(p, comp)
         record = {
             "key": key,

@@ -3,6 +3,7 @@ agent (autocomp never imports ``envs`` or ``agents``)."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -168,6 +169,40 @@ def _settle(plans, costs, reward, acc, candidates, rescore, batch: int):
             reward[padded[i : i + batch]] = np.asarray(out["reward"])
             acc[padded[i : i + batch]] = np.asarray(out["accuracy"])
         exact[todo] = True
+
+
+def short_finetune(p: Prepared, c: Compressed, examples: int) -> float:
+    """Validation accuracy of a compressed model after one distillation pass over the first
+    ``examples`` training images (the experiment's other fine-tuning settings)."""
+    cfg = dataclasses.replace(p.config.finetune, epochs=1)
+    data = p.data._replace(x_train=p.data.x_train[:examples], y_train=p.data.y_train[:examples])
+    brief = dataclasses.replace(p, config=dataclasses.replace(p.config, finetune=cfg), data=data)
+    params, _ = finetune_compressed(brief, c)
+    return accuracy(c.ops, params, p.data.x_val, p.data.y_val)
+
+
+def rerank(p: Prepared, sel: Selection, simulated_logits) -> tuple[Selection, list[dict]]:
+    """Choose among the best ``finetune.rerank`` in-budget plans (by reward) by their
+    validation accuracy after a short fine-tuning (:func:`short_finetune` of
+    ``finetune.rerank_examples`` images); ``simulated_logits(indices)`` gives a plan's simulated
+    ``x -> logits``. Returns the selection with its new choice and a row per candidate."""
+    cfg = p.config.finetune
+    candidates = np.flatnonzero(~sel.violation)
+    if len(candidates) == 0:
+        candidates = np.arange(len(sel.plans))
+    candidates = candidates[np.argsort(-sel.reward[candidates], kind="stable")][: cfg.rerank]
+    rows = []
+    for i in candidates:
+        comp = compress(p, sel.plans[i], simulated_logits(sel.plans[i]))
+        short = short_finetune(p, comp, cfg.rerank_examples)
+        row = {"plan": int(i), "reward": float(sel.reward[i]), "short_finetune_val_accuracy": short}
+        rows.append({**row, "val_accuracy": float(sel.accuracy[i])})
+        log.info(
+            "re-rank %d/%d: reward %.4f, val accuracy %.4f, after a short fine-tuning %.4f",
+            len(rows), len(candidates), sel.reward[i], sel.accuracy[i], short,
+        )  # fmt: skip
+    best = max(rows, key=lambda r: r["short_finetune_val_accuracy"])["plan"]
+    return dataclasses.replace(sel, chosen=best), rows
 
 
 @dataclass(frozen=True)
