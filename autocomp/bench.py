@@ -36,14 +36,12 @@ against the one grouped ``lax`` conv the export lowers them to.
 
 from __future__ import annotations
 
-import contextlib
 import sys
 import time
 from collections import Counter
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 
@@ -112,7 +110,11 @@ def bench_search(overrides: list[str], batches: int = 20) -> dict[str, float]:
         scored.append(out)
     eval_s = time.perf_counter() - start
     recompiles_eval = counter.compiles - before
-    race = _race_figures(env, params, scored) if config.env.race.examples > 0 else {}
+    race = {}
+    if config.env.race.examples > 0:
+        from autocomp.search.benchmarks import race_figures
+
+        race = race_figures(env, params, scored)
 
     trainer = AGENTS[config.agent.name].make_trainer(config.agent, env)
     state = trainer.init(jax.random.key(0))
@@ -139,36 +141,6 @@ def bench_search(overrides: list[str], batches: int = 20) -> dict[str, float]:
         "agent_episodes_per_s": episodes / agent_s,
         "recompiles_agent_after_first_chunk": counter.compiles - before,
         "backend": jax.default_backend(),
-    }
-
-
-def _race_figures(env, params, scored: list[dict]) -> dict[str, float]:
-    """The raced scores of ``scored`` (one dict per batch) against the whole-split scores of the
-    same plans: rank correlation, whether each batch's best plan went on to the whole split,
-    and the whole-split throughput."""
-    from scipy.stats import spearmanr
-
-    full = jax.jit(lambda plans: env.evaluate_plans(plans, params, True))
-    jax.block_until_ready(full(scored[0]["plan"]))  # compile
-    start = time.perf_counter()
-    exact = [jax.device_get(jax.block_until_ready(full(out["plan"]))) for out in scored]
-    full_s = time.perf_counter() - start
-    raced = np.concatenate([out["reward"] for out in scored])
-    whole = np.concatenate([out["reward"] for out in exact])
-    raced_acc = np.concatenate([out["accuracy"] for out in scored])
-    whole_acc = np.concatenate([out["accuracy"] for out in exact])
-    best_kept = [  # the batch's best plan on the whole split was scored on it while racing
-        np.isclose(r["reward"][np.argmax(e["reward"])], e["reward"].max(), atol=1e-6)
-        for r, e in zip(scored, exact, strict=True)
-    ]
-    n = len(raced)
-    return {
-        "race_examples": env.race_examples,
-        "race_keep": env.race_keep,
-        "plan_evals_per_s_whole_split": n / full_s,
-        "race_spearman_reward": float(spearmanr(raced, whole).statistic),
-        "race_spearman_accuracy": float(spearmanr(raced_acc, whole_acc).statistic),
-        "race_batch_best_kept": float(np.mean(best_kept)),
     }
 
 
@@ -242,46 +214,6 @@ def bench_costs(argv: list[str]) -> dict:
     }
 
 
-CONV_CASES = (  # (name, (H, W, C), kernel, stride, groups): depthwise and grouped, CIFAR-sized
-    ("depthwise 32x32x64 3x3", (32, 32, 64), 3, 1, 64),
-    ("depthwise 16x16x128 3x3 s2", (16, 16, 128), 3, 2, 128),
-    ("depthwise 8x8x256 3x3", (8, 8, 256), 3, 1, 256),
-    ("grouped 32x32x64 3x3 g2", (32, 32, 64), 3, 1, 2),
-    ("grouped 16x16x128 3x3 g4", (16, 16, 128), 3, 1, 4),
-)
-
-
-def bench_convs(argv: list[str]) -> list[dict]:
-    """Milliseconds per jitted forward+backward pass (input and kernel gradients) of each case,
-    both lowerings (best of 3)."""
-    from autocomp.models.convs import conv_nhwc, export_lowering
-
-    args = dict(a.split("=", 1) for a in argv)
-    batch = int(args.get("batch", 64))
-    rng = np.random.default_rng(0)
-    rows = []
-    for name, shape, k, stride, groups in CONV_CASES:
-        x = jnp.asarray(rng.standard_normal((batch, *shape)), jnp.float32)
-        w = jnp.asarray(rng.standard_normal((k, k, shape[-1] // groups, shape[-1])), jnp.float32)
-        times = {}
-        for label, lowering in (("lax_ms", export_lowering), ("fast_ms", contextlib.nullcontext)):
-
-            def loss(x, w, s=stride, g=groups):
-                return (conv_nhwc(x, w, (s, s), g) ** 2).sum()
-
-            with lowering():  # a new function per lowering: jax caches traces by function
-                step = jax.jit(jax.grad(loss, argnums=(0, 1)))
-                jax.block_until_ready(step(x, w))
-            best = float("inf")
-            for _ in range(3):
-                start = time.perf_counter()
-                jax.block_until_ready(step(x, w))
-                best = min(best, time.perf_counter() - start)
-            times[label] = best * 1e3
-        rows.append({"case": name, **times, "speedup": times["lax_ms"] / times["fast_ms"]})
-    return rows
-
-
 def bench_phones(argv: list[str]) -> list[dict]:
     """Held-out error of every shipped phone table on the published measurements."""
     from autocomp.devices.fidelity import bench_phones as run
@@ -350,14 +282,9 @@ def bench_agents(argv: list[str]) -> None:
 
 
 def bench_rank(argv: list[str]) -> None:
-    from autocomp.run.compose import compose
-    from autocomp.run.rank import rank_plans
+    from autocomp.run.rank import main as rank_main
 
-    opts = dict(a.split("=", 1) for a in argv if a.split("=", 1)[0] in ("plans", "short", "out"))
-    rest = [a for a in argv if a.split("=", 1)[0] not in ("plans", "short", "out")]
-    name = compose(rest).name
-    out = Path(opts.get("out", f"outputs/bench/rank/{name}"))
-    result = rank_plans(rest, out, int(opts.get("plans", 30)), int(opts.get("short", 4096)))
+    out, result = rank_main(argv)
     print(f"wrote {out / 'rank.md'} and {out / 'rank.png'}")
     print(" ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}"
                    for k, v in result.items()))  # fmt: skip
@@ -419,6 +346,8 @@ def main(argv: list[str]) -> None:
         bench_rank(argv[1:])
         return
     if argv[0] == "convs":
+        from autocomp.search.benchmarks import bench_convs
+
         print(f"{'case':<28} {'lax conv ms':>12} {'autocomp ms':>12} {'speedup':>8}")
         for row in bench_convs(argv[1:]):
             print(f"{row['case']:<28} {row['lax_ms']:>12.1f} {row['fast_ms']:>12.1f} "

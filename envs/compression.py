@@ -17,6 +17,7 @@ from autocomp.search.space import SearchSpace, min_rest
 from autocomp.search.spaces import EnvSpec, Observation, StepInfo, episode_record
 from autocomp.sharding import labelled_accuracy
 from autocomp.techniques import Technique, identity_index, layer_forward, layer_out_mask
+from envs.racing import race_batch
 
 N_STATIC = 10
 PROBE_EXAMPLES = 64  # validation images whose layer inputs measure each technique's error
@@ -69,11 +70,8 @@ class CompressionEnv:
     - Budgets: an action is masked when even the cheapest completion of the plan would exceed
       a budget (exact for one budget). A masked action sent anyway is projected onto the nearest
       allowed one and ``info.applied_action`` says which: learn from that.
-    - Racing (``race=(n, keep)``, n > 0): :meth:`batch_step` scores every finished plan of a
-      batch on the first ``n`` validation examples, then only the ``ceil(keep * B)`` plans with
-      the best reward on them also on the rest; the others keep the estimate from the ``n``
-      (so a batch is then not ``vmap(step)``: which plans see the rest depends on the batch).
-      ``evaluate_plans(..., full=True)`` scores on the whole split regardless.
+    - Racing (``race=(n, keep)``, n > 0): :func:`envs.racing.race_batch` in :meth:`batch_step`
+      (then not ``vmap(step)``); ``evaluate_plans(..., full=True)`` scores the whole split.
     - State: :class:`EnvState`, a pytree of arrays.
     """
 
@@ -225,30 +223,13 @@ class CompressionEnv:
         pred = jnp.argmax(self.logits(plan, params, params.x_val), axis=-1)
         return labelled_accuracy(pred, params.y_val)
 
-    def _correct(self, plan, params: EnvParams, x, y) -> Float[Array, ""]:
-        """Number of correctly classified examples of (x, y) under the simulated plan."""
-        pred = jnp.argmax(self.logits(plan, params, x), axis=-1)
-        return jnp.sum(pred == y).astype(jnp.float32)
-
     def _finish_batch(self, plans, spent, params: EnvParams, full: bool):
         """(reward, accuracy, violation) [B] of finished plans, raced unless ``full``."""
         batch, n = plans.shape[0], params.x_val.shape[0]
-        n_race = self.race_examples
         keep = min(batch, max(1, math.ceil(self.race_keep * batch)))
-        score = jax.vmap(compute_reward, in_axes=(None, 0, 0))
-        if full or n_race <= 0 or n_race >= n or keep >= batch:
+        if full or self.race_examples <= 0 or self.race_examples >= n or keep >= batch:
             return jax.lax.map(lambda xs: self._finish(xs[0], xs[1], params), (plans, spent))
-        x_a, y_a = params.x_val[:n_race], params.y_val[:n_race]
-        x_b, y_b = params.x_val[n_race:], params.y_val[n_race:]
-        n_a = jnp.maximum(jnp.sum(y_a >= 0), 1).astype(jnp.float32)
-        n_all = jnp.maximum(jnp.sum(params.y_val >= 0), 1).astype(jnp.float32)
-        right_a = jax.lax.map(lambda plan: self._correct(plan, params, x_a, y_a), plans)
-        estimate, _ = score(params.reward, right_a / n_a, spent[:, :3])
-        _, best = jax.lax.top_k(estimate, keep)
-        right_b = jax.lax.map(lambda plan: self._correct(plan, params, x_b, y_b), plans[best])
-        acc = (right_a / n_a).at[best].set((right_a[best] + right_b) / n_all)
-        reward, violation = score(params.reward, acc, spent[:, :3])
-        return reward, acc, violation
+        return race_batch(self.logits, plans, spent, params, self.race_examples, keep)
 
     def greedy_tables(
         self, params: EnvParams

@@ -285,6 +285,7 @@ def test_race_config_names_the_fix():
         RaceConfig(examples=100, keep=0.0)
 
 
+@pytest.mark.slow  # about 20 s on 2 cores: `make test-slow`
 def test_rerank_chooses_by_accuracy_after_a_short_fine_tuning(prepared, raced):
     import dataclasses
 

@@ -95,6 +95,13 @@ def compress_config(
     """:func:`compress` with a composed config (the CLI's path for ``model._target_``);
     ``checkpoint``: where the search saves itself after every chunk and resumes from."""
     started = time.perf_counter()
+    if config.finetune.rerank > 0:
+        from autocomp.config import ConfigError
+
+        raise ConfigError(
+            f"finetune.rerank={config.finetune.rerank}: re-ranking is built for the built-in "
+            "experiments only so far; set finetune.rerank=0 for your own model"
+        )
     profile, techniques = validate(config)
     net = network(model, variables, data.x_train[:1], apply_kwargs, output_fn, name)
     ratios = tuple(config.env.ratios)

@@ -165,3 +165,13 @@ def write_report(out_dir: Path, records: list[dict], config, short: int) -> dict
     fig.savefig(out_dir / "rank.png", dpi=120)
     plt.close(fig)
     return result
+
+
+def main(argv: list[str]) -> tuple[Path, dict[str, float]]:
+    """``python -m autocomp.bench rank [plans=30] [short=4096] [out=dir] [overrides...]``:
+    the output directory and the correlations."""
+    own = ("plans", "short", "out")
+    opts = dict(a.split("=", 1) for a in argv if a.split("=", 1)[0] in own)
+    rest = [a for a in argv if a.split("=", 1)[0] not in own]
+    out = Path(opts.get("out", f"outputs/bench/rank/{compose(rest).name}"))
+    return out, rank_plans(rest, out, int(opts.get("plans", 30)), int(opts.get("short", 4096)))

@@ -1,14 +1,17 @@
-"""The scale-out benchmarks of ``python -m autocomp.bench``: several budgets as one vmapped search
-against separate searches (``bench search budgets=...``), and plan evaluation over 1 and 2 devices
-(``bench scale``)."""
+"""Benchmarks of ``python -m autocomp.bench``: several budgets as one vmapped search against
+separate searches (``bench search budgets=...``), plan evaluation over 1 and 2 devices (``bench
+scale``), the raced scores against whole-split ones (``bench search env.race.examples=...``) and
+the conv lowerings (``bench convs``)."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import sys
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 
@@ -109,4 +112,74 @@ def bench_scale(argv: list[str]) -> list[dict]:
         if out.returncode or not lines:
             raise RuntimeError(f"bench search with {n} devices failed:\n{out.stderr[-2000:]}")
         rows.append(json.loads(lines[-1][len("RESULT ") :]))
+    return rows
+
+
+def race_figures(env, params, scored: list[dict]) -> dict[str, float]:
+    """The raced scores of ``scored`` (one dict per batch) against the whole-split scores of the
+    same plans: rank correlation, whether each batch's best plan went on to the whole split,
+    and the whole-split throughput."""
+    from scipy.stats import spearmanr
+
+    full = jax.jit(lambda plans: env.evaluate_plans(plans, params, True))
+    jax.block_until_ready(full(scored[0]["plan"]))  # compile
+    start = time.perf_counter()
+    exact = [jax.device_get(jax.block_until_ready(full(out["plan"]))) for out in scored]
+    full_s = time.perf_counter() - start
+    raced = np.concatenate([out["reward"] for out in scored])
+    whole = np.concatenate([out["reward"] for out in exact])
+    raced_acc = np.concatenate([out["accuracy"] for out in scored])
+    whole_acc = np.concatenate([out["accuracy"] for out in exact])
+    best_kept = [  # the batch's best plan on the whole split was scored on it while racing
+        np.isclose(r["reward"][np.argmax(e["reward"])], e["reward"].max(), atol=1e-6)
+        for r, e in zip(scored, exact, strict=True)
+    ]
+    n = len(raced)
+    return {
+        "race_examples": env.race_examples,
+        "race_keep": env.race_keep,
+        "plan_evals_per_s_whole_split": n / full_s,
+        "race_spearman_reward": float(spearmanr(raced, whole).statistic),
+        "race_spearman_accuracy": float(spearmanr(raced_acc, whole_acc).statistic),
+        "race_batch_best_kept": float(np.mean(best_kept)),
+    }
+
+
+CONV_CASES = (  # (name, (H, W, C), kernel, stride, groups): depthwise and grouped, CIFAR-sized
+    ("depthwise 32x32x64 3x3", (32, 32, 64), 3, 1, 64),
+    ("depthwise 16x16x128 3x3 s2", (16, 16, 128), 3, 2, 128),
+    ("depthwise 8x8x256 3x3", (8, 8, 256), 3, 1, 256),
+    ("grouped 32x32x64 3x3 g2", (32, 32, 64), 3, 1, 2),
+    ("grouped 16x16x128 3x3 g4", (16, 16, 128), 3, 1, 4),
+)
+
+
+def bench_convs(argv: list[str]) -> list[dict]:
+    """Milliseconds per jitted forward+backward pass (input and kernel gradients) of each case,
+    both lowerings (best of 3)."""
+    from autocomp.models.convs import conv_nhwc, export_lowering
+
+    args = dict(a.split("=", 1) for a in argv)
+    batch = int(args.get("batch", 64))
+    rng = np.random.default_rng(0)
+    rows = []
+    for name, shape, k, stride, groups in CONV_CASES:
+        x = jnp.asarray(rng.standard_normal((batch, *shape)), jnp.float32)
+        w = jnp.asarray(rng.standard_normal((k, k, shape[-1] // groups, shape[-1])), jnp.float32)
+        times = {}
+        for label, lowering in (("lax_ms", export_lowering), ("fast_ms", contextlib.nullcontext)):
+
+            def loss(x, w, s=stride, g=groups):
+                return (conv_nhwc(x, w, (s, s), g) ** 2).sum()
+
+            with lowering():  # a new function per lowering: jax caches traces by function
+                step = jax.jit(jax.grad(loss, argnums=(0, 1)))
+                jax.block_until_ready(step(x, w))
+            best = float("inf")
+            for _ in range(3):
+                start = time.perf_counter()
+                jax.block_until_ready(step(x, w))
+                best = min(best, time.perf_counter() - start)
+            times[label] = best * 1e3
+        rows.append({"case": name, **times, "speedup": times["lax_ms"] / times["fast_ms"]})
     return rows
