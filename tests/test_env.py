@@ -295,13 +295,13 @@ def test_rerank_chooses_by_accuracy_after_a_short_fine_tuning(prepared, raced):
     cfg = dataclasses.replace(prepared.config.finetune, rerank=3, rerank_examples=128)
     p = dataclasses.replace(prepared, config=dataclasses.replace(prepared.config, finetune=cfg))
     sel = pipeline.select_plans(p.space, s["whole"])
-    logits = jax.jit(lambda plan, x: race.logits(plan, params, x))
-    new, rows = pipeline.rerank(p, sel, lambda plan: lambda x: logits(plan, x))
+    simulated = pipeline.plan_logits(race, params)
+    new, rows = pipeline.rerank(p, sel, simulated)
     inside = np.flatnonzero(~sel.violation)
     top = inside[np.argsort(-sel.reward[inside], kind="stable")][:3]
     assert [r["plan"] for r in rows] == top.tolist()
     assert new.chosen == max(rows, key=lambda r: r["short_finetune_val_accuracy"])["plan"]
-    c = pipeline.compress(p, sel.plans[new.chosen], lambda x: logits(sel.plans[new.chosen], x))
+    c = pipeline.compress(p, sel.plans[new.chosen], simulated(sel.plans[new.chosen]))
     assert pipeline.short_finetune(p, c, 128) == pytest.approx(
         max(r["short_finetune_val_accuracy"] for r in rows)
     )  # deterministic

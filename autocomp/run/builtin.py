@@ -99,11 +99,7 @@ def finish(p, s: Searched, run_dir, resolved, tracker, show_progress, overrides,
     greedy_hist = jax.device_get(env.evaluate_plans(greedy[None], env_params))
     history = pipeline.merge_history(s.history, {k: v[None] for k, v in greedy_hist.items()})
     sel = pipeline.select(p, history, env.full_scorer(env_params))
-    logits = jax.jit(lambda plan, x: env.logits(plan, env_params, x))
-
-    def simulated(plan):
-        return lambda x: logits(plan, x)
-
+    simulated = pipeline.plan_logits(env, env_params)
     reranked = []
     if config.finetune.rerank > 0:
         sel, reranked = pipeline.rerank(p, sel, simulated)

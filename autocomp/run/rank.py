@@ -89,14 +89,14 @@ def rank_plans(
     records_path = out_dir / "plans.jsonl"
     records = read_jsonl(records_path) if records_path.exists() else []
     done = {r["key"] for r in records}
-    logits = jax.jit(lambda plan, x: env.logits(plan, env_params, x))
+    simulated = pipeline.plan_logits(env, env_params)
     for k, i in enumerate(spread(sel, plans)):
         indices = sel.plans[i]
         key = " ".join(f"{t}:{r}" for t, r in indices)
         if key in done:
             continue
         t0 = time.perf_counter()
-        comp = pipeline.compress(p, indices, lambda x, plan=indices: logits(plan, x))
+        comp = pipeline.compress(p, indices, simulated(indices))
         short_acc = pipeline.short_finetune(p, comp, short)
         _, test_acc = pipeline.finetune_compressed(p, comp)
         record = {

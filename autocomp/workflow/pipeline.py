@@ -177,8 +177,7 @@ def short_finetune(p: Prepared, c: Compressed, examples: int) -> float:
     cfg = dataclasses.replace(p.config.finetune, epochs=1)
     data = p.data._replace(x_train=p.data.x_train[:examples], y_train=p.data.y_train[:examples])
     brief = dataclasses.replace(p, config=dataclasses.replace(p.config, finetune=cfg), data=data)
-    params, _ = finetune_compressed(brief, c)
-    return accuracy(c.ops, params, p.data.x_val, p.data.y_val)
+    return accuracy(c.ops, distil(brief, c), p.data.x_val, p.data.y_val)
 
 
 def rerank(p: Prepared, sel: Selection, simulated_logits) -> tuple[Selection, list[dict]]:
@@ -286,12 +285,24 @@ def finetune_compressed(
 ) -> tuple[dict, float]:
     """Distil the base model into the compressed one (resumable with ``checkpoint``); returns
     (params, test accuracy)."""
+    params = distil(p, c, on_epoch, checkpoint)
+    return params, accuracy(c.ops, params, p.data.x_test, p.data.y_test)
+
+
+def distil(p: Prepared, c: Compressed, on_epoch=None, checkpoint: Path | None = None) -> dict:
+    """The compressed model's params after the run's distillation from the base model."""
     teacher = (p.ops, p.base_params)
-    params = finetune(
+    return finetune(
         c.ops, c.params, c.masks, p.data, p.config.finetune, teacher, p.config.seed, on_epoch,
         checkpoint,
     )  # fmt: skip
-    return params, accuracy(c.ops, params, p.data.x_test, p.data.y_test)
+
+
+def plan_logits(env, env_params):
+    """``plan -> (x -> logits)``: the environment's simulated model of a plan, one compiled
+    function for every plan (what :func:`compress` checks a materialized model against)."""
+    logits = jax.jit(lambda plan, x: env.logits(plan, env_params, x))
+    return lambda plan: lambda x: logits(plan, x)
 
 
 def ratios_of(base: dict, compressed: dict) -> dict[str, float]:
