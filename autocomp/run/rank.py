@@ -74,7 +74,8 @@ def rank_plans(
         raise ValueError(f"plans={plans} must be >= 3 and short={short} >= 1")
     out_dir.mkdir(parents=True, exist_ok=True)
     config = compose(overrides)
-    fingerprint = hashlib.sha256(json.dumps([list(overrides), plans]).encode()).hexdigest()
+    # the search depends on the overrides only: more plans later reuse the finished search
+    fingerprint = hashlib.sha256(json.dumps(list(overrides)).encode()).hexdigest()
     p = pipeline.prepare(config)
     env, env_params = build_env(p)
     trainer = AGENTS[config.agent.name].make_trainer(config.agent, env)
