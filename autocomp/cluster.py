@@ -12,11 +12,17 @@ the first host of ``SLURM_STEP_NODELIST`` on port ``61440 + SLURM_JOB_ID % 4096`
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
 
 import jax
+import numpy as np
+
+from autocomp.io import written_elsewhere
 
 log = logging.getLogger(__name__)
 
@@ -77,3 +83,49 @@ def initialize() -> None:
         jax.local_device_count(),
         jax.device_count(),
     )
+
+
+def is_writer() -> bool:
+    """Whether this process writes the run's outputs: process 0 of a multi-process run (every
+    process computes the same search; its work is split over all of their devices)."""
+    return jax.process_index() == 0
+
+
+@contextmanager
+def one_writer(run_dir: Path) -> Iterator[bool]:
+    """The scope of one run in ``run_dir``; yields :func:`is_writer`. In the other processes of a
+    multi-process run the run directory's files are left to process 0 (they read them, e.g. a
+    checkpoint to resume from, but do not write them)."""
+    if jax.process_count() > 1:
+        _check_same_run_dir(run_dir)
+    if is_writer():
+        yield True
+        return
+    with written_elsewhere(run_dir):
+        yield False
+
+
+def _check_same_run_dir(run_dir: Path) -> None:
+    """Every process must name the same run directory (Hydra's default one has a timestamp)."""
+    from jax.experimental import multihost_utils
+
+    from autocomp.config import ConfigError
+
+    digest = hashlib.sha256(str(Path(run_dir).resolve()).encode()).digest()[:8]
+    every = np.asarray(multihost_utils.process_allgather(np.frombuffer(digest, dtype=np.int32)))
+    if not (every == every[0]).all():  # every process sees it, so every process stops
+        others = [i for i, row in enumerate(every) if not np.array_equal(row, every[0])]
+        raise ConfigError(
+            f"the processes of this run have different run directories (this one, process "
+            f"{jax.process_index()}: {str(run_dir)!r}; processes {others} differ from process "
+            "0): the default one has the start time in it; give every process the same one with "
+            "hydra.run.dir=..."
+        )
+
+
+def barrier(name: str) -> None:
+    """Wait until every process gets here (nothing with one process)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)

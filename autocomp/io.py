@@ -6,8 +6,31 @@ import json
 import os
 import subprocess
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+# Folders another process writes (a multi-process run: process 0 writes the run directory).
+_WRITTEN_ELSEWHERE: list[Path] = []
+
+
+@contextmanager
+def written_elsewhere(folder: str | os.PathLike) -> Iterator[None]:
+    """Inside, the atomic writes under ``folder`` do nothing: another process of the same run
+    writes the same bytes there (see :func:`autocomp.cluster.is_writer`)."""
+    folder = Path(folder).resolve()
+    _WRITTEN_ELSEWHERE.append(folder)
+    try:
+        yield
+    finally:
+        _WRITTEN_ELSEWHERE.remove(folder)
+
+
+def writes_here(path: str | os.PathLike) -> bool:
+    """Whether this process writes ``path`` (false under a :func:`written_elsewhere` folder)."""
+    path = Path(path).resolve()
+    return not any(path.is_relative_to(folder) for folder in _WRITTEN_ELSEWHERE)
 
 
 def _umask() -> int:
@@ -17,8 +40,11 @@ def _umask() -> int:
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to a temp file beside ``path``, fsync it, then rename it over ``path``."""
+    """Write ``data`` to a temp file beside ``path``, fsync it, then rename it over ``path``
+    (nothing under a :func:`written_elsewhere` folder)."""
     path = Path(path)
+    if not writes_here(path):
+        return path
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -45,6 +71,8 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
 def append_jsonl(path: str | os.PathLike, record: dict) -> None:
     """Append one JSON line and flush it: rows of a long job that a re-run can pick up."""
     path = Path(path)
+    if not writes_here(path):
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a") as f:
         f.write(json.dumps(record) + "\n")

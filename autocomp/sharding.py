@@ -1,4 +1,4 @@
-"""Every local accelerator, through ``jax.sharding``: examples split over a 1-D ``data`` mesh.
+"""Every accelerator of the run, through ``jax.sharding``: examples split over a 1-D ``data`` mesh.
 
 - Plan evaluation: the validation examples of the environment's params are split over the
   devices (:func:`shard_env_params`), everything else is replicated; the one compiled search
@@ -9,9 +9,12 @@
   params and optimizer state are replicated; a batch size the device count does not divide is
   trained on one device (logged once).
 
-With one device (a laptop, CI) all of this is a no-op. ``jax.local_devices()`` decides: restrict
-it the usual way (``CUDA_VISIBLE_DEVICES``; on CPU ``XLA_FLAGS=--xla_force_host_platform_device_
-count=N`` makes N host devices, as the tests and ``python -m autocomp.bench scale`` do).
+The mesh is ``jax.devices()``: this process's devices, and under ``jax.distributed`` (a job of
+several processes, :mod:`autocomp.cluster`) those of every process. Each process then holds the
+same host arrays and places its own devices' slices, and results come back replicated. With one
+device (a laptop, CI) all of this is a no-op. Restrict the devices the usual way
+(``CUDA_VISIBLE_DEVICES``; on CPU ``XLA_FLAGS=--xla_force_host_platform_device_count=N`` makes
+N host devices, as the tests and ``python -m autocomp.bench scale`` do).
 """
 
 from __future__ import annotations
@@ -30,8 +33,8 @@ log = logging.getLogger(__name__)
 
 @cache
 def data_mesh() -> Mesh | None:
-    """The 1-D ``data`` mesh of this process's devices; ``None`` with one device."""
-    devices = jax.local_devices()
+    """The 1-D ``data`` mesh of every process's devices; ``None`` with one device."""
+    devices = jax.devices()
     if len(devices) < 2:
         return None
     log.info("%d %s devices: examples are split over them", len(devices), devices[0].platform)
@@ -61,9 +64,27 @@ def shard_env_params(params, mesh: Mesh | None = None):
         return params
     x, y = pad_examples(np.asarray(params.x_val), np.asarray(params.y_val), mesh.size)
     replicated = NamedSharding(mesh, P())
-    out = jax.device_put(params._replace(x_val=None, y_val=None), replicated)
+    out = jax.tree.map(lambda a: _put(a, replicated), params._replace(x_val=None, y_val=None))
     split = NamedSharding(mesh, P("data"))
-    return out._replace(x_val=jax.device_put(x, split), y_val=jax.device_put(y, split))
+    return out._replace(x_val=_put(x, split), y_val=_put(y, split))
+
+
+def _put(x, sharding: NamedSharding) -> jax.Array:
+    """``x`` (the same value in every process) as a global array of ``sharding``: each process
+    places its own devices' slices (``jax.device_put`` where this process has every device)."""
+    if sharding.is_fully_addressable:
+        return jax.device_put(x, sharding)
+    x = np.asarray(x)
+    return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+
+def host_value(a) -> np.ndarray:
+    """``a`` as one host array, also when it is split over the devices of several processes."""
+    if isinstance(a, jax.Array) and not a.is_fully_addressable:
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.process_allgather(a, tiled=True))
+    return np.asarray(a)
 
 
 def batch_sharding(batch_size: int) -> NamedSharding | None:
@@ -92,4 +113,4 @@ def put_batch(sharding: NamedSharding | None, *arrays):
     """The batch's arrays split over the devices (as they are with ``sharding=None``)."""
     if sharding is None:
         return arrays
-    return tuple(None if a is None else jax.device_put(a, sharding) for a in arrays)
+    return tuple(None if a is None else _put(a, sharding) for a in arrays)

@@ -448,6 +448,49 @@ def test_compress_a_trained_user_model_end_to_end(trained_small_resnet, tmp_path
     assert report["tflite_top1_agreement"] >= 0.999
 
 
+def test_sweep_of_a_user_model_gives_a_run_directory_per_budget(trained_small_resnet, tmp_path):
+    """``sweep.max_latency_frac=[...]`` on a user's model: one search for both budgets, then a
+    complete run directory per budget (``python -m autocomp.export`` takes it) and the front."""
+    import orbax.checkpoint as ocp
+    from hydra import compose, initialize
+    from omegaconf import OmegaConf
+
+    from autocomp.export.__main__ import main as export_main
+    from autocomp.run import register, run, to_config
+
+    _, variables, _ = trained_small_resnet
+    ckpt = tmp_path / "ckpt"
+    with ocp.StandardCheckpointer() as checkpointer:
+        checkpointer.save(ckpt, jax.tree.map(np.asarray, variables))
+    register()
+    with initialize(version_base="1.3", config_path="../experiments"):
+        cfg = compose("config", overrides=[
+            "experiment=custom", "model._target_=own_models.SmallResNet",
+            f"model.checkpoint={ckpt}", "model.input_shape=[8,8,1]",
+            "+model.apply_kwargs.train=false", "data=digits", "logger=none",
+            "agent.episodes=64", "finetune.epochs=1", "env.techniques=[keep,filter,svd]",
+            "env.ratios=[0,0.5]", "sweep.max_latency_frac=[0.5,0.8]",
+        ])  # fmt: skip
+    run_dir = tmp_path / "run"
+    metrics = run(to_config(cfg), run_dir, OmegaConf.to_container(cfg, resolve=True), False)
+    labels = ["max_latency_frac=0.5", "max_latency_frac=0.8"]
+    assert [r["label"] for r in metrics["sweep"]] == labels and metrics["front"]
+    assert {"sweep.json", "sweep.md", "sweep.png", "metrics.json"} <= {
+        p.name for p in run_dir.iterdir()
+    }
+    for label, frac in zip(labels, (0.5, 0.8), strict=True):
+        one = run_dir / "sweep" / label
+        m = json.loads((one / "metrics.json").read_text())
+        assert m["search"]["budgets"]["latency_ms"] == pytest.approx(frac * m["base"]["latency_ms"])
+        assert m["compressed"]["latency_ms"] <= m["search"]["budgets"]["latency_ms"] * (1 + 1e-6)
+        assert m["materialize_check"]["prediction_agreement"] == 1.0
+        recorded = json.loads((one / "run.json").read_text())["config"]
+        assert recorded["reward"]["max_latency_frac"] == frac  # as a single run of it records
+    assert export_main([f"run={run_dir / 'sweep' / labels[0]}", "test_examples=100"]) == 0
+    again = run(to_config(cfg), run_dir, OmegaConf.to_container(cfg, resolve=True), False)
+    assert again["sweep"] == metrics["sweep"]  # both variants finished: read back, not redone
+
+
 def test_cli_compresses_a_user_model_from_its_orbax_checkpoint(trained_small_resnet, tmp_path):
     import orbax.checkpoint as ocp
     from hydra import compose, initialize

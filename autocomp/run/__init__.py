@@ -7,11 +7,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from autocomp.config import ConfigError, RootConfig
+from autocomp.cluster import one_writer
+from autocomp.config import LoggerConfig, RootConfig
 from autocomp.devices.tables import CostTableError, load_profile
 from autocomp.run.builtin import build_env, run_builtin
 from autocomp.run.compose import USER_ERRORS, compose, register, to_config
@@ -28,7 +30,16 @@ def run(
     show_progress: bool = True,
     overrides: Sequence[str] = (),
 ) -> dict:
-    """The whole run; returns the metrics written to ``run_dir/metrics.json``."""
+    """The whole run; returns the metrics written to ``run_dir/metrics.json``. In a run of
+    several processes (``jax.distributed``) each computes it, over all of their devices, and
+    process 0 alone writes the run directory, tracks it and exports it."""
+    with one_writer(run_dir) as writer:
+        if not writer:
+            config = dataclasses.replace(config, logger=LoggerConfig(name="none"), export=False)
+        return _run(config, run_dir, resolved, show_progress, overrides)
+
+
+def _run(config, run_dir, resolved, show_progress, overrides) -> dict:
     # First thing a run says: which device its latency and energy numbers are for.
     try:
         log.info("target device: %s", load_profile(config.device.profile).describe())
@@ -40,11 +51,6 @@ def run(
         log.info("device=host has no table of this machine: timing a few configurations")
         raise CostTableError(f"{err}; {profiling_estimate(config)}") from err
     if config.model._target_:  # a user's own linen or NNX model
-        if config.sweep.variants(config.reward):
-            raise ConfigError(
-                "sweep.* (several rewards in one search) runs the built-in models only; for your "
-                "own model run one reward per run, e.g. `-m reward.max_latency_frac=0.3,0.5`"
-            )
         return run_custom(config, run_dir, resolved, show_progress, overrides)
     return run_builtin(config, run_dir, resolved, show_progress, overrides)
 

@@ -11,14 +11,13 @@ from pathlib import Path
 from typing import NamedTuple
 
 import jax
-import numpy as np
 
 from agents import AGENTS
 from autocomp.config import RootConfig
 from autocomp.devices.costs import format_shares
 from autocomp.export import export_run
 from autocomp.search.loop import config_fingerprint, run_search
-from autocomp.search.reward import RESOURCES
+from autocomp.search.reward import budgets_record
 from autocomp.sharding import shard_env_params
 from autocomp.workflow import pipeline
 from autocomp.workflow.outputs import write_run
@@ -145,10 +144,7 @@ def _metrics(p, sel, comp, base, compressed, history, timings, started) -> dict:
             "unique_plans": int(len(sel.plans)),
             "pareto_front": int(len(sel.front)),
             **timings,
-            "budgets": {  # null: no budget (JSON has no infinity)
-                name: float(b) if np.isfinite(b) else None
-                for name, b in zip(RESOURCES, np.asarray(p.reward.budgets), strict=True)
-            },
+            "budgets": budgets_record(p.reward.budgets),
         },
         "device_table": pipeline.device_table_record(p.profile, p.space.cost_sources),
         "wall_time_s": time.perf_counter() - started,

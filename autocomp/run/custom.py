@@ -10,6 +10,7 @@ import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -25,7 +26,9 @@ from autocomp.run.compose import compose
 from autocomp.run.result import Result
 from autocomp.search.loop import config_fingerprint, run_search
 from autocomp.search.plan import LayerChoice, Plan, plan_from_indices
+from autocomp.search.reward import budgets_record
 from autocomp.search.space import CHANNELS, build_search_space, plan_bins, plan_cost
+from autocomp.sharding import host_value
 from autocomp.workflow.custom import (
     base_variables,
     compressed_model,
@@ -95,6 +98,31 @@ def compress_config(
     """:func:`compress` with a composed config (the CLI's path for ``model._target_``);
     ``checkpoint``: where the search saves itself after every chunk and resumes from."""
     started = time.perf_counter()
+    st = setup(model, variables, data, config, apply_kwargs, output_fn, name)
+    state, history, timings = run_search(
+        st.trainer, st.env_params, jax.random.key(config.seed), NullTracker(), checkpoint,
+        fingerprint, show_progress,
+    )  # fmt: skip
+    return finish(st, data, config, st.env_params, state, history, timings, show_progress, started)
+
+
+class Setup(NamedTuple):
+    """What a search of a user's model and its finish share."""
+
+    net: object
+    profile: object
+    techniques: tuple
+    space: object
+    aux: object
+    env: CompressionEnv
+    env_params: object
+    base_val: float
+    trainer: object
+
+
+def setup(model, variables, data, config, apply_kwargs=None, output_fn=None, name=None) -> Setup:
+    """The user's model as autocomp sees it, its priced search space, the environment with its
+    params on the validation split, and the configured agent's trainer."""
     if config.finetune.rerank > 0:
         from autocomp.config import ConfigError
 
@@ -104,26 +132,28 @@ def compress_config(
         )
     profile, techniques = validate(config)
     net = network(model, variables, data.x_train[:1], apply_kwargs, output_fn, name)
-    ratios = tuple(config.env.ratios)
-    base_params = net.base_params()
     s = search_setup(net, data, config, profile, techniques, prepare_context(config),
                      CompressionEnv)  # fmt: skip
-    space, aux, env, env_params, base_val = s.space, s.aux, s.env, s.env_params, s.base_val
-    agent = AGENTS[config.agent.name]
-    trainer = agent.make_trainer(config.agent, env)
-    state, history, timings = run_search(
-        trainer, env_params, jax.random.key(config.seed), NullTracker(), checkpoint, fingerprint,
-        show_progress,
-    )  # fmt: skip
-    greedy = trainer.policy(state, env_params)
+    trainer = AGENTS[config.agent.name].make_trainer(config.agent, s.env)
+    return Setup(net, profile, techniques, s.space, s.aux, s.env, s.env_params, s.base_val,
+                 trainer)  # fmt: skip
+
+
+def finish(st: Setup, data, config, env_params, state, history, timings, show_progress,
+           started) -> Result:  # fmt: skip
+    """After the search (``env_params`` carry its reward): the policy's plan scored and added,
+    selection, materialization and its check, fine-tuning, and both models' metrics."""
+    net, space, env, ratios = st.net, st.space, st.env, tuple(config.env.ratios)
+    base_params = net.base_params()
+    greedy = st.trainer.policy(state, env_params)
     greedy_hist = jax.device_get(env.evaluate_plans(greedy[None], env_params))
     history = merge_history(history, {k: v[None] for k, v in greedy_hist.items()})
     sel = select_plans(space, history, env.full_scorer(env_params))
     indices = sel.plans[sel.chosen]
-    plan = plan_from_indices(net.name, net.layers, techniques, ratios, indices)
-    cmp = compressed_model(net, aux, techniques, plan)
+    plan = plan_from_indices(net.name, net.layers, st.techniques, ratios, indices)
+    cmp = compressed_model(net, st.aux, st.techniques, plan)
     plan = _annotate(space, plan, indices, cmp, net)
-    check = _check(cmp, env, env_params, indices, np.asarray(env_params.x_val))
+    check = _check(cmp, env, env_params, indices, host_value(env_params.x_val))
 
     with EpochBar("fine-tune", config.finetune.epochs, show_progress) as bar:
         params = finetune(net, cmp, data, config.finetune, config.seed, base_params, bar.callback)
@@ -132,13 +162,13 @@ def compress_config(
     base_logits = predict(net.forward, base_params, data.x_test)
     base_test = float(np.mean(base_logits.argmax(-1) == data.y_test))
     test = float(np.mean(result.logits(data.x_test).argmax(-1) == data.y_test))
-    base = _costs(space.base) | {"test_accuracy": base_test, "val_accuracy": base_val}
+    base = _costs(space.base) | {"test_accuracy": base_test, "val_accuracy": st.base_val}
     compressed = _costs(plan_cost(space, indices)) | {
         "test_accuracy": test,
         "val_accuracy_before_finetune": float(sel.accuracy[sel.chosen]),
         "reward": float(sel.reward[sel.chosen]),
     }
-    _int8_latency(base, compressed, profile, net, techniques, ratios, data, indices)
+    _int8_latency(base, compressed, st.profile, net, st.techniques, ratios, data, indices)
     result.metrics = {
         "model": net.name,
         "base": base,
@@ -153,8 +183,9 @@ def compress_config(
             "episodes": int(len(history["reward"])),
             "unique_plans": int(len(sel.plans)),
             **timings,
+            "budgets": budgets_record(host_value(env_params.reward.budgets)),
         },
-        "device_table": device_table_record(profile, space.cost_sources),
+        "device_table": device_table_record(st.profile, space.cost_sources),
         "wall_time_s": time.perf_counter() - started,
     }
     return result
@@ -205,23 +236,45 @@ def run_custom(
     """``python -m autocomp.train model._target_=...``: the user's model from config, its
     checkpoint (or one trained here and kept in the run directory), compressed; the run
     directory as :meth:`Result.save` and ``run.json``; the export with ``export=true``. A
-    killed run resumes its search (``resume=true``) and reuses the base model it trained."""
+    killed run resumes its search (``resume=true``) and reuses the base model it trained.
+    With ``sweep.*``, one search for every reward and a run directory for each
+    (:func:`autocomp.run.sweep.run_custom_sweep`)."""
     data = load_dataset(config.data)
     model, variables, base_checkpoint = base_variables(config, data, run_dir)
-    paths = run_paths(run_dir)
-    result = compress_config(
-        model, variables, data, config, config.model.apply_kwargs, model_output_fn(config.model),
-        config.model.name, show_progress, paths["checkpoint"] if config.resume else None,
-        config_fingerprint(resolved),
-    )  # fmt: skip
+    checkpoint = run_paths(run_dir)["checkpoint"] if config.resume else None
+    args = (model, variables, data, config, config.model.apply_kwargs,
+            model_output_fn(config.model), config.model.name)  # fmt: skip
+    saved = Saved(data, resolved, tuple(overrides), base_checkpoint)
+    if config.sweep.variants(config.reward):
+        from autocomp.run.sweep import run_custom_sweep
+
+        return run_custom_sweep(setup(*args), config, run_dir, saved, show_progress, checkpoint,
+                                config_fingerprint(resolved))  # fmt: skip
+    result = compress_config(*args, show_progress, checkpoint, config_fingerprint(resolved))
+    return save_run(result, config, run_dir, saved)
+
+
+class Saved(NamedTuple):
+    """What a run directory of a user's model records besides the result."""
+
+    data: Dataset
+    resolved: dict
+    overrides: tuple[str, ...]
+    base_checkpoint: str
+
+
+def save_run(result: Result, config: RootConfig, run_dir: Path, saved: Saved) -> dict:
+    """The run directory (:meth:`Result.save`, ``run.json``, with ``export=true`` the export and
+    its model card) and the report; returns the metrics."""
+    data = saved.data
     result.save(run_dir)
     record = {
         "git_sha": git_sha(),
         "seed": config.seed,
-        "overrides": list(overrides),
+        "overrides": list(saved.overrides),
         "cwd": os.getcwd(),  # relative paths in the config are relative to it
-        "config": resolved,
-        "base_checkpoint": base_checkpoint,
+        "config": saved.resolved,
+        "base_checkpoint": saved.base_checkpoint,
         "input_shape": list(data.x_train.shape[1:]),
         "num_classes": int(np.max(data.y_train)) + 1,
     }
@@ -242,7 +295,7 @@ def _costs(row: np.ndarray) -> dict:
 
 def _check(cmp: Compressed, env, env_params, indices, x) -> dict:
     """The materialized model against the environment's simulation of the plan."""
-    sim = np.asarray(jax.jit(lambda xb: env.logits(jnp.asarray(indices), env_params, xb))(x))
+    sim = host_value(jax.jit(lambda xb: env.logits(jnp.asarray(indices), env_params, xb))(x))
     real = predict(cmp.logits, cmp.params, x)
     check = {
         "max_abs_logit_diff": float(np.abs(real - sim).max()),

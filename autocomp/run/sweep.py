@@ -15,6 +15,7 @@ import json
 import logging
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import jax
 import numpy as np
@@ -48,37 +49,96 @@ def run_sweep(
 ) -> dict:
     """Search every variant of ``p.config.sweep`` at once, then finish each; returns the
     top-level metrics (``sweep.json``'s rows, one per variant, and the front)."""
-    config = p.config
-    variants = config.sweep.variants(config.reward)
-    labels = [label for label, _ in variants]
-    preps, params = [], []
-    for _, reward_cfg in variants:
-        one = dataclasses.replace(config, reward=reward_cfg, sweep=SweepConfig())
-        reward = make_reward_params(reward_cfg, tuple(p.space.base[:3]), p.base_val_accuracy)
-        preps.append(dataclasses.replace(p, config=one, reward=reward))
-        params.append(env_params._replace(reward=reward))
-    log.info("sweep: %d rewards searched as one program: %s", len(labels), "; ".join(labels))
-    checkpoint = pipeline.run_paths(run_dir)["checkpoint"] if config.resume else None
-    states, histories, timings = run_searches(
-        trainer, params, jax.random.key(config.seed), tracker, labels, checkpoint,
-        config_fingerprint(resolved), show_progress,
-    )  # fmt: skip
     from autocomp.run.builtin import Searched, finish
 
+    variants = _variants(p.config, p.space.base, p.base_val_accuracy, env_params)
+    states, histories, timings = _search(p.config, trainer, variants, run_dir, tracker,
+                                         config_fingerprint(resolved), show_progress)  # fmt: skip
+
+    def finish_one(k: int, v: Variant, out_dir: Path) -> dict:
+        one = dataclasses.replace(p, config=v.config, reward=v.params.reward)
+        searched = Searched(env, v.params, trainer, states[k], histories[k], timings)
+        return finish(one, searched, out_dir, _resolved_for(resolved, v.reward), NullTracker(),
+                      show_progress, overrides, started)  # fmt: skip
+
+    rows = _finish_variants(variants, run_dir, finish_one)
+    title = f"{p.config.name}: {len(rows)} rewards in one search on {p.profile.name}"
+    return _write_front(run_dir, rows, title, tracker, timings, started)
+
+
+def run_custom_sweep(st, config, run_dir, saved, show_progress, checkpoint, fingerprint) -> dict:
+    """:func:`run_sweep` for a user's own model (``st``: :func:`autocomp.run.custom.setup`),
+    each variant's run directory as :func:`autocomp.run.custom.save_run` writes it."""
+    from autocomp.run.custom import finish, save_run
+
+    started = time.perf_counter()
+    variants = _variants(config, st.space.base, st.base_val, st.env_params)
+    states, histories, timings = _search(config, st.trainer, variants, run_dir, NullTracker(),
+                                         fingerprint, show_progress, checkpoint)  # fmt: skip
+
+    def finish_one(k: int, v: Variant, out_dir: Path) -> dict:
+        result = finish(st, saved.data, v.config, v.params, states[k], histories[k], timings,
+                        show_progress, started)  # fmt: skip
+        return save_run(
+            result,
+            v.config,
+            out_dir,
+            saved._replace(resolved=_resolved_for(saved.resolved, v.reward)),
+        )
+
+    rows = _finish_variants(variants, run_dir, finish_one)
+    title = f"{st.net.name}: {len(rows)} rewards in one search on {st.profile.name}"
+    return _write_front(run_dir, rows, title, NullTracker(), timings, started)
+
+
+class Variant(NamedTuple):
+    """One reward of a sweep: its label, reward config, the run config of a single run of it,
+    and the environment's params with its reward."""
+
+    label: str
+    reward: object
+    config: object
+    params: object
+
+
+def _variants(config, base_costs, base_val: float, env_params) -> list[Variant]:
+    out = []
+    for label, reward_cfg in config.sweep.variants(config.reward):
+        one = dataclasses.replace(config, reward=reward_cfg, sweep=SweepConfig())
+        reward = make_reward_params(reward_cfg, tuple(base_costs[:3]), base_val)
+        out.append(Variant(label, reward_cfg, one, env_params._replace(reward=reward)))
+    labels = [v.label for v in out]
+    log.info("sweep: %d rewards searched as one program: %s", len(labels), "; ".join(labels))
+    return out
+
+
+def _search(config, trainer, variants, run_dir, tracker, fingerprint, show_progress,
+            checkpoint=False):  # fmt: skip
+    """Every variant's search as one program (``checkpoint=False``: the run's own, with
+    ``resume=true``)."""
+    if checkpoint is False:
+        checkpoint = pipeline.run_paths(run_dir)["checkpoint"] if config.resume else None
+    return run_searches(trainer, [v.params for v in variants], jax.random.key(config.seed),
+                        tracker, [v.label for v in variants], checkpoint, fingerprint,
+                        show_progress)  # fmt: skip
+
+
+def _finish_variants(variants, run_dir: Path, finish_one) -> list[dict]:
+    """Each variant's selection, fine-tuning and outputs in ``<run_dir>/sweep/<label>/``; a
+    variant with a ``metrics.json`` there finished before and is read back."""
     rows = []
-    for k, (label, reward_cfg) in enumerate(variants):
-        out_dir = run_dir / "sweep" / label
+    for k, v in enumerate(variants):
+        out_dir = run_dir / "sweep" / v.label
         done = pipeline.run_paths(out_dir)["metrics"]
         if done.is_file():
-            log.info("sweep %s: finished before, %s", label, done)
+            log.info("sweep %s: finished before, %s", v.label, done)
             metrics = json.loads(done.read_text())
         else:
-            log.info("sweep %s (%d/%d): selection, fine-tuning, outputs", label, k + 1, len(labels))
-            searched = Searched(env, params[k], trainer, states[k], histories[k], timings)
-            metrics = finish(preps[k], searched, out_dir, _resolved_for(resolved, reward_cfg),
-                             NullTracker(), show_progress, overrides, started)  # fmt: skip
-        rows.append(_row(label, reward_cfg, metrics))
-    return _write_front(run_dir, rows, p, tracker, timings, started)
+            log.info("sweep %s (%d/%d): selection, fine-tuning, outputs", v.label, k + 1,
+                     len(variants))  # fmt: skip
+            metrics = finish_one(k, v, out_dir)
+        rows.append(_row(v.label, v.reward, metrics))
+    return rows
 
 
 def _resolved_for(resolved: dict, reward_cfg) -> dict:
@@ -172,9 +232,8 @@ def _plot(path: Path, rows: list[dict], front: list[int], title: str) -> None:
     finish_figure(fig, ax, path)
 
 
-def _write_front(run_dir: Path, rows: list[dict], p, tracker, timings: dict, started) -> dict:
+def _write_front(run_dir: Path, rows: list[dict], title: str, tracker, timings, started) -> dict:
     front = front_of(rows)
-    title = f"{p.config.name}: {len(rows)} rewards in one search on {p.profile.name}"
     _plot(run_dir / "sweep.png", rows, front, title)
     atomic_write_text(run_dir / "sweep.md", _markdown(rows, front))
     Console().print(_table(rows, front))

@@ -72,3 +72,11 @@ def compute_reward(
         - params.violation_penalty * violation
     )
     return reward, violation
+
+
+def budgets_record(budgets) -> dict[str, float | None]:
+    """The budgets as ``metrics.json`` records them; ``None``: no budget (JSON has no infinity)."""
+    return {
+        name: float(b) if np.isfinite(b) else None
+        for name, b in zip(RESOURCES, np.asarray(budgets), strict=True)
+    }

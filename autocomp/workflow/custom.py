@@ -13,8 +13,10 @@ import jax
 import numpy as np
 import optax
 
+from autocomp.cluster import barrier
 from autocomp.config import ModelConfig, TrainConfig
 from autocomp.data import Dataset
+from autocomp.io import writes_here
 from autocomp.models.discovery import ModelError
 from autocomp.models.linen import LinenNetwork
 from autocomp.sharding import batch_sharding, put_batch, shard_env_params
@@ -216,13 +218,16 @@ def save_checkpoint(path: Path, variables: dict) -> None:
     import orbax.checkpoint as ocp
 
     path = Path(path).resolve()
-    path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
+    if writes_here(path):  # in a multi-process run, process 0 (orbax's primary host) writes it
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(partial, ignore_errors=True)
     checkpointer = ocp.StandardCheckpointer()
-    checkpointer.save(partial, variables)
+    checkpointer.save(partial, variables)  # every process takes part
     checkpointer.wait_until_finished()
-    partial.rename(path)
+    if writes_here(path):
+        partial.rename(path)
+    barrier("base checkpoint saved")
 
 
 def base_variables(config, data: Dataset, run_dir: Path) -> tuple[object, dict, str]:
