@@ -448,6 +448,42 @@ def test_compress_a_trained_user_model_end_to_end(trained_small_resnet, tmp_path
     assert report["tflite_top1_agreement"] >= 0.999
 
 
+def test_fine_tuning_a_user_model_resumes_where_it_stopped(trained_small_resnet, tmp_path):
+    """The one training loop (:func:`autocomp.training.loop.train_loop`) behind a user's
+    model: killed after its first epoch, distillation resumes from the checkpoint and ends on
+    the weights of an uninterrupted run."""
+    import dataclasses
+
+    from autocomp.run import compose
+    from autocomp.run.custom import setup
+    from autocomp.search.plan import plan_from_indices
+    from autocomp.workflow.custom import compressed_model, finetune
+
+    model, variables, data = trained_small_resnet
+    config = compose(["env.techniques=[keep,svd,magnitude]", "env.ratios=[0,0.5]"])
+    st = setup(model, variables, data, config, {"train": False})
+    indices = np.array([(2, 1)] + [(1, 1)] * (len(st.net.layers) - 1))  # masks and factors
+    plan = plan_from_indices(st.net.name, st.net.layers, st.techniques, (0.0, 0.5), indices)
+    cmp = compressed_model(st.net, st.aux, st.techniques, plan)
+    ft = dataclasses.replace(config.finetune, epochs=2, batch_size=128)
+    ckpt = tmp_path / "finetune.msgpack"
+
+    class Killed(Exception):
+        pass
+
+    def kill(epoch, loss):
+        raise Killed
+
+    with pytest.raises(Killed):
+        finetune(st.net, cmp, data, ft, 0, st.net.base_params(), kill, ckpt)
+    assert ckpt.is_file()
+    resumed = finetune(st.net, cmp, data, ft, 0, st.net.base_params(), None, ckpt)
+    full = finetune(st.net, cmp, data, ft, 0, st.net.base_params())
+    jax.tree.map(np.testing.assert_array_equal, resumed, full)
+    assert any(not np.array_equal(a, b) for a, b in  # it did train
+               zip(jax.tree.leaves(full), jax.tree.leaves(cmp.params), strict=True))  # fmt: skip
+
+
 def test_sweep_of_a_user_model_gives_a_run_directory_per_budget(trained_small_resnet, tmp_path):
     """``sweep.max_latency_frac=[...]`` on a user's model: one search for both budgets, then a
     complete run directory per budget (``python -m autocomp.export`` takes it) and the front."""

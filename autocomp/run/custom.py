@@ -103,7 +103,9 @@ def compress_config(
         st.trainer, st.env_params, jax.random.key(config.seed), NullTracker(), checkpoint,
         fingerprint, show_progress,
     )  # fmt: skip
-    return finish(st, data, config, st.env_params, state, history, timings, show_progress, started)
+    resume = checkpoint.with_name("finetune.msgpack") if checkpoint is not None else None
+    return finish(st, data, config, st.env_params, state, history, timings, show_progress, started,
+                  resume)  # fmt: skip
 
 
 class Setup(NamedTuple):
@@ -140,9 +142,10 @@ def setup(model, variables, data, config, apply_kwargs=None, output_fn=None, nam
 
 
 def finish(st: Setup, data, config, env_params, state, history, timings, show_progress,
-           started) -> Result:  # fmt: skip
+           started, finetune_checkpoint: Path | None = None) -> Result:  # fmt: skip
     """After the search (``env_params`` carry its reward): the policy's plan scored and added,
-    selection, materialization and its check, fine-tuning, and both models' metrics."""
+    selection, materialization and its check, fine-tuning (resumable with
+    ``finetune_checkpoint``), and both models' metrics."""
     net, space, env, ratios = st.net, st.space, st.env, tuple(config.env.ratios)
     base_params = net.base_params()
     greedy = st.trainer.policy(state, env_params)
@@ -156,7 +159,8 @@ def finish(st: Setup, data, config, env_params, state, history, timings, show_pr
     check = _check(cmp, env, env_params, indices, host_value(env_params.x_val))
 
     with EpochBar("fine-tune", config.finetune.epochs, show_progress) as bar:
-        params = finetune(net, cmp, data, config.finetune, config.seed, base_params, bar.callback)
+        params = finetune(net, cmp, data, config.finetune, config.seed, base_params, bar.callback,
+                          finetune_checkpoint)  # fmt: skip
     small, small_variables = cmp.build(params)
     result = Result(plan, {}, small, small_variables, net, cmp, params)
     base_logits = predict(net.forward, base_params, data.x_test)

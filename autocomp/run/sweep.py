@@ -77,8 +77,9 @@ def run_custom_sweep(st, config, run_dir, saved, show_progress, checkpoint, fing
                                          fingerprint, show_progress, checkpoint)  # fmt: skip
 
     def finish_one(k: int, v: Variant, out_dir: Path) -> dict:
+        resume = pipeline.run_paths(out_dir)["finetune"] if config.resume else None
         result = finish(st, saved.data, v.config, v.params, states[k], histories[k], timings,
-                        show_progress, started)  # fmt: skip
+                        show_progress, started, resume)  # fmt: skip
         return save_run(
             result,
             v.config,

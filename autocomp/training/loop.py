@@ -39,10 +39,7 @@ class CheckpointError(ValueError):
 
 def predict(ops: tuple[Op, ...], params: dict, x: np.ndarray, batch_size: int = 1024) -> np.ndarray:
     """Logits of ``x`` under the model ``ops`` (batched, one compiled function per shape)."""
-    apply = _apply_fn(ops)
-    return np.concatenate(
-        [np.asarray(apply(params, x[i : i + batch_size])) for i in range(0, len(x), batch_size)]
-    )
+    return predict_with(_apply_fn(ops), params, x, batch_size)
 
 
 def accuracy(ops: tuple[Op, ...], params: dict, x: np.ndarray, y: np.ndarray) -> float:
@@ -93,39 +90,91 @@ def make_optimizer(name: str, learning_rate: float, weight_decay: float, steps: 
     return optax.adamw(schedule, weight_decay=weight_decay)
 
 
-def _make_step(model, tx, mask_tree: dict, augment: bool, aug_key, temperature, alpha, teacher):
-    """The jitted training step of :func:`fit` (augmentation, batch norm, distillation, masks
-    kept after every update) and the masking function. With augmentation the teacher
-    (``SequentialNet``, its params passed to the step) sees the same augmented batch as the
-    student; without, its logits come precomputed (``t_logits``)."""
-
-    def apply_masks(p):
-        return {
-            k: ({**v, **{"kernel": v["kernel"] * mask_tree[k]["kernel"]}} if k in mask_tree else v)
-            for k, v in p.items()
-        }
+def train_loop(
+    apply: Callable,
+    params,
+    stats,
+    data: Dataset,
+    tx: optax.GradientTransformation,
+    *,
+    epochs: int,
+    batch_size: int,
+    seed: int,
+    augment: bool = False,
+    teacher: tuple[Callable, object] | None = None,
+    temperature: float = 1.0,
+    alpha: float = 1.0,
+    keep: Callable = lambda p: p,
+    checkpoint: Path | None = None,
+    on_epoch: Callable[[int, float], None] | None = None,
+):
+    """The one training loop, for every model (built-in op lists, users' linen and NNX models);
+    returns (params, stats). ``apply(params, stats, x) -> (logits, new stats)``: the model in
+    training mode (``stats``: its mutable collections, ``{}`` if none). Loss: cross-entropy,
+    plus distillation from ``teacher = (fn, params)`` (``fn(params, x) -> logits``; with
+    ``augment`` on the student's flipped and cropped batch, else computed once). ``keep`` runs
+    after every update (sparsity masks). Batches are drawn per (seed, epoch) and split over the
+    devices; with ``checkpoint``, saved atomically after every epoch and resumed from."""
+    batch_size = min(batch_size, len(data.x_train))
+    steps_per_epoch = max(1, len(data.x_train) // batch_size)
+    aug_key = jax.random.key(seed + 1)
+    t_fn, t_params = teacher if teacher is not None else (None, None)
 
     @jax.jit
     def step(p, stats, s, x, y, t_logits, i, t_params):
         if augment:
             x = augment_batch(jax.random.fold_in(aug_key, i), x)
-            if teacher is not None:
-                t_logits = teacher.apply({"params": t_params}, x)
+            if t_fn is not None:
+                t_logits = t_fn(t_params, x)
 
         def loss_fn(p):
-            variables = {"params": p, **({"batch_stats": stats} if stats else {})}
-            if stats:
-                logits, updated = model.apply(variables, x, train=True, mutable=["batch_stats"])
-                new_stats = updated["batch_stats"]
-            else:
-                logits, new_stats = model.apply(variables, x), stats
+            logits, new_stats = apply(p, stats, x)
             return _kd_loss(logits, y, t_logits, temperature, alpha), new_stats
 
         (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(p)
         updates, s = tx.update(grads, s, p)
-        return apply_masks(optax.apply_updates(p, updates)), stats, s, loss
+        return keep(optax.apply_updates(p, updates)), stats, s, loss
 
-    return step, apply_masks
+    params = keep(jax.tree.map(jnp.asarray, params))
+    stats = jax.tree.map(jnp.asarray, stats)
+    t_params = jax.tree.map(jnp.asarray, t_params)
+    opt_state = tx.init(params)
+    first_epoch = 0
+    if checkpoint is not None and checkpoint.is_file():
+        state = _load_state(checkpoint, {"epoch": 0, "params": params, "stats": stats,
+                                         "opt": opt_state})  # fmt: skip
+        first_epoch, params, stats, opt_state = (
+            int(state["epoch"]), state["params"], state["stats"], state["opt"]
+        )  # fmt: skip
+        log.info("resuming training from %s at epoch %d", checkpoint, first_epoch)
+    teacher_train = None
+    if t_fn is not None and not augment:  # precomputed once; augmented: inside the step
+        teacher_train = predict_with(jax.jit(t_fn), t_params, data.x_train)
+    split = batch_sharding(batch_size)  # data-parallel over the devices (or None)
+    for epoch in range(first_epoch, epochs):
+        losses = []
+        idx = np.random.default_rng([seed, epoch]).permutation(len(data.x_train))
+        for b in range(steps_per_epoch):
+            sel = idx[b * batch_size : (b + 1) * batch_size]
+            t_logits = teacher_train[sel] if teacher_train is not None else None
+            x, y, t_logits = put_batch(split, data.x_train[sel], data.y_train[sel], t_logits)
+            params, stats, opt_state, loss = step(
+                params, stats, opt_state, x, y, t_logits, epoch * steps_per_epoch + b, t_params
+            )
+            losses.append(loss)
+        if checkpoint is not None and epoch + 1 < epochs:
+            state = {"epoch": epoch + 1, "params": params, "stats": stats, "opt": opt_state}
+            atomic_write_bytes(checkpoint, serialization.to_bytes(state))
+        if on_epoch is not None:
+            on_epoch(epoch, float(np.mean(jax.device_get(losses))))
+    return jax.tree.map(np.asarray, params), jax.tree.map(np.asarray, stats)
+
+
+def predict_with(fn: Callable, params, x: np.ndarray, batch_size: int = 1024) -> np.ndarray:
+    """``fn(params, x)`` (jitted: one compilation per batch shape) over ``x`` in batches."""
+    return np.concatenate(
+        [np.asarray(fn(params, x[i : i + batch_size])) for i in range(0, len(x), batch_size)]
+    )
 
 
 def fit(
@@ -148,62 +197,36 @@ def fit(
     checkpoint: Path | None = None,
     on_epoch: Callable[[int, float], None] | None = None,
 ) -> tuple[dict, dict]:
-    """Train ``ops`` from ``params``; returns (params, batch_stats).
-
-    Optional distillation from ``teacher`` (its ops and params; with ``augment`` it sees the
-    student's augmented batches), fixed sparsity ``masks`` (op name -> kernel mask) that every
-    update keeps, batch norm (``batch_stats``) and augmentation. With
-    ``checkpoint``, the state is saved atomically after every epoch and a run that finds one
-    continues from it (the epoch order is a function of (seed, epoch), so a resumed run sees
-    the same batches as an uninterrupted one).
-    """
+    """:func:`train_loop` for a built-in model ``ops`` from ``params``; returns (params,
+    batch_stats). ``teacher``: its ops and params; ``masks``: op name -> kernel mask, kept by
+    every update; the optimizer of :func:`make_optimizer`."""
     model = SequentialNet(ops)
-    batch_size = min(batch_size, len(data.x_train))
-    steps_per_epoch = len(data.x_train) // batch_size
-    steps = max(1, epochs * steps_per_epoch)
+    steps = max(1, epochs * (len(data.x_train) // min(batch_size, len(data.x_train))))
     tx = make_optimizer(optimizer, learning_rate, weight_decay, steps)
-    mask_tree = {name: {"kernel": jnp.asarray(m)} for name, m in (masks or {}).items()}
-    batch_stats = batch_stats or {}
-    aug_key = jax.random.key(seed + 1)
+    mask_tree = {name: jnp.asarray(m) for name, m in (masks or {}).items()}
 
-    t_model = SequentialNet(teacher[0]) if teacher is not None else None
-    t_params = jax.tree.map(jnp.asarray, teacher[1]) if teacher is not None else None
-    step, apply_masks = _make_step(
-        model, tx, mask_tree, augment, aug_key, temperature, alpha, t_model
-    )
-    params = apply_masks(jax.tree.map(jnp.asarray, params))
-    batch_stats = jax.tree.map(jnp.asarray, batch_stats)
-    opt_state = tx.init(params)
-    first_epoch = 0
-    if checkpoint is not None and checkpoint.is_file():
-        template = {"epoch": 0, "params": params, "stats": batch_stats, "opt": opt_state}
-        state = _load_state(checkpoint, template)
-        first_epoch, params, batch_stats, opt_state = (
-            int(state["epoch"]), state["params"], state["stats"], state["opt"]
-        )  # fmt: skip
-        log.info("resuming training from %s at epoch %d", checkpoint, first_epoch)
-    teacher_train = None
-    if teacher is not None and not augment:  # precomputed once; augmented: inside the step
-        teacher_train = predict(teacher[0], teacher[1], data.x_train)
-    split = batch_sharding(batch_size)  # data-parallel over the local devices (or None)
-    for epoch in range(first_epoch, epochs):
-        losses = []
-        idx = np.random.default_rng([seed, epoch]).permutation(len(data.x_train))
-        for b in range(steps_per_epoch):
-            sel = idx[b * batch_size : (b + 1) * batch_size]
-            t_logits = teacher_train[sel] if teacher_train is not None else None
-            x, y, t_logits = put_batch(split, data.x_train[sel], data.y_train[sel], t_logits)
-            params, batch_stats, opt_state, loss = step(
-                params, batch_stats, opt_state, x, y, t_logits, epoch * steps_per_epoch + b,
-                t_params,
-            )  # fmt: skip
-            losses.append(loss)
-        if checkpoint is not None and epoch + 1 < epochs:
-            state = {"epoch": epoch + 1, "params": params, "stats": batch_stats, "opt": opt_state}
-            atomic_write_bytes(checkpoint, serialization.to_bytes(state))
-        if on_epoch is not None:
-            on_epoch(epoch, float(np.mean(jax.device_get(losses))))
-    return jax.tree.map(np.asarray, params), jax.tree.map(np.asarray, batch_stats)
+    def keep(p):
+        return {
+            k: ({**v, "kernel": v["kernel"] * mask_tree[k]} if k in mask_tree else v)
+            for k, v in p.items()
+        }
+
+    def apply(p, stats, x):
+        if not stats:
+            return model.apply({"params": p}, x), stats
+        logits, updated = model.apply(
+            {"params": p, "batch_stats": stats}, x, train=True, mutable=["batch_stats"]
+        )
+        return logits, updated["batch_stats"]
+
+    t_fn = None
+    if teacher is not None:
+        t_model = SequentialNet(teacher[0])
+        t_fn = (lambda tp, x: t_model.apply({"params": tp}, x), teacher[1])  # noqa: E731
+    return train_loop(apply, params, batch_stats or {}, data, tx, epochs=epochs,
+                      batch_size=batch_size, seed=seed, augment=augment, teacher=t_fn,
+                      temperature=temperature, alpha=alpha, keep=keep, checkpoint=checkpoint,
+                      on_epoch=on_epoch)  # fmt: skip
 
 
 def _load_state(path: Path, template: dict) -> dict:

@@ -19,7 +19,7 @@ from autocomp.data import Dataset
 from autocomp.io import writes_here
 from autocomp.models.discovery import ModelError
 from autocomp.models.linen import LinenNetwork
-from autocomp.sharding import batch_sharding, put_batch, shard_env_params
+from autocomp.sharding import shard_env_params
 
 log = logging.getLogger(__name__)
 
@@ -95,41 +95,32 @@ def load_checkpoint(path: str, like: dict) -> dict:
 
 def train_base(model, cfg: ModelConfig, data: Dataset, train: TrainConfig, seed: int) -> dict:
     """Train the user's model from scratch when no checkpoint is given (Adam with cosine
-    decay, cross-entropy, batch statistics updated where the model has them)."""
+    decay, cross-entropy, batch statistics updated where the model has them), in
+    :func:`autocomp.training.loop.train_loop`."""
+    from autocomp.training.loop import train_loop
+
     variables = model.init(jax.random.key(seed), data.x_train[:1], **dict(cfg.apply_kwargs))
-    params = variables["params"]
     stats = {k: v for k, v in variables.items() if k != "params"}
-    mutable = [k for k in stats]
     batch = min(train.batch_size, len(data.x_train))
     steps = max(1, train.epochs * (len(data.x_train) // batch))
     tx = optax.adamw(
         optax.cosine_decay_schedule(train.learning_rate, steps), weight_decay=train.weight_decay
     )
-    opt = tx.init(params)
     kwargs = dict(cfg.train_kwargs) or dict(cfg.apply_kwargs)
     pick = output_fn(cfg) or (lambda out: out)
 
-    @jax.jit
-    def step(params, stats, opt, x, y):
-        def loss_fn(p):
-            out = model.apply({"params": p, **stats}, x, **kwargs, mutable=mutable)
-            logits, new = out if mutable else (out, {})
-            loss = optax.softmax_cross_entropy_with_integer_labels(pick(logits), y).mean()
-            return loss, {**stats, **new}
+    def apply(p, stats, x):
+        if not stats:
+            return pick(model.apply({"params": p}, x, **kwargs)), stats
+        out, new = model.apply({"params": p, **stats}, x, **kwargs, mutable=list(stats))
+        return pick(out), {**stats, **new}
 
-        (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-        updates, opt = tx.update(grads, opt, params)
-        return optax.apply_updates(params, updates), stats, opt, loss
+    def on_epoch(epoch: int, loss: float) -> None:
+        log.info("base model epoch %d/%d: loss %.4f", epoch + 1, train.epochs, loss)
 
-    for epoch in range(train.epochs):
-        order = np.random.default_rng([seed, epoch]).permutation(len(data.x_train))
-        for b in range(len(data.x_train) // batch):
-            sel = order[b * batch : (b + 1) * batch]
-            params, stats, opt, loss = step(
-                params, stats, opt, data.x_train[sel], data.y_train[sel]
-            )
-        log.info("base model epoch %d/%d: loss %.4f", epoch + 1, train.epochs, float(loss))
-    return jax.tree.map(np.asarray, {"params": params, **stats})
+    params, stats = train_loop(apply, variables["params"], stats, data, tx, epochs=train.epochs,
+                               batch_size=batch, seed=seed, on_epoch=on_epoch)  # fmt: skip
+    return {"params": params, **stats}
 
 
 def network(model, variables, example, apply_kwargs=None, output_fn=None, name=None):
@@ -317,56 +308,32 @@ def restore_run(run_dir: Path) -> Restored:
 
 def predict(fn: Callable, params, x: np.ndarray, batch: int = 512) -> np.ndarray:
     """``fn(params, x)`` over ``x`` in batches, as numpy."""
-    jitted = jax.jit(fn)
-    return np.concatenate(
-        [np.asarray(jitted(params, x[i : i + batch])) for i in range(0, len(x), batch)]
-    )
+    from autocomp.training.loop import predict_with
+
+    return predict_with(jax.jit(fn), params, x, batch)
 
 
-def finetune(net, cmp, data: Dataset, cfg, seed: int, base_params, on_epoch=None):
+def finetune(net, cmp, data: Dataset, cfg, seed: int, base_params, on_epoch=None,
+             checkpoint=None):  # fmt: skip
     """Knowledge distillation from the original model into the compressed one (Hinton et
-    al., 2015); batch statistics stay as they are, sparsity masks are kept; ``on_epoch(epoch,
-    loss)`` after each epoch. Returns the trained params."""
+    al., 2015) in :func:`autocomp.training.loop.train_loop`; batch statistics stay as they
+    are, sparsity masks are kept; ``on_epoch(epoch, loss)`` after each epoch; with
+    ``checkpoint``, resumable after every epoch. Returns the trained params."""
     import jax.numpy as jnp
 
     from autocomp.models.materialized import keep_masks
-    from autocomp.training.loop import _kd_loss, augment_batch, make_optimizer
+    from autocomp.training.loop import make_optimizer, train_loop
 
     if cfg.epochs == 0:
         return cmp.params
-    # augmented: the teacher sees the student's augmented batch, inside the step
-    teacher = None if cfg.augment else predict(net.forward, base_params, data.x_train)
     batch = min(cfg.batch_size, len(data.x_train))
-    steps_per_epoch = max(1, len(data.x_train) // batch)
-    tx = make_optimizer("adamw", cfg.learning_rate, 0.0, cfg.epochs * steps_per_epoch)
+    tx = make_optimizer("adamw", cfg.learning_rate, 0.0,
+                        cfg.epochs * max(1, len(data.x_train) // batch))  # fmt: skip
     masks = {k: jnp.asarray(m) for k, m in cmp.masks.items()}
-
-    @jax.jit
-    def step(p, s, x, y, t, key, t_params):
-        if cfg.augment:
-            x = augment_batch(key, x)
-            t = net.forward(t_params, x)
-        loss, grads = jax.value_and_grad(
-            lambda p: _kd_loss(cmp.logits(p, x), y, t, cfg.temperature, cfg.alpha)
-        )(p)
-        updates, s = tx.update(grads, s, p)
-        return keep_masks(optax.apply_updates(p, updates), masks), s, loss
-
-    params = jax.tree.map(jnp.asarray, cmp.params)
-    t_params = jax.tree.map(jnp.asarray, base_params)
-    state = tx.init(params)
-    key = jax.random.key(seed + 1)
-    split = batch_sharding(batch)
-    for epoch in range(cfg.epochs):
-        order = np.random.default_rng([seed, epoch]).permutation(len(data.x_train))
-        for b in range(steps_per_epoch):
-            sel = order[b * batch : (b + 1) * batch]
-            t = teacher[sel] if teacher is not None else None
-            x, y, t = put_batch(split, data.x_train[sel], data.y_train[sel], t)
-            params, state, loss = step(
-                params, state, x, y, t, jax.random.fold_in(key, epoch * steps_per_epoch + b),
-                t_params,
-            )  # fmt: skip
-        if on_epoch is not None:
-            on_epoch(epoch, float(loss))
-    return jax.tree.map(np.asarray, params)
+    params, _ = train_loop(
+        lambda p, stats, x: (cmp.logits(p, x), stats), cmp.params, {}, data, tx,
+        epochs=cfg.epochs, batch_size=batch, seed=seed, augment=cfg.augment,
+        teacher=(net.forward, base_params), temperature=cfg.temperature, alpha=cfg.alpha,
+        keep=lambda p: keep_masks(p, masks), checkpoint=checkpoint, on_epoch=on_epoch,
+    )  # fmt: skip
+    return params
