@@ -527,7 +527,9 @@ def test_sweep_of_a_user_model_gives_a_run_directory_per_budget(trained_small_re
     assert again["sweep"] == metrics["sweep"]  # both variants finished: read back, not redone
 
 
-def test_cli_compresses_a_user_model_from_its_orbax_checkpoint(trained_small_resnet, tmp_path):
+def test_cli_compresses_a_user_model_from_its_orbax_checkpoint(
+    trained_small_resnet, tmp_path, monkeypatch
+):
     import orbax.checkpoint as ocp
     from hydra import compose, initialize
     from omegaconf import OmegaConf
@@ -539,6 +541,7 @@ def test_cli_compresses_a_user_model_from_its_orbax_checkpoint(trained_small_res
     checkpointer = ocp.StandardCheckpointer()
     checkpointer.save(ckpt, jax.tree.map(np.asarray, variables))
     checkpointer.wait_until_finished()
+    monkeypatch.setenv("WANDB_MODE", "offline")
     register()
     with initialize(version_base="1.3", config_path="../experiments"):
         cfg = compose(
@@ -550,7 +553,7 @@ def test_cli_compresses_a_user_model_from_its_orbax_checkpoint(trained_small_res
                 "model.input_shape=[8,8,1]",
                 "+model.apply_kwargs.train=false",
                 "data=digits",
-                "logger=none",
+                "logger=wandb",  # offline: tracked as a built-in run is
                 "agent.episodes=64",
                 "finetune.epochs=1",
                 "device=pixel4_a76",  # the default phone table, with its int8 column
@@ -567,6 +570,13 @@ def test_cli_compresses_a_user_model_from_its_orbax_checkpoint(trained_small_res
         p.name for p in run_dir.iterdir()
     }
     assert (run_dir / "checkpoint" / "search.msgpack").is_file()  # a killed search resumes
+    assert (run_dir / "pareto.png").read_bytes()[:4] == b"\x89PNG"
+    (offline,) = (run_dir / "wandb").glob("offline-run-*")  # the plan, front, image, summary
+    assert list(offline.glob("run-*.wandb")) and list(offline.glob("files/media/images/*.png"))
+    from autocomp.sweep import run_metric
+
+    logged, _ = run_metric(run_dir, "compressed/test_accuracy")  # read back from the run file
+    assert logged == metrics["compressed"]["test_accuracy"]
     # python -m autocomp.export rebuilds the user's model from the run and exports it
     from autocomp.export.__main__ import main as export_main
 

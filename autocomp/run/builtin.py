@@ -22,7 +22,7 @@ from autocomp.sharding import shard_env_params
 from autocomp.workflow import pipeline
 from autocomp.workflow.outputs import write_run
 from autocomp.workflow.report import EpochBar, print_report
-from autocomp.workflow.tracking import make_tracker
+from autocomp.workflow.tracking import make_tracker, track_run
 from envs.compression import CompressionEnv
 
 log = logging.getLogger("autocomp.train")
@@ -153,15 +153,5 @@ def _metrics(p, sel, comp, base, compressed, history, timings, started) -> dict:
 
 def _track(tracker, p, sel, comp, base, compressed, pareto_png) -> None:
     """The plan, the front and the summary in the run's tracker (wandb)."""
-    tracker.log_table(
-        "plan",
-        ["layer", "technique", "ratio", "latency_ms", "energy_mj"],
-        [[c.name, c.technique, c.ratio, c.latency_ms, c.energy_mj] for c in comp.plan.layers],
-    )
-    tracker.log_table("pareto_front", *pipeline.history_table(p, sel))
-    tracker.log_image("pareto", pareto_png)
-    tracker.summary(
-        {f"base/{k}": v for k, v in base.items() if k != "cost_sources"}
-        | {f"compressed/{k}": v for k, v in compressed.items() if k != "cost_sources"}
-    )
-    tracker.finish()
+    front = pipeline.history_table([t.name for t in p.techniques], p.config.env.ratios, sel)
+    track_run(tracker, comp.plan.layers, front, pareto_png, base, compressed)

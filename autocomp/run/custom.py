@@ -40,6 +40,7 @@ from autocomp.workflow.custom import (
 from autocomp.workflow.custom import output_fn as model_output_fn
 from autocomp.workflow.pipeline import (
     device_table_record,
+    history_table,
     merge_history,
     prepare_context,
     run_paths,
@@ -47,7 +48,7 @@ from autocomp.workflow.pipeline import (
     validate,
 )
 from autocomp.workflow.report import EpochBar, print_report
-from autocomp.workflow.tracking import NullTracker
+from autocomp.workflow.tracking import NullTracker, make_tracker, track_run
 from envs.compression import CompressionEnv
 
 log = logging.getLogger(__name__)
@@ -94,14 +95,16 @@ def compress_config(
     show_progress: bool = False,
     checkpoint: Path | None = None,
     fingerprint: str = "",
+    tracker: NullTracker | None = None,
 ) -> Result:
     """:func:`compress` with a composed config (the CLI's path for ``model._target_``);
-    ``checkpoint``: where the search saves itself after every chunk and resumes from."""
+    ``checkpoint``: where the search saves itself after every chunk and resumes from;
+    ``tracker``: where the search logs its progress (wandb in a CLI run)."""
     started = time.perf_counter()
     st = setup(model, variables, data, config, apply_kwargs, output_fn, name)
     state, history, timings = run_search(
-        st.trainer, st.env_params, jax.random.key(config.seed), NullTracker(), checkpoint,
-        fingerprint, show_progress,
+        st.trainer, st.env_params, jax.random.key(config.seed), tracker or NullTracker(),
+        checkpoint, fingerprint, show_progress,
     )  # fmt: skip
     resume = checkpoint.with_name("finetune.msgpack") if checkpoint is not None else None
     return finish(st, data, config, st.env_params, state, history, timings, show_progress, started,
@@ -162,7 +165,8 @@ def finish(st: Setup, data, config, env_params, state, history, timings, show_pr
         params = finetune(net, cmp, data, config.finetune, config.seed, base_params, bar.callback,
                           finetune_checkpoint)  # fmt: skip
     small, small_variables = cmp.build(params)
-    result = Result(plan, {}, small, small_variables, net, cmp, params)
+    front = history_table([t.name for t in st.techniques], ratios, sel)
+    result = Result(plan, {}, small, small_variables, net, cmp, params, sel, front)
     base_logits = predict(net.forward, base_params, data.x_test)
     base_test = float(np.mean(base_logits.argmax(-1) == data.y_test))
     test = float(np.mean(result.logits(data.x_test).argmax(-1) == data.y_test))
@@ -248,14 +252,16 @@ def run_custom(
     checkpoint = run_paths(run_dir)["checkpoint"] if config.resume else None
     args = (model, variables, data, config, config.model.apply_kwargs,
             model_output_fn(config.model), config.model.name)  # fmt: skip
+    tracker = make_tracker(config.logger, run_dir, resolved, f"{config.name}-seed{config.seed}")
     saved = Saved(data, resolved, tuple(overrides), base_checkpoint)
     if config.sweep.variants(config.reward):
         from autocomp.run.sweep import run_custom_sweep
 
         return run_custom_sweep(setup(*args), config, run_dir, saved, show_progress, checkpoint,
-                                config_fingerprint(resolved))  # fmt: skip
-    result = compress_config(*args, show_progress, checkpoint, config_fingerprint(resolved))
-    return save_run(result, config, run_dir, saved)
+                                config_fingerprint(resolved), tracker)  # fmt: skip
+    result = compress_config(*args, show_progress, checkpoint, config_fingerprint(resolved),
+                             tracker)  # fmt: skip
+    return save_run(result, config, run_dir, saved, tracker)
 
 
 class Saved(NamedTuple):
@@ -267,9 +273,11 @@ class Saved(NamedTuple):
     base_checkpoint: str
 
 
-def save_run(result: Result, config: RootConfig, run_dir: Path, saved: Saved) -> dict:
+def save_run(result: Result, config: RootConfig, run_dir: Path, saved: Saved,
+             tracker: NullTracker | None = None) -> dict:  # fmt: skip
     """The run directory (:meth:`Result.save`, ``run.json``, with ``export=true`` the export and
-    its model card) and the report; returns the metrics."""
+    its model card), the tracker's tables, image and summary, and the report; returns the
+    metrics."""
     data = saved.data
     result.save(run_dir)
     record = {
@@ -283,6 +291,9 @@ def save_run(result: Result, config: RootConfig, run_dir: Path, saved: Saved) ->
         "num_classes": int(np.max(data.y_train)) + 1,
     }
     atomic_write_json(run_dir / "run.json", record)
+    m = result.metrics
+    track_run(tracker or NullTracker(), result.plan.layers, result.front, run_dir / "pareto.png",
+              m["base"], m["compressed"])  # fmt: skip
     if config.export:
         result.metrics["export"] = result.export(run_dir / "export", data)
         atomic_write_json(run_dir / "metrics.json", result.metrics)

@@ -16,6 +16,7 @@ from autocomp.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from autocomp.models.materialized import Compressed
 from autocomp.search.plan import Plan
 from autocomp.workflow.custom import predict
+from autocomp.workflow.outputs import plot_selection
 
 
 @dataclass
@@ -33,6 +34,9 @@ class Result:
             NNX: ``None`` (the weights are in ``model``).
         network: what autocomp saw in the original model.
         compressed: the compressed model as functions of ``params``, its trainable params.
+        selection: the search's distinct plans, their accuracy-latency front and the chosen
+            one (:class:`autocomp.workflow.pipeline.Selection`).
+        front: that front as table rows, ``(columns, rows)``.
     """
 
     plan: Plan
@@ -42,15 +46,25 @@ class Result:
     network: Any
     compressed: Compressed
     params: Any
+    selection: Any = None
+    front: tuple | None = None
 
     def logits(self, x: np.ndarray) -> np.ndarray:
         return predict(self.compressed.logits, self.params, np.asarray(x, np.float32))
 
     def save(self, run_dir: str | Path) -> Path:
-        """``plan.json``, ``metrics.json`` and ``compressed_params.msgpack`` (the trainable
-        params, and for linen the other collections too), written atomically."""
+        """``plan.json``, ``metrics.json``, ``compressed_params.msgpack`` (the trainable
+        params, and for linen the other collections too) and ``pareto.png``, written
+        atomically."""
         run_dir = Path(run_dir)
         atomic_write_text(run_dir / "plan.json", self.plan.to_json())
+        if self.selection is not None:
+            m, budget = self.metrics, self.metrics["search"]["budgets"]["latency_ms"]
+            title = (f"{self.plan.model}: {len(self.selection.plans)} unique plans on "
+                     f"{m['device_table']['name']}")  # fmt: skip
+            plot_selection(run_dir / "pareto.png", self.selection, m["base"]["latency_ms"],
+                           m["base"]["val_accuracy"], float("inf") if budget is None else budget,
+                           title)  # fmt: skip
         tree = self.variables if self.variables is not None else self.params
         tree = tree.to_pure_dict() if hasattr(tree, "to_pure_dict") else tree
         blob = serialization.msgpack_serialize(jax.tree.map(np.asarray, tree))

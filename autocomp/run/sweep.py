@@ -66,14 +66,15 @@ def run_sweep(
     return _write_front(run_dir, rows, title, tracker, timings, started)
 
 
-def run_custom_sweep(st, config, run_dir, saved, show_progress, checkpoint, fingerprint) -> dict:
+def run_custom_sweep(st, config, run_dir, saved, show_progress, checkpoint, fingerprint,
+                     tracker) -> dict:  # fmt: skip
     """:func:`run_sweep` for a user's own model (``st``: :func:`autocomp.run.custom.setup`),
     each variant's run directory as :func:`autocomp.run.custom.save_run` writes it."""
     from autocomp.run.custom import finish, save_run
 
     started = time.perf_counter()
     variants = _variants(config, st.space.base, st.base_val, st.env_params)
-    states, histories, timings = _search(config, st.trainer, variants, run_dir, NullTracker(),
+    states, histories, timings = _search(config, st.trainer, variants, run_dir, tracker,
                                          fingerprint, show_progress, checkpoint)  # fmt: skip
 
     def finish_one(k: int, v: Variant, out_dir: Path) -> dict:
@@ -89,7 +90,7 @@ def run_custom_sweep(st, config, run_dir, saved, show_progress, checkpoint, fing
 
     rows = _finish_variants(variants, run_dir, finish_one)
     title = f"{st.net.name}: {len(rows)} rewards in one search on {st.profile.name}"
-    return _write_front(run_dir, rows, title, NullTracker(), timings, started)
+    return _write_front(run_dir, rows, title, tracker, timings, started)
 
 
 class Variant(NamedTuple):

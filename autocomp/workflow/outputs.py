@@ -18,6 +18,17 @@ from autocomp.search.pareto import plot_pareto
 from autocomp.workflow.pipeline import Compressed, Prepared, Selection, run_paths
 
 
+def plot_selection(path: Path, sel: Selection, base_latency: float, base_val: float,
+                   budget_ms: float, title: str) -> Path:  # fmt: skip
+    """``pareto.png``: every evaluated plan, the front, the base model and the chosen plan."""
+    return plot_pareto(
+        path, sel.accuracy, sel.costs[:, 0], sel.costs[:, 2], sel.front,
+        base=(base_latency, base_val),
+        chosen=(float(sel.costs[sel.chosen, 0]), float(sel.accuracy[sel.chosen])),
+        budget_ms=budget_ms if np.isfinite(budget_ms) else None, title=title,
+    )  # fmt: skip
+
+
 def write_run(
     run_dir: Path,
     p: Prepared,
@@ -37,19 +48,9 @@ def write_run(
         "masks": {k: np.asarray(v) for k, v in comp.masks.items()},
     }
     atomic_write_bytes(paths["params"], serialization.msgpack_serialize(blob))
+    title = f"{p.config.name}: {len(sel.plans)} unique plans on {p.profile.name}"
     budget = float(np.asarray(p.reward.budgets)[0])
-    chosen = sel.chosen
-    plot_pareto(
-        paths["pareto"],
-        sel.accuracy,
-        sel.costs[:, 0],
-        sel.costs[:, 2],
-        sel.front,
-        base=(float(p.space.base[0]), p.base_val_accuracy),
-        chosen=(float(sel.costs[chosen, 0]), float(sel.accuracy[chosen])),
-        budget_ms=budget if np.isfinite(budget) else None,
-        title=f"{p.config.name}: {len(sel.plans)} unique plans on {p.profile.name}",
-    )
+    plot_selection(paths["pareto"], sel, float(p.space.base[0]), p.base_val_accuracy, budget, title)
     atomic_write_json(
         paths["run"],
         {

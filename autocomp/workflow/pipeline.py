@@ -315,12 +315,11 @@ def ratios_of(base: dict, compressed: dict) -> dict[str, float]:
     return out
 
 
-def history_table(p: Prepared, sel: Selection) -> tuple[list[str], list[list[Any]]]:
-    """Front plans as table rows for trackers."""
-    names = [t.name for t in p.techniques]
+def history_table(names, ratios, sel: Selection) -> tuple[list[str], list[list[Any]]]:
+    """Front plans as table rows for trackers (``names``: the techniques' names)."""
     rows = []
     for i in sel.front:
-        plan = " ".join(f"{names[t]}@{p.config.env.ratios[r]:g}" for t, r in sel.plans[i])
+        plan = " ".join(f"{names[t]}@{ratios[r]:g}" for t, r in sel.plans[i])
         rows.append(
             [plan, float(sel.accuracy[i]), *map(float, sel.costs[i][:3]), float(sel.reward[i])]
         )

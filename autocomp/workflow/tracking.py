@@ -75,3 +75,21 @@ def make_tracker(cfg: LoggerConfig, run_dir: Path, config: dict, name: str) -> N
     if cfg.name == "none" or cfg.mode == "disabled":
         return NullTracker()
     return WandbTracker(cfg, run_dir, config, name)
+
+
+def track_run(tracker: NullTracker, layers, front: tuple, pareto_png: Path, base: dict,
+              compressed: dict) -> None:  # fmt: skip
+    """A finished run in its tracker: the plan (``layers``: its :class:`LayerChoice` rows), the
+    front (``(columns, rows)``), the Pareto image and the summary (``base/...`` and
+    ``compressed/...``: flat top-level keys, the metrics sweeps optimize), then finish."""
+    tracker.log_table(
+        "plan",
+        ["layer", "technique", "ratio", "latency_ms", "energy_mj"],
+        [[c.name, c.technique, c.ratio, c.latency_ms, c.energy_mj] for c in layers],
+    )
+    tracker.log_table("pareto_front", *front)
+    tracker.log_image("pareto", pareto_png)
+    flat = {f"base/{k}": v for k, v in base.items() if k != "cost_sources"}
+    tracker.summary(flat | {f"compressed/{k}": v for k, v in compressed.items()
+                            if k != "cost_sources"})  # fmt: skip
+    tracker.finish()
