@@ -102,3 +102,21 @@ def test_variants_change_one_layer_of_a_queued_plan():
     assert not np.asarray(variants.change)[:, :8].any()
     empty = _variants(jax.random.key(1), Elite.empty(4, env.spec.num_steps), 32, 24)
     assert not np.asarray(empty.keep).any() and not np.asarray(empty.change).any()
+
+
+def test_parent_decay_favours_the_queue_head():
+    """``parent_decay`` 0 draws the variants' parents uniformly from the full queue; a large
+    one draws the best plan (the queue's head) nearly always."""
+    from agents.compressor_critic.train import Elite, _variants
+
+    queue = Elite.empty(4, num_steps=3)
+    plans = jnp.arange(4)[:, None, None] * jnp.ones((4, 3, 2), jnp.int32)  # plan i: all i
+    queue = Elite(plans, jnp.array([4.0, 3.0, 2.0, 1.0]))
+
+    def parents(decay):
+        v = _variants(jax.random.key(0), queue, 1024, 1024, decay)
+        return np.asarray(v.action)[0, :, 0]  # layer 0's technique = the parent's index
+
+    uniform, head = np.bincount(parents(0.0), minlength=4), np.bincount(parents(5.0), minlength=4)
+    assert uniform.min() > 200  # about 256 each
+    assert head[0] > 1000  # the others weigh exp(-5) = 0.7% each

@@ -32,6 +32,9 @@ class CompressorCriticConfig:
             from the policy (its other layers keep the plan's actions where the budget still
             allows them). They feed the queue, not the policy gradient (they are not the
             policy's own samples). 0: every plan is the policy's own.
+        parent_decay: how strongly the variants' parents favour the queue's best plans: a
+            queued plan of rank r (0: the best) is drawn with weight exp(-parent_decay * r)
+            (0: uniformly, the 16 best alike; larger: closer to evolution's tournaments).
     """
 
     name: str = "compressor_critic"
@@ -47,6 +50,7 @@ class CompressorCriticConfig:
     top_share: float = 0.1
     elite: int = 16
     local_share: float = 0.5
+    parent_decay: float = 0.0
 
     def __post_init__(self) -> None:
         if self.episodes < self.batch_episodes or self.batch_episodes < 2:
@@ -56,8 +60,10 @@ class CompressorCriticConfig:
             )
         if not 0.0 < self.top_share <= 1.0:
             raise ValueError(f"agent.top_share={self.top_share} must be in (0, 1]")
-        if self.elite < 0:
-            raise ValueError(f"agent.elite={self.elite} must be >= 0")
+        if self.elite < 0 or self.parent_decay < 0:
+            raise ValueError(
+                f"agent.elite={self.elite} and agent.parent_decay={self.parent_decay} must be >= 0"
+            )
         if not 0.0 <= self.local_share < 1.0 or self.batch_episodes - self.variants_per_batch < 2:
             raise ValueError(
                 f"agent.local_share={self.local_share} must be in [0, 1) and leave at least 2 of "

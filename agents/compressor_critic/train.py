@@ -87,12 +87,14 @@ class Variants(NamedTuple):
     change: jax.Array
 
 
-def _variants(key, elite: Elite, batch: int, rows: int) -> Variants:
-    """For a batch whose last ``rows`` are one-layer variants of plans drawn uniformly from the
-    queue's full slots (while the queue is empty, every row is the policy's own sample)."""
+def _variants(key, elite: Elite, batch: int, rows: int, decay: float = 0.0) -> Variants:
+    """For a batch whose last ``rows`` are one-layer variants of plans drawn from the queue's
+    full slots, rank r with weight exp(-decay * r) (the queue is sorted best first; while it is
+    empty, every row is the policy's own sample)."""
     k_pick, k_layer = jax.random.split(key)
     full = jnp.isfinite(elite.reward)
-    pick = jax.random.categorical(k_pick, jnp.where(full, 0.0, -jnp.inf), shape=(rows,))
+    rank = -decay * jnp.arange(elite.reward.shape[0], dtype=jnp.float32)
+    pick = jax.random.categorical(k_pick, jnp.where(full, rank, -jnp.inf), shape=(rows,))
     steps = elite.action.shape[1]
     layer = jax.random.randint(k_layer, (rows,), 0, steps)
     own = batch - rows  # the first rows: the policy's own samples, masked out by `row`
@@ -197,7 +199,11 @@ def make_trainer(config: CompressorCriticConfig, env: Environment) -> Trainer:
 
     def update(env_params, state: TrainState, _):
         key, k_roll, k_var = jax.random.split(state.key, 3)
-        variants = _variants(k_var, state.elite, config.batch_episodes, local) if local else None
+        variants = (
+            _variants(k_var, state.elite, config.batch_episodes, local, config.parent_decay)
+            if local
+            else None
+        )
         traj = _rollout(
             net,
             state.params,
