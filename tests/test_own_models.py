@@ -100,6 +100,7 @@ def _groups(net):
     return [(g.producers, g.consumers, g.pinned is None) for g in net.groups]
 
 
+@pytest.mark.slow  # 20-40 s: keeps the default run under 10 minutes
 def test_resnet18_groups_match_a_hand_analysis():
     net, _ = _resnet18()
     assert len(net.layers) == 21  # 17 convs of the blocks and stem, 3 projections, 1 dense
@@ -310,6 +311,7 @@ def test_gap_replaces_a_dense_head_over_the_users_flatten():
     assert np.abs(lite - real).max() <= 1e-3 * (np.abs(real).max() + 1)
 
 
+@pytest.mark.slow  # 20-40 s: keeps the default run under 10 minutes
 def test_profile_enumerates_the_ops_between_a_users_layers_at_every_width():
     """``python -m autocomp.profile`` on a user's model measures what its cost table prices:
     the layers' configurations and every op between them at each width its group can keep,
@@ -484,6 +486,7 @@ def test_fine_tuning_a_user_model_resumes_where_it_stopped(trained_small_resnet,
                zip(jax.tree.leaves(full), jax.tree.leaves(cmp.params), strict=True))  # fmt: skip
 
 
+@pytest.mark.slow  # 20-40 s: keeps the default run under 10 minutes
 def test_sweep_of_a_user_model_gives_a_run_directory_per_budget(trained_small_resnet, tmp_path):
     """``sweep.max_latency_frac=[...]`` on a user's model: one search for both budgets, then a
     complete run directory per budget (``python -m autocomp.export`` takes it) and the front."""

@@ -111,6 +111,7 @@ def test_default_experiment_cli_end_to_end(cli_run):
     assert "| conv1 |" in card and "python -m autocomp.export" in card and "export=true" in card
 
 
+@pytest.mark.slow  # 20-40 s: keeps the default run under 10 minutes
 @pytest.mark.xdist_group("cli_run")
 def test_same_config_and_seed_give_the_same_plan(
     cli_run, tmp_path, tmp_path_factory, cache_dir, monkeypatch
