@@ -81,14 +81,15 @@ def bench_search(overrides: list[str], batches: int = 20) -> dict[str, float]:
 
     counter = CompileCounter()
     config = compose(overrides)
-    if config.model._target_:  # a user's model (random weights: speed, not accuracy)
+    if config.model._target_:  # a linen model (random weights: speed, not accuracy)
         from autocomp.config import DistillConfig
         from autocomp.techniques import PrepareContext
-        from autocomp.workflow.custom import random_network, search_setup
+        from autocomp.workflow.custom import random_network, search_setup, trained_network
         from autocomp.workflow.pipeline import validate
         from envs.compression import CompressionEnv
 
-        net, data = random_network(config)
+        # racing's rank figures need the trained model (its checkpoint, or the cached base)
+        net, data = (trained_network if config.env.race.examples else random_network)(config)
         profile, techniques = validate(config)
         ctx = PrepareContext(tuple(config.env.ratios), distill=DistillConfig(steps=0, examples=64))
         setup = search_setup(net, data, config, profile, techniques, ctx, CompressionEnv)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
@@ -14,6 +17,11 @@ _SHARED = os.path.join(
 )
 if os.path.isdir(_SHARED):
     os.environ.setdefault("AUTOCOMP_DATA", os.path.abspath(_SHARED))
+# Base models and distilled layers that tests train without naming a cache go to a temporary
+# one, never to the user's ~/.cache/autocomp.
+if "AUTOCOMP_CACHE" not in os.environ:
+    os.environ["AUTOCOMP_CACHE"] = tempfile.mkdtemp(prefix="autocomp-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["AUTOCOMP_CACHE"], ignore_errors=True)
 # One persistent XLA compilation cache for every worker and every CLI subprocess of the test
 # session (the CLI run's programs are then loaded, not recompiled, by the determinism test:
 # 35 s -> 26 s for that test, `pytest -n 2 --durations=10 tests/test_pipeline.py -k cli`).

@@ -431,15 +431,23 @@ def test_compress_a_trained_user_model_end_to_end(trained_small_resnet, tmp_path
     import autocomp
 
     model, variables, data = trained_small_resnet
+    rerank = ["finetune.rerank=2", "finetune.rerank_examples=256"]
     result = autocomp.compress(
         model,
         variables,
         data,
-        TINY_SEARCH,
+        [*TINY_SEARCH, *rerank],
         apply_kwargs={"train": False},
     )
     m = result.metrics
     assert m["base"]["test_accuracy"] > 0.9  # a really trained base model
+    # re-ranked: the two best in-budget plans by reward, the one better after a short tuning
+    rows, sel = m["search"]["rerank"], result.selection
+    in_budget = np.flatnonzero(~sel.violation)
+    best_two = in_budget[np.argsort(-sel.reward[in_budget], kind="stable")][:2]
+    assert [r["plan"] for r in rows] == list(best_two)
+    assert sel.chosen == max(rows, key=lambda r: r["short_finetune_val_accuracy"])["plan"]
+    assert m["compressed"]["reward"] == pytest.approx(float(sel.reward[sel.chosen]))
     assert m["compressed"]["latency_ms"] <= 0.6 * m["base"]["latency_ms"] * (1 + 1e-6)
     assert m["compressed"]["test_accuracy"] > m["base"]["test_accuracy"] - 0.1
     assert m["materialize_check"]["prediction_agreement"] == 1.0
@@ -606,7 +614,10 @@ def test_cli_compresses_a_user_model_from_its_orbax_checkpoint(
 
 def test_a_base_model_trained_by_a_run_is_kept_for_its_resume_and_export(tmp_path, monkeypatch):
     """Without ``model.checkpoint`` the run trains the model once, saves it in the run
-    directory (complete or absent), and a resumed run or the export reads it back."""
+    directory (complete or absent) and in the base-model cache; a resumed run, the export and
+    another run of the same settings read it back."""
+    import dataclasses
+
     from autocomp.data import load_dataset
     from autocomp.run import compose
     from autocomp.workflow import custom
@@ -614,18 +625,64 @@ def test_a_base_model_trained_by_a_run_is_kept_for_its_resume_and_export(tmp_pat
     target = "model._target_=own_models.SmallResNet"
     kwargs = "+model.apply_kwargs.train=false"
     config = compose(["experiment=custom", target, kwargs, "data=digits", "base.epochs=1"])
+    config = dataclasses.replace(
+        config, base=dataclasses.replace(config.base, cache_dir=str(tmp_path / "cache"))
+    )
     data = load_dataset(config.data)
-    _, trained, where = custom.base_variables(config, data, tmp_path)
-    assert where == str((tmp_path / "base_checkpoint").resolve())
-    assert not (tmp_path / "base_checkpoint.partial").exists()
+    _, trained, where = custom.base_variables(config, data, tmp_path / "run")
+    assert where == str((tmp_path / "run" / "base_checkpoint").resolve())
+    assert not (tmp_path / "run" / "base_checkpoint.partial").exists()
+    cache = custom.cached_base(config, data)
+    assert cache.is_dir() and not list(cache.parent.glob("*.training.msgpack"))
 
     def no_training(*args, **kwargs):
-        raise AssertionError("the resumed run trained the base model again")
+        raise AssertionError("the base model was trained again")
 
     monkeypatch.setattr(custom, "train_base", no_training)
-    _, again, _ = custom.base_variables(config, data, tmp_path)
-    for a, b in zip(jax.tree.leaves(trained), jax.tree.leaves(again), strict=True):
+    # the resumed run reads its own copy; another run of the same settings reads the cache
+    for run in (tmp_path / "run", tmp_path / "other"):
+        _, again, where = custom.base_variables(config, data, run)
+        assert where == str((run / "base_checkpoint").resolve())
+        for a, b in zip(jax.tree.leaves(trained), jax.tree.leaves(again), strict=True):
+            np.testing.assert_array_equal(a, b)
+    # other base settings are another cache entry: trained (here: refused) again
+    other = dataclasses.replace(config, base=dataclasses.replace(config.base, epochs=2))
+    with pytest.raises(AssertionError, match="trained again"):
+        custom.base_variables(other, data, tmp_path / "third")
+
+
+def test_a_cached_op_list_base_model_is_converted_once_for_its_zoo_module(tmp_path, monkeypatch):
+    """``experiment=digits`` now runs ``autocomp.models.zoo.LeNetDigits``; the base model an
+    older autocomp trained from the same experiment's op list is converted, not retrained."""
+    import dataclasses
+
+    from autocomp.data import load_dataset
+    from autocomp.models.ops import base_ops
+    from autocomp.run import compose
+    from autocomp.training.loop import train_base
+    from autocomp.workflow import custom
+
+    config = compose(["base.epochs=1", f"base.cache_dir={tmp_path / 'cache'}"])
+    assert config.model._target_ == "autocomp.models.zoo.LeNetDigits"
+    data = load_dataset(config.data)
+    op_list = dataclasses.replace(config.model, _target_="", kwargs={})
+    params, cached = train_base(op_list, base_ops(op_list), data, config.base, config.seed)
+    assert not cached
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("the base model was trained again")
+
+    monkeypatch.setattr(custom, "train_base", no_training)
+    _, variables, _ = custom.base_variables(config, data, tmp_path / "run")
+    assert custom.cached_base(config, data).is_dir()  # converted once, then read as any entry
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(variables["params"]), strict=True):
         np.testing.assert_array_equal(a, b)
+    from autocomp.models.zoo import LeNetDigits
+    from autocomp.training.loop import predict
+
+    x = data.x_test[:64]  # the module computes what the op list did
+    np.testing.assert_allclose(LeNetDigits().apply(variables, x),
+                               predict(base_ops(op_list), params, x), atol=1e-5)  # fmt: skip
 
 
 def test_survey_of_a_users_model(tmp_path):

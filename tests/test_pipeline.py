@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 from flax import serialization
@@ -78,7 +79,7 @@ def test_default_experiment_cli_end_to_end(cli_run):
     run = json.loads((run_dir / "run.json").read_text())
     assert run["seed"] == 0 and run["git_sha"] and run["config"]["name"] == "digits"
     blob = serialization.msgpack_restore((run_dir / "compressed_params.msgpack").read_bytes())
-    n = sum(np.size(v) for layer in blob["params"].values() for v in layer.values())
+    n = sum(np.size(v) for v in jax.tree.leaves(blob["params"]))
     assert n == metrics["compressed"]["stored_scalars"]
     assert (run_dir / "pareto.png").read_bytes()[:4] == b"\x89PNG"
     assert not list(run_dir.glob("**/.*.tmp"))  # atomic writes leave no temp files

@@ -110,7 +110,7 @@ def export_custom_run(
     """:func:`export_run` for a run of a user's model (``model._target_``): the model is
     rebuilt from its import path and base checkpoint, the plan materialized on it again and
     the run's fine-tuned params put in."""
-    from autocomp.workflow.custom import restore_run
+    from autocomp.workflow.restore import restore_run
 
     if progress is not None:
         progress("rebuilding the compressed model from the run's plan and params")

@@ -22,8 +22,9 @@ import numpy as np
 
 from agents import AGENTS
 from autocomp.io import append_jsonl, read_jsonl
-from autocomp.run.builtin import build_env
 from autocomp.run.compose import compose
+from autocomp.run.subject import Subject
+from autocomp.run.subject import subject as make_subject
 from autocomp.search.compare import best_curve, hypervolume, write_report
 from autocomp.search.loop import run_search
 from autocomp.workflow import pipeline
@@ -49,9 +50,10 @@ def _history_at(history: dict, n: int) -> dict:
     return {k: v[:n] for k, v in history.items()}
 
 
-def run_one(p, env, env_params, config, seed: int, evaluations: int, checkpoint: Path,
+def run_one(s: Subject, config, seed: int, evaluations: int, checkpoint: Path,
             fingerprint: str, finetune: bool, show_progress: bool) -> dict:  # fmt: skip
     """One agent's search of ``evaluations`` plans and the fine-tuned result of its plan."""
+    env, env_params = s.env, s.env_params
     trainer = AGENTS[config.agent.name].make_trainer(config.agent, env)
     started = time.perf_counter()
     state, history, timings = run_search(
@@ -64,7 +66,7 @@ def run_one(p, env, env_params, config, seed: int, evaluations: int, checkpoint:
     last = jax.device_get(env.evaluate_plans(np.asarray(policy)[None], env_params))
     history = pipeline.merge_history(history, {k: v[None] for k, v in last.items()})
     search_s = time.perf_counter() - started
-    base_latency = float(p.space.base[0])
+    base_latency = float(s.space.base[0])
     record = {
         "key": _key(config.agent.name, seed, evaluations),
         "agent": config.agent.name,
@@ -78,15 +80,13 @@ def run_one(p, env, env_params, config, seed: int, evaluations: int, checkpoint:
     }
     finite = [c for c in record["curve"] if c == c]
     record["best_reward"] = finite[-1] if finite else None
-    sel = pipeline.select(p, history)
+    sel = s.select(history)
     indices = sel.plans[sel.chosen]
     record["plan"] = np.asarray(indices).tolist()
     record["val_accuracy"] = float(sel.accuracy[sel.chosen])
     record["latency_frac"] = float(sel.costs[sel.chosen, 0] / base_latency)
     if finetune:
-        logits = jax.jit(lambda x: env.logits(indices, env_params, x))
-        comp = pipeline.compress(p, indices, logits)
-        _, record["test_accuracy"] = pipeline.finetune_compressed(p, comp)
+        record["test_accuracy"] = s.tuned(indices)
     record["wall_s"] = time.perf_counter() - started
     return record
 
@@ -112,8 +112,7 @@ def compare_agents(
     runs = read_jsonl(records) if records.exists() else []
     done = {r["key"] for r in runs}
     base_config = compose(overrides)
-    p = pipeline.prepare(base_config)
-    env, env_params = build_env(p)
+    subject = make_subject(base_config, out_dir)
     for name in agents:
         config = compose([*overrides, f"agent={name}", f"agent.episodes={evaluations}"])
         for seed in range(seeds):
@@ -123,14 +122,14 @@ def compare_agents(
             ckpt = out_dir / "checkpoints" / f"{name}-seed{seed}.msgpack"
             ckpt.parent.mkdir(exist_ok=True)
             fp = _fingerprint(overrides, name, seed, evaluations)
-            record = run_one(p, env, env_params, config, seed, evaluations, ckpt, fp,
-                             finetune, show_progress)  # fmt: skip
+            record = run_one(subject, config, seed, evaluations, ckpt, fp, finetune,
+                             show_progress)  # fmt: skip
             append_jsonl(records, record)
             ckpt.unlink(missing_ok=True)
             runs.append(record)
     runs = [r for r in runs if r["evaluations"] == evaluations and r["agent"] in agents]
     title = (
         f"{base_config.name}: {evaluations} plan evaluations, {seeds} seeds, "
-        f"device {p.profile.name}"
+        f"device {subject.device}"
     )
     return write_report(out_dir, runs, title)

@@ -5,6 +5,7 @@ distillation from the original, report and (``export=true``) export."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -19,6 +20,7 @@ import numpy as np
 from agents import AGENTS
 from autocomp.config import RootConfig
 from autocomp.data import Dataset, load_dataset
+from autocomp.devices.costs import format_shares
 from autocomp.export import write_model_card
 from autocomp.io import atomic_write_json, git_sha
 from autocomp.models.materialized import Compressed, leaf_names
@@ -43,6 +45,7 @@ from autocomp.workflow.pipeline import (
     history_table,
     merge_history,
     prepare_context,
+    rerank_plans,
     run_paths,
     select_plans,
     validate,
@@ -128,17 +131,13 @@ class Setup(NamedTuple):
 def setup(model, variables, data, config, apply_kwargs=None, output_fn=None, name=None) -> Setup:
     """The user's model as autocomp sees it, its priced search space, the environment with its
     params on the validation split, and the configured agent's trainer."""
-    if config.finetune.rerank > 0:
-        from autocomp.config import ConfigError
-
-        raise ConfigError(
-            f"finetune.rerank={config.finetune.rerank}: re-ranking is built for the built-in "
-            "experiments only so far; set finetune.rerank=0 for your own model"
-        )
     profile, techniques = validate(config)
     net = network(model, variables, data.x_train[:1], apply_kwargs, output_fn, name)
     s = search_setup(net, data, config, profile, techniques, prepare_context(config),
                      CompressionEnv)  # fmt: skip
+    log.info("base model %s: val %.4f", net.name, s.base_val)
+    log.info("device table: %s; search space priced by %s", profile.describe(),
+             format_shares(s.space.cost_sources))  # fmt: skip
     trainer = AGENTS[config.agent.name].make_trainer(config.agent, s.env)
     return Setup(net, profile, techniques, s.space, s.aux, s.env, s.env_params, s.base_val,
                  trainer)  # fmt: skip
@@ -155,6 +154,9 @@ def finish(st: Setup, data, config, env_params, state, history, timings, show_pr
     greedy_hist = jax.device_get(env.evaluate_plans(greedy[None], env_params))
     history = merge_history(history, {k: v[None] for k, v in greedy_hist.items()})
     sel = select_plans(space, history, env.full_scorer(env_params))
+    reranked = _rerank(st, data, config, sel) if config.finetune.rerank > 0 else None
+    if reranked:
+        sel = reranked[0]
     indices = sel.plans[sel.chosen]
     plan = plan_from_indices(net.name, net.layers, st.techniques, ratios, indices)
     cmp = compressed_model(net, st.aux, st.techniques, plan)
@@ -170,9 +172,11 @@ def finish(st: Setup, data, config, env_params, state, history, timings, show_pr
     base_logits = predict(net.forward, base_params, data.x_test)
     base_test = float(np.mean(base_logits.argmax(-1) == data.y_test))
     test = float(np.mean(result.logits(data.x_test).argmax(-1) == data.y_test))
-    base = _costs(space.base) | {"test_accuracy": base_test, "val_accuracy": st.base_val}
+    base = _costs(space.base) | {"test_accuracy": base_test, "val_accuracy": st.base_val,
+                                 "stored_scalars": _scalars(base_params)}  # fmt: skip
     compressed = _costs(plan_cost(space, indices)) | {
         "test_accuracy": test,
+        "stored_scalars": _scalars(params),
         "val_accuracy_before_finetune": float(sel.accuracy[sel.chosen]),
         "reward": float(sel.reward[sel.chosen]),
     }
@@ -196,7 +200,41 @@ def finish(st: Setup, data, config, env_params, state, history, timings, show_pr
         "device_table": device_table_record(st.profile, space.cost_sources),
         "wall_time_s": time.perf_counter() - started,
     }
+    if reranked:
+        result.metrics["search"]["rerank"] = reranked[1]
     return result
+
+
+def _rerank(st: Setup, data: Dataset, config: RootConfig, sel):
+    """The ``finetune.rerank`` best in-budget plans, each scored by :func:`short_accuracy` on
+    the first ``finetune.rerank_examples`` training images, then chosen among by it
+    (:func:`autocomp.workflow.pipeline.rerank_plans`)."""
+    n = config.finetune.rerank_examples
+    return rerank_plans(sel, config.finetune.rerank,
+                        lambda indices: short_accuracy(st, data, config, indices, n))  # fmt: skip
+
+
+def tuned_params(st: Setup, data: Dataset, config: RootConfig, indices, epochs=None):
+    """A plan materialized on the model and distilled (``finetune``, or ``epochs`` of it)."""
+    ratios, cfg = tuple(config.env.ratios), config.finetune
+    cfg = cfg if epochs is None else dataclasses.replace(cfg, epochs=epochs)
+    plan = plan_from_indices(st.net.name, st.net.layers, st.techniques, ratios, indices)
+    cmp = compressed_model(st.net, st.aux, st.techniques, plan)
+    return cmp, finetune(st.net, cmp, data, cfg, config.seed, st.net.base_params())
+
+
+def short_accuracy(st: Setup, data: Dataset, config: RootConfig, indices, examples: int) -> float:
+    """Validation accuracy of a plan after one distillation epoch over the first ``examples``
+    training images (the experiment's other fine-tuning settings)."""
+    subset = data._replace(x_train=data.x_train[:examples], y_train=data.y_train[:examples])
+    cmp, params = tuned_params(st, subset, config, indices, epochs=1)
+    return float(np.mean(predict(cmp.logits, params, data.x_val).argmax(-1) == data.y_val))
+
+
+def tuned_accuracy(st: Setup, data: Dataset, config: RootConfig, indices) -> float:
+    """Test accuracy of a plan after the experiment's fine-tuning."""
+    cmp, params = tuned_params(st, data, config, indices)
+    return float(np.mean(predict(cmp.logits, params, data.x_test).argmax(-1) == data.y_test))
 
 
 def _int8_latency(base, compressed, profile, net, techniques, ratios, data, indices) -> None:
@@ -306,6 +344,11 @@ def _costs(row: np.ndarray) -> dict:
     """A cost row as metrics (counts as ints, as a CLI run reports them)."""
     counts = ("params", "bytes", "macs")
     return {c: int(v) if c in counts else float(v) for c, v in zip(CHANNELS, row, strict=True)}
+
+
+def _scalars(params) -> int:
+    """How many numbers a model's weights store (sparse kernels count their zeros)."""
+    return int(sum(np.size(leaf) for leaf in jax.tree.leaves(params)))
 
 
 def _check(cmp: Compressed, env, env_params, indices, x) -> dict:

@@ -30,8 +30,8 @@ import numpy as np
 
 from agents import AGENTS
 from autocomp.io import append_jsonl, atomic_write_text, read_jsonl
-from autocomp.run.builtin import build_env
 from autocomp.run.compose import compose
+from autocomp.run.subject import subject
 from autocomp.search.loop import run_search
 from autocomp.search.pareto import pareto_front
 from autocomp.workflow import pipeline
@@ -76,30 +76,27 @@ def rank_plans(
     config = compose(overrides)
     # the search depends on the overrides only: more plans later reuse the finished search
     fingerprint = hashlib.sha256(json.dumps(list(overrides)).encode()).hexdigest()
-    p = pipeline.prepare(config)
-    env, env_params = build_env(p)
+    s = subject(config, out_dir)
+    env, env_params = s.env, s.env_params
     trainer = AGENTS[config.agent.name].make_trainer(config.agent, env)
     started = time.perf_counter()
     state, history, _ = run_search(
         trainer, env_params, jax.random.key(config.seed), NullTracker(),
         out_dir / "search.msgpack", fingerprint, show_progress,
     )  # fmt: skip
-    sel = pipeline.select(p, history, env.full_scorer(env_params))
+    sel = s.select(history, env.full_scorer(env_params))
     log.info("rank: search done in %.0f s, %d distinct plans", time.perf_counter() - started,
              len(sel.plans))  # fmt: skip
     records_path = out_dir / "plans.jsonl"
     records = read_jsonl(records_path) if records_path.exists() else []
     done = {r["key"] for r in records}
-    simulated = pipeline.plan_logits(env, env_params)
     for k, i in enumerate(spread(sel, plans)):
         indices = sel.plans[i]
         key = " ".join(f"{t}:{r}" for t, r in indices)
         if key in done:
             continue
         t0 = time.perf_counter()
-        comp = pipeline.compress(p, indices, simulated(indices))
-        short_acc = pipeline.short_finetune(p, comp, short)
-        _, test_acc = pipeline.finetune_compressed(p, comp)
+        short_acc, test_acc = s.short(indices, short), s.tuned(indices)
         record = {
             "key": key,
             "in_budget": bool(~sel.violation[i]),

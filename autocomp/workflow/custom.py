@@ -11,9 +11,8 @@ from pathlib import Path
 
 import jax
 import numpy as np
-import optax
 
-from autocomp.cluster import barrier
+from autocomp.cluster import barrier, is_writer
 from autocomp.config import ModelConfig, TrainConfig
 from autocomp.data import Dataset
 from autocomp.io import writes_here
@@ -93,19 +92,19 @@ def load_checkpoint(path: str, like: dict) -> dict:
     return jax.tree.map(np.asarray, restored)
 
 
-def train_base(model, cfg: ModelConfig, data: Dataset, train: TrainConfig, seed: int) -> dict:
-    """Train the user's model from scratch when no checkpoint is given (Adam with cosine
-    decay, cross-entropy, batch statistics updated where the model has them), in
-    :func:`autocomp.training.loop.train_loop`."""
-    from autocomp.training.loop import train_loop
+def train_base(model, cfg: ModelConfig, data: Dataset, train: TrainConfig, seed: int,
+               checkpoint: Path | None = None) -> dict:  # fmt: skip
+    """Train the user's model from scratch when no checkpoint is given, as a built-in one
+    trains (``base``: the optimizer of :func:`autocomp.training.loop.make_optimizer`,
+    cross-entropy, ``base.augment``, batch statistics updated where the model has them) in
+    :func:`autocomp.training.loop.train_loop`; with ``checkpoint``, resumable per epoch."""
+    from autocomp.training.loop import make_optimizer, train_loop
 
     variables = model.init(jax.random.key(seed), data.x_train[:1], **dict(cfg.apply_kwargs))
     stats = {k: v for k, v in variables.items() if k != "params"}
     batch = min(train.batch_size, len(data.x_train))
     steps = max(1, train.epochs * (len(data.x_train) // batch))
-    tx = optax.adamw(
-        optax.cosine_decay_schedule(train.learning_rate, steps), weight_decay=train.weight_decay
-    )
+    tx = make_optimizer(train.optimizer, train.learning_rate, train.weight_decay, steps)
     kwargs = dict(cfg.train_kwargs) or dict(cfg.apply_kwargs)
     pick = output_fn(cfg) or (lambda out: out)
 
@@ -119,7 +118,8 @@ def train_base(model, cfg: ModelConfig, data: Dataset, train: TrainConfig, seed:
         log.info("base model epoch %d/%d: loss %.4f", epoch + 1, train.epochs, loss)
 
     params, stats = train_loop(apply, variables["params"], stats, data, tx, epochs=train.epochs,
-                               batch_size=batch, seed=seed, on_epoch=on_epoch)  # fmt: skip
+                               batch_size=batch, seed=seed, augment=train.augment,
+                               checkpoint=checkpoint, on_epoch=on_epoch)  # fmt: skip
     return {"params": params, **stats}
 
 
@@ -193,13 +193,26 @@ def random_network(config, data: Dataset | None = None):
     return net, data
 
 
-def load_or_train(model, cfg: ModelConfig, data: Dataset, train: TrainConfig, seed: int) -> dict:
+def trained_network(config, data: Dataset | None = None):
+    """:func:`random_network` with the trained weights a run would compress (``model.checkpoint``,
+    or the cached base model, trained first where there is none)."""
+    from autocomp.data import load_dataset
+
+    data = data if data is not None else load_dataset(config.data)
+    model, variables, _ = base_variables(config, data, None)
+    m = config.model
+    net = network(model, variables, data.x_train[:1], dict(m.apply_kwargs), output_fn(m), m.name)
+    return net, data
+
+
+def load_or_train(model, cfg: ModelConfig, data: Dataset, train: TrainConfig, seed: int,
+                  checkpoint: Path | None = None) -> dict:  # fmt: skip
     if cfg.checkpoint:
         return load_checkpoint(cfg.checkpoint, template(model, cfg, data.x_train[:1]))
     log.info(
         "model.checkpoint is empty: training %s for %d epochs first", cfg._target_, train.epochs
     )
-    return train_base(model, cfg, data, train, seed)
+    return train_base(model, cfg, data, train, seed, checkpoint)
 
 
 def save_checkpoint(path: Path, variables: dict) -> None:
@@ -210,100 +223,84 @@ def save_checkpoint(path: Path, variables: dict) -> None:
 
     path = Path(path).resolve()
     partial = path.with_name(path.name + ".partial")
-    if writes_here(path):  # in a multi-process run, process 0 (orbax's primary host) writes it
+    primary = writes_here(path) and is_writer()  # process 0, orbax's primary host, writes it
+    if primary:
         path.parent.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(partial, ignore_errors=True)
     checkpointer = ocp.StandardCheckpointer()
     checkpointer.save(partial, variables)  # every process takes part
     checkpointer.wait_until_finished()
-    if writes_here(path):
+    if primary:
         partial.rename(path)
     barrier("base checkpoint saved")
 
 
-def base_variables(config, data: Dataset, run_dir: Path) -> tuple[object, dict, str]:
+def cached_base(config, data: Dataset) -> Path:
+    """Where a base model trained by autocomp is cached, shared by every run of the same
+    model, data, seed and ``base`` settings (as a built-in model's)."""
+    from autocomp.training.loop import base_cache_key, cache_root
+
+    name = config.model.name or config.model._target_.rpartition(".")[2]
+    key = base_cache_key(config.model, data, config.seed, config.base)
+    return cache_root(config.base) / "base" / f"{name}-{key}"
+
+
+def _convert_op_list_base(config, data: Dataset, like: dict, cache: Path) -> None:
+    """A built-in model's base trained by an older autocomp as an op list (``model.layers``,
+    cached under another key) becomes this cache entry, where its params fit the module's
+    (the sequential models without batch norm; folded batch norms do not, and train again)."""
+    import dataclasses
+
+    from autocomp.training.loop import base_cache_key, cache_root
+
+    if not config.model.layers:
+        return
+    op_list = dataclasses.replace(config.model, _target_="", kwargs={})
+    key = base_cache_key(op_list, data, config.seed, config.base)
+    old = cache_root(config.base) / "base" / f"{config.model.name}-{key}"
+    if not old.is_dir() or set(like) != {"params"}:
+        return
+    try:
+        params = load_checkpoint(str(old), like["params"])
+    except ModelError as err:
+        log.info("the op-list base model %s does not fit %s (%s): training it", old,
+                 config.model._target_, err)  # fmt: skip
+        return
+    log.info("converting the cached op-list base model %s once, to %s", old, cache)
+    save_checkpoint(cache, {"params": params})
+
+
+def base_variables(config, data: Dataset, run_dir: Path | None) -> tuple[object, dict, str]:
     """(model, trained variables, checkpoint they are in): ``model.checkpoint``, else the base
-    model this run directory trained before (a resumed run), else one trained now and saved
-    to ``<run_dir>/base_checkpoint``."""
+    model this run directory holds (a resumed run), else the cached one of an earlier run
+    with the same settings (:func:`cached_base`), else one trained now (resumable per
+    epoch) and cached; the last two are kept in ``<run_dir>/base_checkpoint`` too (where
+    ``run_dir`` is given), so the run directory stands on its own."""
     model = build_model(config.model)
     if config.model.checkpoint:
         variables = load_or_train(model, config.model, data, config.base, config.seed)
         return model, variables, str(Path(config.model.checkpoint).expanduser().resolve())
-    saved = Path(run_dir) / "base_checkpoint"
+    cache = cached_base(config, data)
+    saved = Path(run_dir) / "base_checkpoint" if run_dir is not None else cache
+    like = template(model, config.model, data.x_train[:1])
     if saved.is_dir():
         log.info("reusing the base model this run trained (%s)", saved)
-        like = template(model, config.model, data.x_train[:1])
         return model, load_checkpoint(str(saved), like), str(saved.resolve())
-    variables = load_or_train(model, config.model, data, config.base, config.seed)
-    save_checkpoint(saved, variables)
+    if not cache.is_dir():
+        _convert_op_list_base(config, data, like, cache)
+    if cache.is_dir():
+        log.info("loading cached base model %s", cache)
+        variables = load_checkpoint(str(cache), like)
+    else:
+        training = cache.with_name(cache.name + ".training.msgpack")
+        variables = load_or_train(model, config.model, data, config.base, config.seed, training)
+        save_checkpoint(cache, variables)
+        if is_writer():
+            training.unlink(missing_ok=True)
+        log.info("cached base model at %s", cache)
+    if saved != cache:
+        save_checkpoint(saved, variables)
     return model, variables, str(saved.resolve())
-
-
-@dataclass
-class Restored:
-    """A finished run of a user's model, rebuilt (see :func:`restore_run`)."""
-
-    plan: object
-    metrics: dict
-    record: dict
-    data: Dataset
-    network: object
-    compressed: object
-    params: object
-
-    def logits(self, x: np.ndarray) -> np.ndarray:
-        return predict(self.compressed.logits, self.params, x)
-
-
-def restore_run(run_dir: Path) -> Restored:
-    """The compressed model of a ``model._target_`` run: the model rebuilt from its import path
-    and base checkpoint, the plan materialized on it again (distilled replacements from the
-    cache the run filled), the fine-tuned params of ``compressed_params.msgpack`` put in."""
-    import json
-
-    from flax import serialization
-    from omegaconf import OmegaConf
-
-    from autocomp.config import RootConfig
-    from autocomp.data import load_dataset
-    from autocomp.search.plan import Plan, prepare_aux
-    from autocomp.techniques import make_techniques
-    from autocomp.workflow.pipeline import prepare_context, recorded_data, run_paths
-
-    paths = run_paths(Path(run_dir))
-    for key in ("run", "metrics", "params", "plan"):
-        if not paths[key].is_file():
-            raise ModelError(
-                f"{str(paths[key])!r} is missing: {str(run_dir)!r} is not a finished autocomp "
-                "run; point run= at the directory a train run printed"
-            )
-    record = json.loads(paths["run"].read_text())
-    config = OmegaConf.to_object(
-        OmegaConf.merge(OmegaConf.structured(RootConfig), record["config"])
-    )
-    data = load_dataset(recorded_data(record))
-    model = build_model(config.model)
-    like = template(model, config.model, data.x_train[:1])
-    checkpoint = record.get("base_checkpoint") or config.model.checkpoint
-    if not checkpoint:
-        raise ModelError(
-            f"{str(run_dir)!r} does not say where its base model is (a run of an older "
-            "autocomp that trained it): re-run it, or pass its checkpoint as model.checkpoint"
-        )
-    variables = load_checkpoint(checkpoint, like)
-    plan = Plan.load(paths["plan"])
-    net = network(model, variables, data.x_train[:1], dict(config.model.apply_kwargs),
-                  output_fn(config.model), config.model.name)  # fmt: skip
-    techniques = make_techniques(config.env.techniques)
-    aux = prepare_aux(net.layers, net.base_params(), techniques, prepare_context(config), net,
-                      data.x_train)  # fmt: skip
-    cmp = compressed_model(net, aux, techniques, plan)
-    saved = serialization.msgpack_restore(paths["params"].read_bytes())
-    params = serialization.from_state_dict(
-        cmp.params, saved["params"] if isinstance(net, LinenNetwork) else saved
-    )
-    metrics = json.loads(paths["metrics"].read_text())
-    return Restored(plan, metrics, record, data, net, cmp, params)
 
 
 def predict(fn: Callable, params, x: np.ndarray, batch: int = 512) -> np.ndarray:

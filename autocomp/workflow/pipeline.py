@@ -186,19 +186,29 @@ def rerank(p: Prepared, sel: Selection, simulated_logits) -> tuple[Selection, li
     ``finetune.rerank_examples`` images); ``simulated_logits(indices)`` gives a plan's simulated
     ``x -> logits``. Returns the selection with its new choice and a row per candidate."""
     cfg = p.config.finetune
+
+    def short(indices) -> float:
+        return short_finetune(p, compress(p, indices, simulated_logits(indices)),
+                              cfg.rerank_examples)  # fmt: skip
+
+    return rerank_plans(sel, cfg.rerank, short)
+
+
+def rerank_plans(sel: Selection, k: int, short: Callable) -> tuple[Selection, list[dict]]:
+    """:func:`rerank` for any model: ``short(indices) -> validation accuracy`` after a short
+    fine-tuning of that plan, for each of the ``k`` best in-budget plans by reward."""
     candidates = np.flatnonzero(~sel.violation)
     if len(candidates) == 0:
         candidates = np.arange(len(sel.plans))
-    candidates = candidates[np.argsort(-sel.reward[candidates], kind="stable")][: cfg.rerank]
+    candidates = candidates[np.argsort(-sel.reward[candidates], kind="stable")][:k]
     rows = []
     for i in candidates:
-        comp = compress(p, sel.plans[i], simulated_logits(sel.plans[i]))
-        short = short_finetune(p, comp, cfg.rerank_examples)
-        row = {"plan": int(i), "reward": float(sel.reward[i]), "short_finetune_val_accuracy": short}
+        score = short(sel.plans[i])
+        row = {"plan": int(i), "reward": float(sel.reward[i]), "short_finetune_val_accuracy": score}
         rows.append({**row, "val_accuracy": float(sel.accuracy[i])})
         log.info(
             "re-rank %d/%d: reward %.4f, val accuracy %.4f, after a short fine-tuning %.4f",
-            len(rows), len(candidates), sel.reward[i], sel.accuracy[i], short,
+            len(rows), len(candidates), sel.reward[i], sel.accuracy[i], score,
         )  # fmt: skip
     best = max(rows, key=lambda r: r["short_finetune_val_accuracy"])["plan"]
     return dataclasses.replace(sel, chosen=best), rows
