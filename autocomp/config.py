@@ -287,6 +287,10 @@ class EnvConfig:
         val_examples: cap on validation examples scored per plan (None: all).
         distill: layer-wise distillation of replacement layers.
         race: racing of plan evaluation (off by default).
+        stat_correction: score a plan with each compressed layer's output mapped per channel
+            to the original layer's mean and standard deviation (fitted on 256 training
+            images; EagleEye's adaptive batch-norm idea); a score only, the delivered model is
+            the uncorrected plan. Off by default: docs/ranking.md measures it.
     """
 
     techniques: list[str] = field(default_factory=list)
@@ -296,6 +300,7 @@ class EnvConfig:
     val_examples: int | None = None
     distill: DistillConfig = field(default_factory=DistillConfig)
     race: RaceConfig = field(default_factory=RaceConfig)
+    stat_correction: bool = False
 
     def __post_init__(self) -> None:
         for i, ratio in enumerate(self.ratios):

@@ -10,13 +10,14 @@ import numpy as np
 from jax.typing import ArrayLike
 from jaxtyping import Array, Float, Int
 
-from autocomp.models.layers import as_network, layer_inputs
+from autocomp.models.layers import as_network
 from autocomp.models.ops import apply_op
 from autocomp.search.reward import RewardParams, compute_reward
 from autocomp.search.space import SearchSpace, min_rest
 from autocomp.search.spaces import EnvSpec, Observation, StepInfo, episode_record
 from autocomp.sharding import labelled_accuracy
 from autocomp.techniques import Technique, identity_index, layer_forward, layer_out_mask
+from envs.probes import identity_correction, probe, relative_error, with_correction
 from envs.racing import race_batch
 
 N_STATIC = 10
@@ -38,6 +39,7 @@ class EnvParams(NamedTuple):
     fixed: Float[Array, " 5"]
     static_features: Float[Array, "L F"]
     sensitivity: Float[Array, "L T R"]
+    correction: tuple  # per layer float[T, R, 2, features]: envs.probes.channel_correction
     reward: RewardParams
 
 
@@ -75,9 +77,13 @@ class CompressionEnv:
     - State: :class:`EnvState`, a pytree of arrays.
     """
 
-    def __init__(self, model, space: SearchSpace, race: tuple[int, float] = (0, 1.0)):
-        """``race``: (examples, keep) of racing in :meth:`batch_step` (0 examples: off)."""
+    def __init__(
+        self, model, space: SearchSpace, race: tuple[int, float] = (0, 1.0), correct: bool = False
+    ):
+        """``race``: (examples, keep) of racing in :meth:`batch_step` (0 examples: off);
+        ``correct``: score plans with the output-statistics correction (:meth:`logits`)."""
         self.network = as_network(model, space.layers)
+        self.correct = bool(correct)
         self.race_examples, self.race_keep = int(race[0]), float(race[1])
         self.space = space
         self.layers = space.layers
@@ -100,10 +106,19 @@ class CompressionEnv:
         x_val: np.ndarray,
         y_val: np.ndarray,
         reward: RewardParams,
+        x_stats: np.ndarray | None = None,
     ) -> EnvParams:
-        """Everything a search needs, precomputed on the host."""
+        """Everything a search needs, precomputed on the host; ``x_stats``: images whose first
+        ``STATS_EXAMPLES`` fit the output-statistics correction where the environment scores
+        with it (the training split; default: the sensitivity's validation probe; without the
+        correction, ``correction`` holds the identity: :func:`envs.probes.with_correction`)."""
         s = self.space
-        return EnvParams(
+        n_t, n_r = len(self.techniques), len(s.ratios)
+        x_probe = np.asarray(x_val[:PROBE_EXAMPLES])
+        ones = [np.ones((n_t, n_r))] * len(self.layers)  # 1 where a technique does not fit
+        sensitivity = probe(self.network, self.layers, self.techniques, s.ratios, base_params,
+                            aux, x_probe, relative_error, ones)  # fmt: skip
+        params = EnvParams(
             base_params=jax.tree.map(jnp.asarray, base_params),
             aux=jax.tree.map(jnp.asarray, aux),
             x_val=jnp.asarray(x_val),
@@ -115,11 +130,13 @@ class CompressionEnv:
             allowed=jnp.asarray(s.allowed),
             fixed=jnp.asarray(s.fixed, jnp.float32),
             static_features=jnp.asarray(self._static_features(), jnp.float32),
-            sensitivity=jnp.asarray(
-                self._sensitivity(base_params, aux, x_val[:PROBE_EXAMPLES]), jnp.float32
-            ),
+            sensitivity=jnp.asarray(np.stack(sensitivity), jnp.float32),
+            correction=jax.tree.map(jnp.asarray, identity_correction(self.layers, n_t, n_r)),
             reward=reward,
         )
+        if not self.correct:  # the identity: it costs a pass per technique and ratio
+            return params
+        return with_correction(self, params, x_probe if x_stats is None else x_stats)
 
     def _static_features(self) -> np.ndarray:
         s = self.space
@@ -145,43 +162,22 @@ class CompressionEnv:
             )
         return np.array(rows)
 
-    def _sensitivity(self, base_params: dict, aux: tuple[dict, ...], x_probe) -> np.ndarray:
-        """float[L, T, R]: relative output error of every technique at every ratio on the
-        layer's real inputs (``x_probe`` images through the base model); 1 where it does not
-        fit."""
-        n_t, n_r = self.spec.num_techniques, self.spec.num_ratios
-        out = np.ones((len(self.layers), n_t, n_r))
-        inputs = layer_inputs(self.network, self.layers, base_params, np.asarray(x_probe))
-        ratios = jnp.asarray(self.space.ratios, jnp.float32)
-        for layer in self.layers:
-            fitting = [t for t, tech in enumerate(self.techniques) if tech.name in aux[layer.index]]
-
-            @jax.jit
-            def errors(p, a, x, layer=layer, fitting=fitting):
-                y = apply_op(layer.op, {layer.name: p}, x)
-                rows = []
-                for t in fitting:
-                    tech = self.techniques[t]
-
-                    def err(ratio, tech=tech):
-                        y_t = layer_forward(tech, layer, p, a[tech.name], ratio, x)
-                        return jnp.linalg.norm(y_t - y) / (jnp.linalg.norm(y) + 1e-12)
-
-                    rows.append(jax.lax.map(err, ratios))
-                return jnp.stack(rows)
-
-            p = jax.tree.map(jnp.asarray, self.network.layer_params(base_params, layer))
-            out[layer.index, fitting] = np.asarray(errors(p, aux[layer.index], inputs[layer.index]))
-        return out
-
     # ------------------------------------------------------------ simulation
     def logits(
-        self, plan: Int[ArrayLike, "L 2"], params: EnvParams, x: Float[ArrayLike, "n ..."]
+        self,
+        plan: Int[ArrayLike, "L 2"],
+        params: EnvParams,
+        x: Float[ArrayLike, "n ..."],
+        correct: bool | None = None,
     ) -> Float[Array, "n k"]:
         """The base model with ``plan`` applied: each compressible layer is the output of its
         technique (``lax.switch``: one branch runs per plan), fed only the channels its input
         group keeps (the group's root decided them; removed channels are zeroed at the input,
-        so what a batch norm or a residual add does to them does not matter)."""
+        so what a batch norm or a residual add does to them does not matter). ``correct``
+        (default: the environment's): each compressed layer's output is mapped per channel to
+        the original layer's mean and standard deviation (``params.correction``), a score
+        only: the materialized model is the uncorrected simulation."""
+        correct = self.correct if correct is None else correct
         kept: dict[int, Array] = {}
 
         def hook(layer, h: ArrayLike):
@@ -195,6 +191,9 @@ class CompressionEnv:
             branches = [self._branch(tech, layer, aux) for tech in self.techniques]
             p = self.network.layer_params(params.base_params, layer)
             y, out_keep = jax.lax.switch(t, branches, p, params.ratios[r], h, in_keep)
+            if correct:
+                scale, shift = params.correction[layer.index][t, r]
+                y = y * scale.astype(y.dtype) + shift.astype(y.dtype)
             if layer.out_group >= 0:
                 kept[layer.out_group] = out_keep
             return y

@@ -29,11 +29,12 @@ log = logging.getLogger("autocomp.train")
 
 
 def build_env(p: pipeline.Prepared):
-    env = CompressionEnv(p.ops, p.space, p.config.env.race.spec)
+    env = CompressionEnv(p.ops, p.space, p.config.env.race.spec, p.config.env.stat_correction)
     n_val = p.config.env.val_examples or len(p.data.x_val)
     params = env.make_params(
-        p.base_params, p.aux, p.data.x_val[:n_val], p.data.y_val[:n_val], p.reward
-    )
+        p.base_params, p.aux, p.data.x_val[:n_val], p.data.y_val[:n_val], p.reward,
+        p.data.x_train,
+    )  # fmt: skip
     return env, shard_env_params(params)
 
 

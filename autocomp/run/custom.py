@@ -353,7 +353,7 @@ def _scalars(params) -> int:
 
 def _check(cmp: Compressed, env, env_params, indices, x) -> dict:
     """The materialized model against the environment's simulation of the plan."""
-    sim = host_value(jax.jit(lambda xb: env.logits(jnp.asarray(indices), env_params, xb))(x))
+    sim = host_value(jax.jit(lambda xb: env.logits(jnp.asarray(indices), env_params, xb, False))(x))
     real = predict(cmp.logits, cmp.params, x)
     check = {
         "max_abs_logit_diff": float(np.abs(real - sim).max()),

@@ -7,13 +7,17 @@ half spread evenly over the score ranks of the in-budget plans. Each is material
 
 - scored as the search scored it (``score``: validation accuracy of the simulated plan, no
   fine-tuning),
+- scored with the output-statistics correction (``corrected``: the same, each compressed
+  layer's output mapped per channel to the original's mean and standard deviation;
+  ``env.stat_correction``),
 - fine-tuned briefly (``short``: one pass of distillation over ``short`` training images, then
   validation accuracy: the re-ranking lever, a few hundred steps),
 - fine-tuned as the experiment's run does (``finetuned``: test accuracy).
 
 Each plan's record goes to ``out/plans.jsonl`` as soon as it is done (a killed benchmark
-continues); ``rank.md`` holds the Spearman correlations of ``score`` and ``short`` with
-``finetuned``, over all the plans and over the in-budget ones, and ``rank.png`` the scatter.
+continues); ``rank.md`` holds the Spearman correlations of ``score``, ``corrected`` and
+``short`` with ``finetuned``, over all the plans and over the in-budget ones, and
+``rank.png`` the scatter.
 """
 
 from __future__ import annotations
@@ -90,6 +94,7 @@ def rank_plans(
     records_path = out_dir / "plans.jsonl"
     records = read_jsonl(records_path) if records_path.exists() else []
     done = {r["key"] for r in records}
+    corrected = _corrected_scorer(env, env_params, s.x_train)
     for k, i in enumerate(spread(sel, plans)):
         indices = sel.plans[i]
         key = " ".join(f"{t}:{r}" for t, r in indices)
@@ -103,6 +108,7 @@ def rank_plans(
             "latency_ms": float(sel.costs[i, 0]),
             "reward": float(sel.reward[i]),
             "score": float(sel.accuracy[i]),
+            "corrected": corrected(indices),
             "short": short_acc,
             "finetuned": test_acc,
             "seconds": time.perf_counter() - t0,
@@ -114,6 +120,26 @@ def rank_plans(
     return write_report(out_dir, records, config, short)
 
 
+SCORES = ("score", "corrected", "short")
+
+
+def _corrected_scorer(env, env_params, x_train):
+    """``indices -> validation accuracy`` of the simulated plan with the output-statistics
+    correction (whatever the environment's own setting)."""
+    from autocomp.sharding import labelled_accuracy
+    from envs.probes import with_correction
+
+    if not env.correct:
+        env_params = with_correction(env, env_params, x_train)
+
+    @jax.jit
+    def accuracy(plan, params):  # params an argument: XLA would constant-fold a closure's
+        logits = env.logits(plan, params, params.x_val, correct=True)
+        return labelled_accuracy(jax.numpy.argmax(logits, -1), params.y_val)
+
+    return lambda indices: float(accuracy(np.asarray(indices), env_params))
+
+
 def write_report(out_dir: Path, records: list[dict], config, short: int) -> dict[str, float]:
     """``rank.md`` (correlations and every plan) and ``rank.png`` (score against result)."""
     import matplotlib
@@ -121,39 +147,39 @@ def write_report(out_dir: Path, records: list[dict], config, short: int) -> dict
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    cols = {k: np.array([r[k] for r in records]) for k in ("score", "short", "finetuned")}
+    cols = {k: np.array([r.get(k, np.nan) for r in records]) for k in (*SCORES, "finetuned")}
     inside = np.array([r["in_budget"] for r in records])
-    result = {
-        "plans": len(records),
-        "in_budget": int(inside.sum()),
-        "spearman_score": _spearman(cols["score"], cols["finetuned"]),
-        "spearman_short": _spearman(cols["short"], cols["finetuned"]),
-        "spearman_score_in_budget": _spearman(cols["score"][inside], cols["finetuned"][inside]),
-        "spearman_short_in_budget": _spearman(cols["short"][inside], cols["finetuned"][inside]),
-    }
+    result = {"plans": len(records), "in_budget": int(inside.sum())}
+    for k in SCORES:
+        result[f"spearman_{k}"] = _spearman(cols[k], cols["finetuned"])
+        result[f"spearman_{k}_in_budget"] = _spearman(cols[k][inside], cols["finetuned"][inside])
     lines = [
         f"# Search score against fine-tuned accuracy: {config.name}",
         "",
         f"{len(records)} plans ({result['in_budget']} in budget); `score`: validation accuracy "
-        f"of the simulated plan (what the search ranks by); `short`: validation accuracy after "
+        f"of the simulated plan (what the search ranks by); `corrected`: the same with each "
+        f"compressed layer's output statistics corrected; `short`: validation accuracy after "
         f"one distillation pass over {short} training images; `finetuned`: test accuracy after "
         f"the experiment's fine-tuning ({config.finetune.epochs} epochs).",
         "",
         "| Spearman with `finetuned` | all plans | in budget |",
         "|---|---|---|",
-        f"| `score` | {result['spearman_score']:.3f} | {result['spearman_score_in_budget']:.3f} |",
-        f"| `short` | {result['spearman_short']:.3f} | {result['spearman_short_in_budget']:.3f} |",
+        *(
+            f"| `{k}` | {result[f'spearman_{k}']:.3f} | {result[f'spearman_{k}_in_budget']:.3f} |"
+            for k in SCORES
+        ),
         "",
-        "| latency (ms) | in budget | score | short | finetuned | plan |",
-        "|---|---|---|---|---|---|",
+        "| latency (ms) | in budget | score | corrected | short | finetuned | plan |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in sorted(records, key=lambda r: r["latency_ms"]):
+        scores = " | ".join(f"{r.get(k, np.nan):.4f}" for k in (*SCORES, "finetuned"))
         lines.append(f"| {r['latency_ms']:.4f} | {'yes' if r['in_budget'] else 'no'} | "
-                     f"{r['score']:.4f} | {r['short']:.4f} | {r['finetuned']:.4f} | "
-                     f"`{r['key']}` |")  # fmt: skip
+                     f"{scores} | `{r['key']}` |")  # fmt: skip
     atomic_write_text(out_dir / "rank.md", "\n".join(lines) + "\n")
     fig, ax = plt.subplots(figsize=(5.5, 4))
     ax.scatter(cols["score"], cols["finetuned"], label="score (no fine-tuning)", s=14)
+    ax.scatter(cols["corrected"], cols["finetuned"], label="corrected score", s=14, marker="+")
     ax.scatter(cols["short"], cols["finetuned"], label=f"short ({short} images)", s=14, marker="x")
     ax.set_xlabel("validation accuracy before the full fine-tuning")
     ax.set_ylabel("test accuracy after fine-tuning")

@@ -16,7 +16,8 @@ class Subject(NamedTuple):
     """A priced search space, the environment and its params, how a search's evaluations
     become a selection (``select(history, rescore=None)``), a plan's validation accuracy after
     one distillation epoch on the first ``examples`` training images (``short(indices,
-    examples)``), and its test accuracy after the experiment's fine-tuning (``tuned(indices)``)."""
+    examples)``), its test accuracy after the experiment's fine-tuning (``tuned(indices)``),
+    and the training images."""
 
     space: object
     env: object
@@ -25,6 +26,7 @@ class Subject(NamedTuple):
     select: Callable
     short: Callable
     tuned: Callable
+    x_train: object
 
 
 def subject(config, out_dir: Path) -> Subject:
@@ -45,6 +47,7 @@ def subject(config, out_dir: Path) -> Subject:
         lambda history, rescore=None: pipeline.select(p, history, rescore),
         lambda indices, examples: pipeline.short_finetune(p, comp(indices), examples),
         lambda indices: pipeline.finetune_compressed(p, comp(indices))[1],
+        p.data.x_train,
     )  # fmt: skip
 
 
@@ -62,4 +65,5 @@ def _custom(config, out_dir: Path) -> Subject:
         lambda history, rescore=None: pipeline.select_plans(st.space, history, rescore),
         lambda indices, examples: short_accuracy(st, data, config, indices, examples),
         lambda indices: tuned_accuracy(st, data, config, indices),
+        data.x_train,
     )  # fmt: skip

@@ -174,8 +174,9 @@ def search_setup(net, data: Dataset, config, profile, techniques, ctx, env_cls) 
     x_val, y_val = data.x_val[:n_val], data.y_val[:n_val]
     base_val = float(np.mean(predict(net.forward, base_params, x_val).argmax(-1) == y_val))
     reward = make_reward_params(config.reward, tuple(space.base[:3]), base_val)
-    env = env_cls(net, space, config.env.race.spec)
-    env_params = shard_env_params(env.make_params(base_params, aux, x_val, y_val, reward))
+    env = env_cls(net, space, config.env.race.spec, config.env.stat_correction)
+    params = env.make_params(base_params, aux, x_val, y_val, reward, data.x_train)
+    env_params = shard_env_params(params)
     return SearchSetup(space, aux, env, env_params, base_val)
 
 

@@ -311,7 +311,7 @@ def distil(p: Prepared, c: Compressed, on_epoch=None, checkpoint: Path | None = 
 def plan_logits(env, env_params):
     """``plan -> (x -> logits)``: the environment's simulated model of a plan, one compiled
     function for every plan (what :func:`compress` checks a materialized model against)."""
-    logits = jax.jit(lambda plan, x: env.logits(plan, env_params, x))
+    logits = jax.jit(lambda plan, x: env.logits(plan, env_params, x, correct=False))
     return lambda plan: lambda x: logits(plan, x)
 
 
