@@ -17,7 +17,7 @@ from autocomp.search.space import SearchSpace, min_rest
 from autocomp.search.spaces import EnvSpec, Observation, StepInfo, episode_record
 from autocomp.sharding import labelled_accuracy
 from autocomp.techniques import Technique, identity_index, layer_forward, layer_out_mask
-from envs.probes import identity_correction, probe, relative_error, with_correction
+from envs.probes import affine, identity_correction, probe, relative_error, with_correction
 from envs.racing import race_batch
 
 N_STATIC = 10
@@ -169,6 +169,7 @@ class CompressionEnv:
         params: EnvParams,
         x: Float[ArrayLike, "n ..."],
         correct: bool | None = None,
+        post=None,
     ) -> Float[Array, "n k"]:
         """The base model with ``plan`` applied: each compressible layer is the output of its
         technique (``lax.switch``: one branch runs per plan), fed only the channels its input
@@ -176,8 +177,10 @@ class CompressionEnv:
         so what a batch norm or a residual add does to them does not matter). ``correct``
         (default: the environment's): each compressed layer's output is mapped per channel to
         the original layer's mean and standard deviation (``params.correction``), a score
-        only: the materialized model is the uncorrected simulation."""
-        correct = self.correct if correct is None else correct
+        only: the materialized model is the uncorrected simulation. ``post(layer, y, t, r) -> y``
+        replaces that map (:func:`envs.probes.adaptive_logits`)."""
+        if post is None and (self.correct if correct is None else correct):
+            post = lambda layer, y, t, r: affine(y, params.correction[layer.index][t, r])  # noqa: E731
         kept: dict[int, Array] = {}
 
         def hook(layer, h: ArrayLike):
@@ -191,9 +194,7 @@ class CompressionEnv:
             branches = [self._branch(tech, layer, aux) for tech in self.techniques]
             p = self.network.layer_params(params.base_params, layer)
             y, out_keep = jax.lax.switch(t, branches, p, params.ratios[r], h, in_keep)
-            if correct:
-                scale, shift = params.correction[layer.index][t, r]
-                y = y * scale.astype(y.dtype) + shift.astype(y.dtype)
+            y = y if post is None else post(layer, y, t, r)
             if layer.out_group >= 0:
                 kept[layer.out_group] = out_keep
             return y

@@ -39,6 +39,35 @@ def channel_correction(y: jax.Array, y_t: jax.Array) -> jax.Array:
     return jnp.stack([scale, shift])
 
 
+def affine(y: jax.Array, correction: jax.Array) -> jax.Array:
+    """``y`` (channels last) times ``correction[0]`` plus ``correction[1]``, per channel."""
+    return y * correction[0].astype(y.dtype) + correction[1].astype(y.dtype)
+
+
+def adaptive_logits(env, plan, params, x, x_stats):
+    """The simulated plan's logits on ``x`` with each layer's output statistics re-estimated
+    under the plan itself (EagleEye's procedure): one pass of the base model over ``x_stats``
+    records every layer's per-channel output mean and standard deviation, one pass of the plan
+    over ``x_stats`` maps each layer's output onto them in order (so a layer sees its already
+    corrected inputs), and the maps found there are applied on ``x``. Inside jit."""
+    base: dict[int, jax.Array] = {}
+
+    def record(layer, h):
+        p = env.network.layer_params(params.base_params, layer)
+        base[layer.index] = y = apply_op(layer.op, {layer.name: p}, h)
+        return y
+
+    env.network.forward(params.base_params, x_stats, record)
+    found: dict[int, jax.Array] = {}
+
+    def fit(layer, y, t, r):
+        found[layer.index] = channel_correction(base[layer.index], y)
+        return affine(y, found[layer.index])
+
+    env.logits(plan, params, x_stats, post=fit)
+    return env.logits(plan, params, x, post=lambda layer, y, t, r: affine(y, found[layer.index]))
+
+
 def relative_error(y: jax.Array, y_t: jax.Array) -> jax.Array:
     """||y_t - y|| / ||y||: the sensitivity observation."""
     return jnp.linalg.norm(y_t - y) / (jnp.linalg.norm(y) + 1e-12)

@@ -8,7 +8,7 @@ import numpy as np
 from autocomp.techniques import identity_index
 from autocomp.workflow.pipeline import plan_logits
 from envs.compression import CompressionEnv
-from envs.probes import channel_correction, with_correction
+from envs.probes import adaptive_logits, channel_correction, with_correction
 
 
 def test_channel_correction_maps_each_channel_onto_the_originals_statistics():
@@ -52,3 +52,19 @@ def test_corrected_scores_leave_the_base_model_and_the_materialization_check_alo
                                atol=1e-5)  # fmt: skip
     # what a materialized model is checked against is the uncorrected simulation
     np.testing.assert_array_equal(plan_logits(env, params)(plan)(x), plain)
+
+
+def test_statistics_re_estimated_under_the_base_plan_leave_it_as_it_is(prepared):
+    p = prepared
+    env = CompressionEnv(p.ops, p.space)
+    x = p.data.x_val[:64]
+    params = env.make_params(p.base_params, p.aux, x, p.data.y_val[:64], p.reward)
+    keep = identity_index(env.techniques)
+    base = jnp.stack([jnp.full(len(env.layers), keep), jnp.zeros(len(env.layers), int)], -1)
+    stats = jnp.asarray(p.data.x_train[:128])
+    np.testing.assert_allclose(adaptive_logits(env, base, params, x, stats),
+                               env.logits(base, params, x), rtol=1e-4, atol=1e-4)  # fmt: skip
+    plan = np.array([np.argwhere(a)[-1] for a in np.asarray(params.allowed)])
+    assert not np.allclose(
+        adaptive_logits(env, plan, params, x, stats), env.logits(plan, params, x)
+    )

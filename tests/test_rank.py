@@ -45,6 +45,7 @@ def test_bench_rank_fine_tunes_plans_and_a_rerun_continues(tmp_path, cache_dir, 
     assert result["plans"] == len(records) == 4
     assert all(0.0 <= r[k] <= 1.0 for r in records for k in ("score", "short", "finetuned"))
     assert -1.0 <= result["spearman_score"] <= 1.0
+    assert all(f"spearman_{k}" in result for k in ("corrected", "adaptive", "short"))
     assert "| `score` |" in (out / "rank.md").read_text()
     assert (out / "rank.png").read_bytes()[:4] == b"\x89PNG"
 

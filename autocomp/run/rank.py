@@ -10,6 +10,8 @@ half spread evenly over the score ranks of the in-budget plans. Each is material
 - scored with the output-statistics correction (``corrected``: the same, each compressed
   layer's output mapped per channel to the original's mean and standard deviation;
   ``env.stat_correction``),
+- scored with the statistics re-estimated under the plan itself (``adaptive``:
+  :func:`envs.probes.adaptive_logits`, EagleEye's procedure),
 - fine-tuned briefly (``short``: one pass of distillation over ``short`` training images, then
   validation accuracy: the re-ranking lever, a few hundred steps),
 - fine-tuned as the experiment's run does (``finetuned``: test accuracy).
@@ -94,7 +96,7 @@ def rank_plans(
     records_path = out_dir / "plans.jsonl"
     records = read_jsonl(records_path) if records_path.exists() else []
     done = {r["key"] for r in records}
-    corrected = _corrected_scorer(env, env_params, s.x_train)
+    corrected, adaptive = _corrected_scorers(env, env_params, s.x_train)
     for k, i in enumerate(spread(sel, plans)):
         indices = sel.plans[i]
         key = " ".join(f"{t}:{r}" for t, r in indices)
@@ -109,6 +111,7 @@ def rank_plans(
             "reward": float(sel.reward[i]),
             "score": float(sel.accuracy[i]),
             "corrected": corrected(indices),
+            "adaptive": adaptive(indices),
             "short": short_acc,
             "finetuned": test_acc,
             "seconds": time.perf_counter() - t0,
@@ -120,24 +123,33 @@ def rank_plans(
     return write_report(out_dir, records, config, short)
 
 
-SCORES = ("score", "corrected", "short")
+SCORES = ("score", "corrected", "adaptive", "short")
 
 
-def _corrected_scorer(env, env_params, x_train):
-    """``indices -> validation accuracy`` of the simulated plan with the output-statistics
-    correction (whatever the environment's own setting)."""
+def _corrected_scorers(env, env_params, x_train):
+    """Two ``indices -> validation accuracy`` of the simulated plan: with the precomputed
+    output-statistics correction (whatever the environment's own setting), and with the
+    statistics re-estimated under the plan (:func:`envs.probes.adaptive_logits`)."""
     from autocomp.sharding import labelled_accuracy
-    from envs.probes import with_correction
+    from envs.probes import STATS_EXAMPLES, adaptive_logits, with_correction
 
-    if not env.correct:
-        env_params = with_correction(env, env_params, x_train)
+    fitted = env_params if env.correct else with_correction(env, env_params, x_train)
+    x_stats = jax.numpy.asarray(x_train[:STATS_EXAMPLES])
 
     @jax.jit
-    def accuracy(plan, params):  # params an argument: XLA would constant-fold a closure's
+    def corrected(plan, params):  # params an argument: XLA would constant-fold a closure's
         logits = env.logits(plan, params, params.x_val, correct=True)
         return labelled_accuracy(jax.numpy.argmax(logits, -1), params.y_val)
 
-    return lambda indices: float(accuracy(np.asarray(indices), env_params))
+    @jax.jit
+    def adaptive(plan, params, x_stats):
+        logits = adaptive_logits(env, plan, params, params.x_val, x_stats)
+        return labelled_accuracy(jax.numpy.argmax(logits, -1), params.y_val)
+
+    return (
+        lambda indices: float(corrected(np.asarray(indices), fitted)),
+        lambda indices: float(adaptive(np.asarray(indices), env_params, x_stats)),
+    )
 
 
 def write_report(out_dir: Path, records: list[dict], config, short: int) -> dict[str, float]:
@@ -158,7 +170,8 @@ def write_report(out_dir: Path, records: list[dict], config, short: int) -> dict
         "",
         f"{len(records)} plans ({result['in_budget']} in budget); `score`: validation accuracy "
         f"of the simulated plan (what the search ranks by); `corrected`: the same with each "
-        f"compressed layer's output statistics corrected; `short`: validation accuracy after "
+        f"compressed layer's output statistics corrected; `adaptive`: with them re-estimated "
+        f"under the plan; `short`: validation accuracy after "
         f"one distillation pass over {short} training images; `finetuned`: test accuracy after "
         f"the experiment's fine-tuning ({config.finetune.epochs} epochs).",
         "",
@@ -169,8 +182,8 @@ def write_report(out_dir: Path, records: list[dict], config, short: int) -> dict
             for k in SCORES
         ),
         "",
-        "| latency (ms) | in budget | score | corrected | short | finetuned | plan |",
-        "|---|---|---|---|---|---|---|",
+        f"| latency (ms) | in budget | {' | '.join(SCORES)} | finetuned | plan |",
+        "|---|---|" + "---|" * len(SCORES) + "---|---|",
     ]
     for r in sorted(records, key=lambda r: r["latency_ms"]):
         scores = " | ".join(f"{r.get(k, np.nan):.4f}" for k in (*SCORES, "finetuned"))
@@ -180,6 +193,7 @@ def write_report(out_dir: Path, records: list[dict], config, short: int) -> dict
     fig, ax = plt.subplots(figsize=(5.5, 4))
     ax.scatter(cols["score"], cols["finetuned"], label="score (no fine-tuning)", s=14)
     ax.scatter(cols["corrected"], cols["finetuned"], label="corrected score", s=14, marker="+")
+    ax.scatter(cols["adaptive"], cols["finetuned"], label="re-estimated score", s=14, marker="1")
     ax.scatter(cols["short"], cols["finetuned"], label=f"short ({short} images)", s=14, marker="x")
     ax.set_xlabel("validation accuracy before the full fine-tuning")
     ax.set_ylabel("test accuracy after fine-tuning")
