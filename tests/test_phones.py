@@ -122,6 +122,46 @@ def test_calibration_recovers_known_parameters_from_synthetic_rows():
     assert fit["op_overhead_us"] == pytest.approx(3.0, rel=0.02)
 
 
+def test_the_fine_kind_fit_recovers_known_parameters_and_borrows_for_missing_kinds():
+    from autocomp.devices.analytic import fine_kind
+    from autocomp.devices.fine_kinds import fit_fine_kinds
+
+    rng = np.random.default_rng(1)
+    eff = {"conv_first": 0.1, "conv": 0.5, "dwconv3": 0.2, "dwconv5": 0.25, "dense": 0.3}
+    bw = {"conv_first": 1.0, "conv": 6.0, "dwconv3": 9.0, "dwconv5": 7.0, "dense": 4.0,
+          "add": 15.0, "pool": 5.0}  # fmt: skip
+    base = load_profile("analytic_cortex_a76").analytic
+    truth = dict(base, combine="sum", efficiency=dict(base["efficiency"], **eff),
+                 kind_bandwidth_gbs=bw, op_overhead_us=2.0)  # fmt: skip
+    ops = []
+    for _ in range(400):
+        h, c, f = (
+            int(rng.choice([7, 14, 28, 56])),
+            int(rng.integers(8, 256)),
+            int(rng.integers(8, 256)),
+        )
+        ops.append([(Op("conv", "op", f, 1), (h, h, c)), (Op("conv", "op", f, 3), (h, h, 3)),
+                    (Op("dwconv", "op", 0, 3), (h, h, f)), (Op("dwconv", "op", 0, 5), (h, h, f)),
+                    (Op("add"), (h, h, f)), (Op("gap"), (h, h, f)),
+                    (Op("dense", "op", f), (c,))][int(rng.integers(7))])  # fmt: skip
+    latency = []
+    for op, shape in ops:
+        macs, _, _, weight_read, act_bytes = op_counts(op, shape)
+        kind = fine_kind(op, shape)
+        latency.append(float(analytic_latency_ms(truth, kind, macs, weight_read + act_bytes)))
+    fit = fit_fine_kinds(base, ops, latency)
+    assert fit["fine_kinds"] is True
+    for kind, value in eff.items():
+        assert fit["efficiency"][kind] == pytest.approx(value, rel=0.02)
+    for kind, value in bw.items():
+        assert fit["kind_bandwidth_gbs"][kind] == pytest.approx(value, rel=0.02)
+    assert fit["op_overhead_us"] == pytest.approx(2.0, rel=0.02)
+    # kinds without examples take a neighbour's numbers, and say so
+    assert fit["borrowed"] == {"dwconv7": "dwconv5", "act": "add", "act_map": "add", "mul": "add"}
+    assert fit["kind_bandwidth_gbs"]["act_map"] == fit["kind_bandwidth_gbs"]["add"]
+    assert fit["efficiency"]["dwconv7"] == fit["efficiency"]["dwconv5"]
+
+
 def test_profile_cli_builds_the_tables_and_bench_phones_reports_them(tmp_path, capsys):
     from autocomp import bench, profile
 

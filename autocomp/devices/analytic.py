@@ -22,6 +22,34 @@ def efficiency_key(op: Op) -> str:
     )
 
 
+# The finer op kinds of a table fitted per kind (``analytic.fine_kinds``, the Pixel 1 table):
+# its per-op profiles separate these, where a block-level fit could not.
+FINE_KINDS = ("conv_first", "conv", "dense", "dwconv3", "dwconv5", "dwconv7", "add", "pool",
+              "act", "act_map", "mul")  # fmt: skip
+MAC_KINDS = FINE_KINDS[:6]
+
+
+def fine_kind(op: Op, in_shape) -> str:
+    """``op``'s kind among :data:`FINE_KINDS`: a conv on at most 4 input channels (an image)
+    apart from the others, depthwise convs by their nearest kernel size, every other MAC-free
+    op that is no add, multiply or pool an ``act`` on a vector (the Pixel 1 profiles' softmax)
+    or an ``act_map`` on a feature map (elementwise: priced like an add where unmeasured)."""
+    if op.kind in ("conv", "expand"):
+        return "conv_first" if in_shape[-1] <= 4 else "conv"
+    if op.kind == "dwconv":
+        return f"dwconv{min((3, 5, 7), key=lambda k: abs(k - max(op.kernel_hw)))}"
+    if op.kind in ("gap", "avgpool", "maxpool"):
+        return "pool"
+    if op.kind in ("dense", "add", "mul"):
+        return op.kind
+    return "act" if len(in_shape) == 1 else "act_map"
+
+
+def analytic_kind(analytic: dict, op: Op, in_shape) -> str:
+    """The ``efficiency``/``kind_bandwidth_gbs`` entry that prices ``op`` in this table."""
+    return fine_kind(op, in_shape) if analytic.get("fine_kinds") else efficiency_key(op)
+
+
 def analytic_latency_ms(analytic: dict, kind: str, macs, moved):
     """The analytic model: per-op overhead + max(MACs / (peak * efficiency), bytes / bandwidth),
     or their sum where ``analytic.combine`` is ``sum`` (the calibrated tables: compute and
@@ -68,7 +96,7 @@ def int8_view(profile: DeviceProfile) -> DeviceProfile | None:
                 latency = row["latency_ms"] * ratios.get(op.kind, ratios["*"])
             else:
                 macs, _, _, weight_read, act_bytes = op_counts(op, shape)
-                kind, moved = efficiency_key(op), weight_read + act_bytes
+                kind, moved = analytic_kind(a, op, shape), weight_read + act_bytes
                 as_float = analytic_latency_ms(a, kind, macs, moved)
                 latency = row["latency_ms"] * analytic_latency_ms(a8, kind, macs, moved) / as_float
         rows[key] = dict(row, latency_ms=float(latency))

@@ -28,6 +28,7 @@ from statistics import median
 import numpy as np
 
 from autocomp.devices.analytic import analytic_latency_ms, efficiency_key
+from autocomp.devices.fine_kinds import MAX_GBS, MIN_OVERHEAD_US, fit_fine_kinds
 from autocomp.devices.opkeys import op_counts, op_key
 from autocomp.devices.published import (
     AMC_DIR,
@@ -43,8 +44,6 @@ from autocomp.devices.tables import SCHEMA_VERSION, energy_constants
 from autocomp.models.ops import Op, Shape
 
 FITTED = ("conv", "dwconv", "dense")  # efficiencies the fit moves (pool stays: no MACs)
-MAX_GBS = 64.0  # about twice these SoCs' DRAM peak (34 GB/s, Snapdragon 855): cache-resident
-MIN_OVERHEAD_US = 0.5  # an interpreter's dispatch of one op takes at least this
 HELDOUT_EVERY = 5  # every 5th block (by key) is held out: a 20% test split
 
 # The phone tables: the phone, the core the measurements ran on, and the analytic base.
@@ -215,8 +214,8 @@ def pixel1_table(root, networks: Sequence[str] | None = None) -> dict:
         raise ValueError(f"no published Pixel 1 profile of the networks {networks}")
     # no published source measures a phone's energy per op: the A76 table's estimate
     analytic, energy, energy_note = energy_constants()
-    fitted = fit_analytic(analytic, [[(t.op, t.shape)] for t in timings],
-                          [t.latency_ms for t in timings])  # fmt: skip
+    fitted = fit_fine_kinds(analytic, [(t.op, t.shape) for t in timings],
+                            [t.latency_ms for t in timings])  # fmt: skip
     used = sorted({t.network for t in timings})
     return {
         "schema_version": SCHEMA_VERSION,
@@ -250,8 +249,10 @@ def pixel1_table(root, networks: Sequence[str] | None = None) -> dict:
         },
         "calibration": {
             "data": "the rows of this table, one op each",
-            "fitted": "analytic efficiencies (conv, dwconv, dense), bandwidth, per-op overhead; "
-            "they price the op kinds with fewer than 3 rows",
+            "fitted": "per fine op kind (analytic.fine_kinds: first conv, conv, dense, "
+            "depthwise 3/5/7, add, pool, vector and map activations, mul) an efficiency and a "
+            "bandwidth, one per-op overhead; kinds without rows borrow a neighbour's "
+            "(analytic.borrowed); they price the ops no row answers",
             "train_n": len(timings),
             "heldout": "leave one network out: python -m autocomp.bench phones",
         },

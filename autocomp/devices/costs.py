@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from autocomp.devices.analytic import analytic_latency_ms, efficiency_key
+from autocomp.devices.analytic import analytic_kind, analytic_latency_ms
 from autocomp.devices.opkeys import FREE_OPS, op_counts, op_family, op_key, op_size
 from autocomp.devices.tables import DeviceProfile
 from autocomp.models.ops import Op, Shape, walk_shapes
@@ -93,7 +93,7 @@ def price_op(profile: DeviceProfile, op: Op, in_shape: Shape) -> OpCost:
     if latency is not None:  # from the rows: the same correction as an exact row
         latency = max(0.0, latency - correction)
     if latency is None:
-        latency = analytic_latency_ms(a, efficiency_key(op), macs, moved)
+        latency = analytic_latency_ms(a, analytic_kind(a, op, in_shape), macs, moved)
         source = "calibrated" if profile.calibration is not None else "analytic"
     return OpCost(latency, energy_mj, macs, params, storage, source)
 
