@@ -14,7 +14,8 @@ from autocomp.models.ops import Op, Shape
 MAX_GBS = 64.0  # about twice these SoCs' DRAM peak (34 GB/s, Snapdragon 855): cache-resident
 MIN_OVERHEAD_US = 0.5  # an interpreter's dispatch of one op takes at least this
 
-# Where a fit per fine kind has no example of a kind, it takes the first of these that it has.
+# Where a fit per fine kind has no example of a kind, it takes the first of these that it has
+# (else the first kind it has at all).
 BORROW = {
     "conv_first": ("conv",), "conv": ("conv_first",), "dense": ("conv", "conv_first"),
     "dwconv3": ("dwconv5", "dwconv7"), "dwconv5": ("dwconv3", "dwconv7"),
@@ -65,7 +66,7 @@ def fit_fine_kinds(analytic: dict, ops: Sequence[tuple[Op, Shape]], latency_ms) 
     fit["borrowed"] = {}
     for kind in FINE_KINDS:
         if kind not in fit["kind_bandwidth_gbs"]:
-            source = next(k for k in BORROW[kind] if k in have)
+            source = next(k for k in (*BORROW[kind], *have) if k in have)  # else any it has
             fit["kind_bandwidth_gbs"][kind] = fit["kind_bandwidth_gbs"][source]
             if kind in MAC_KINDS:
                 fit["efficiency"][kind] = fit["efficiency"][source]
