@@ -32,6 +32,7 @@ from autocomp.search.reward import budgets_record
 from autocomp.search.space import CHANNELS, build_search_space, plan_bins, plan_cost
 from autocomp.sharding import host_value
 from autocomp.workflow.custom import (
+    accuracy,
     base_variables,
     compressed_model,
     finetune,
@@ -228,13 +229,13 @@ def short_accuracy(st: Setup, data: Dataset, config: RootConfig, indices, exampl
     training images (the experiment's other fine-tuning settings)."""
     subset = data._replace(x_train=data.x_train[:examples], y_train=data.y_train[:examples])
     cmp, params = tuned_params(st, subset, config, indices, epochs=1)
-    return float(np.mean(predict(cmp.logits, params, data.x_val).argmax(-1) == data.y_val))
+    return accuracy(cmp.logits, params, data.x_val, data.y_val)
 
 
 def tuned_accuracy(st: Setup, data: Dataset, config: RootConfig, indices) -> float:
     """Test accuracy of a plan after the experiment's fine-tuning."""
     cmp, params = tuned_params(st, data, config, indices)
-    return float(np.mean(predict(cmp.logits, params, data.x_test).argmax(-1) == data.y_test))
+    return accuracy(cmp.logits, params, data.x_test, data.y_test)
 
 
 def _int8_latency(base, compressed, profile, net, techniques, ratios, data, indices) -> None:

@@ -17,9 +17,9 @@ half spread evenly over the score ranks of the in-budget plans. Each is material
 - fine-tuned as the experiment's run does (``finetuned``: test accuracy).
 
 Each plan's record goes to ``out/plans.jsonl`` as soon as it is done (a killed benchmark
-continues); ``rank.md`` holds the Spearman correlations of ``score``, ``corrected`` and
-``short`` with ``finetuned``, over all the plans and over the in-budget ones, and
-``rank.png`` the scatter.
+continues); ``rank.md`` holds the Spearman correlations of ``score``, ``corrected``,
+``adaptive`` and ``short`` with ``finetuned``, over all the plans and over the in-budget ones,
+and ``rank.png`` the scatter.
 """
 
 from __future__ import annotations

@@ -86,7 +86,7 @@ class CustomSubject:
     def row(self, name: str, ratio: float, indices: np.ndarray | None):
         from autocomp.search.plan import plan_from_indices
         from autocomp.survey.builtin import SurveyRow
-        from autocomp.workflow.custom import compressed_model, finetune, predict
+        from autocomp.workflow.custom import accuracy, compressed_model, finetune
 
         keep = identity_index(self.techniques)
         if indices is None:  # the original
@@ -112,7 +112,7 @@ class CustomSubject:
             else ",".join(
                 la.name for la, (t, _) in zip(self.layers, indices, strict=True) if t != keep
             ),  # fmt: skip
-            test_accuracy=float(np.mean(predict(cmp.logits, params, x).argmax(-1) == y)),
+            test_accuracy=accuracy(cmp.logits, params, x, y),
             params=int(cost["params"]),
             bytes=int(cost["bytes"]),
             max_feature_bytes=largest_feature_bytes(fn, x[0]),

@@ -306,6 +306,15 @@ def cache_root(train: TrainConfig) -> Path:
     return Path(root).expanduser()
 
 
+def base_cache_path(
+    model: ModelConfig, data: Dataset, seed: int, train: TrainConfig, name: str = ""
+) -> Path:
+    """``<cache root>/base/<name>-<key>``: where the base model of these settings is cached
+    (``name``: the model's, unless given)."""
+    key = base_cache_key(model, data, seed, train)
+    return cache_root(train) / "base" / f"{name or model.name}-{key}"
+
+
 def train_base(
     model: ModelConfig,
     ops: tuple[Op, ...],
@@ -322,8 +331,7 @@ def train_base(
     training resumes from ``<model>-<key>.partial`` (written after every epoch) at the last
     epoch.
     """
-    cache = cache_root(train) / "base"
-    path = cache / f"{model.name}-{base_cache_key(model, data, seed, train)}"
+    path = base_cache_path(model, data, seed, train)
     template = param_shapes(ops, data.x_train.shape[1:])
     if path.is_dir():
         log.info("loading cached base model %s", path)

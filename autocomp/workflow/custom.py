@@ -172,7 +172,7 @@ def search_setup(net, data: Dataset, config, profile, techniques, ctx, env_cls) 
     aux = prepare_aux(net.layers, base_params, techniques, ctx, net, data.x_train)
     n_val = config.env.val_examples or len(data.x_val)
     x_val, y_val = data.x_val[:n_val], data.y_val[:n_val]
-    base_val = float(np.mean(predict(net.forward, base_params, x_val).argmax(-1) == y_val))
+    base_val = accuracy(net.forward, base_params, x_val, y_val)
     reward = make_reward_params(config.reward, tuple(space.base[:3]), base_val)
     env = env_cls(net, space, config.env.race.spec, config.env.stat_correction)
     params = env.make_params(base_params, aux, x_val, y_val, reward, data.x_train)
@@ -239,11 +239,10 @@ def save_checkpoint(path: Path, variables: dict) -> None:
 def cached_base(config, data: Dataset) -> Path:
     """Where a base model trained by autocomp is cached, shared by every run of the same
     model, data, seed and ``base`` settings (as a built-in model's)."""
-    from autocomp.training.loop import base_cache_key, cache_root
+    from autocomp.training.loop import base_cache_path
 
     name = config.model.name or config.model._target_.rpartition(".")[2]
-    key = base_cache_key(config.model, data, config.seed, config.base)
-    return cache_root(config.base) / "base" / f"{name}-{key}"
+    return base_cache_path(config.model, data, config.seed, config.base, name)
 
 
 def _convert_op_list_base(config, data: Dataset, like: dict, cache: Path) -> None:
@@ -252,13 +251,12 @@ def _convert_op_list_base(config, data: Dataset, like: dict, cache: Path) -> Non
     (the sequential models without batch norm; folded batch norms do not, and train again)."""
     import dataclasses
 
-    from autocomp.training.loop import base_cache_key, cache_root
+    from autocomp.training.loop import base_cache_path
 
     if not config.model.layers:
         return
     op_list = dataclasses.replace(config.model, _target_="", kwargs={})
-    key = base_cache_key(op_list, data, config.seed, config.base)
-    old = cache_root(config.base) / "base" / f"{config.model.name}-{key}"
+    old = base_cache_path(op_list, data, config.seed, config.base)
     if not old.is_dir() or set(like) != {"params"}:
         return
     try:
@@ -282,9 +280,9 @@ def base_variables(config, data: Dataset, run_dir: Path | None) -> tuple[object,
         variables = load_or_train(model, config.model, data, config.base, config.seed)
         return model, variables, str(Path(config.model.checkpoint).expanduser().resolve())
     cache = cached_base(config, data)
-    saved = Path(run_dir) / "base_checkpoint" if run_dir is not None else cache
+    saved = Path(run_dir) / "base_checkpoint" if run_dir is not None else None
     like = template(model, config.model, data.x_train[:1])
-    if saved.is_dir():
+    if saved is not None and saved.is_dir():
         log.info("reusing the base model this run trained (%s)", saved)
         return model, load_checkpoint(str(saved), like), str(saved.resolve())
     if not cache.is_dir():
@@ -299,8 +297,9 @@ def base_variables(config, data: Dataset, run_dir: Path | None) -> tuple[object,
         if is_writer():
             training.unlink(missing_ok=True)
         log.info("cached base model at %s", cache)
-    if saved != cache:
-        save_checkpoint(saved, variables)
+    if saved is None:
+        return model, variables, str(cache.resolve())
+    save_checkpoint(saved, variables)
     return model, variables, str(saved.resolve())
 
 
@@ -309,6 +308,11 @@ def predict(fn: Callable, params, x: np.ndarray, batch: int = 512) -> np.ndarray
     from autocomp.training.loop import predict_with
 
     return predict_with(jax.jit(fn), params, x, batch)
+
+
+def accuracy(fn: Callable, params, x: np.ndarray, y: np.ndarray) -> float:
+    """Top-1 accuracy of :func:`predict` on ``x`` against labels ``y``."""
+    return float(np.mean(predict(fn, params, x).argmax(-1) == y))
 
 
 def finetune(net, cmp, data: Dataset, cfg, seed: int, base_params, on_epoch=None,
