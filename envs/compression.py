@@ -370,10 +370,11 @@ class CompressionEnv:
         reward, info = jax.tree.map(lambda a: a[-1], (rewards, infos))
         return episode_record(state.plan, reward, info)
 
-    def full_scorer(self, params: EnvParams):
+    def full_scorer(self, params: EnvParams, always: bool = False):
         """What selection re-scores a raced search's plans with (``plans -> metrics`` on the
-        whole validation split, on the host); None when the environment does not race."""
-        if self.race_examples <= 0:
+        whole validation split, on the host); None when the environment does not race, unless
+        ``always`` (a joint search's history was scored under older weights)."""
+        if self.race_examples <= 0 and not always:
             return None
         return lambda plans: jax.device_get(self.evaluate_plans(plans, params, True))
 

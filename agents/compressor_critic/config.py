@@ -35,6 +35,14 @@ class CompressorCriticConfig:
         parent_decay: how strongly the variants' parents favour the queue's best plans: a
             queued plan of rank r (0: the best) is drawn with weight exp(-parent_decay * r)
             (0: uniformly, the 16 best alike; larger: closer to evolution's tournaments).
+        joint_finetune: DeepIoT's joint fine-tuning: after each chunk, the network's weights
+            take ``joint_steps`` Adam steps under the chunk's in-budget plans
+            (:mod:`autocomp.search.joint`); the chosen plan is materialized from the tuned
+            weights. Off: the search scores plans on the frozen base model.
+        joint_steps: Adam steps of the network per chunk (a chunk is ``updates_per_chunk``
+            policy updates).
+        joint_learning_rate: their step size.
+        joint_batch_size: training examples per step.
     """
 
     name: str = "compressor_critic"
@@ -51,6 +59,10 @@ class CompressorCriticConfig:
     elite: int = 16
     local_share: float = 0.5
     parent_decay: float = 0.0
+    joint_finetune: bool = False
+    joint_steps: int = 16
+    joint_learning_rate: float = 1e-4
+    joint_batch_size: int = 64
 
     def __post_init__(self) -> None:
         if self.episodes < self.batch_episodes or self.batch_episodes < 2:

@@ -14,6 +14,7 @@ pruned groups sliced, and a plain ``apply`` that jit, grad and jax2tf accept.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -214,6 +215,18 @@ class LinenNetwork(GraphNetwork):
     def base_params(self) -> dict:
         """The params pytree the environment carries: the user's variables."""
         return {"variables": jax.tree.map(jnp.asarray, dict(self.variables))}
+
+    def trainable(self, params: dict) -> list[bool]:
+        """Per leaf of ``params`` (:meth:`base_params`' form): whether it is a weight (the
+        ``params`` collection), not a statistic."""
+        flat = jax.tree_util.tree_flatten_with_path(params)[0]
+        return [getattr(path[1], "key", None) == "params" for path, _ in flat]
+
+    def with_base_params(self, params: dict) -> LinenNetwork:
+        """The same network (layers, groups) with other weights, e.g. jointly tuned ones."""
+        new = copy.copy(self)
+        new.variables = jax.tree.map(np.asarray, dict(params["variables"]))
+        return new
 
     def layer_params(self, params: dict, layer: LayerInfo) -> dict:
         node = params["variables"]["params"]

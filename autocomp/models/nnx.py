@@ -13,6 +13,7 @@ inventory are the linen front end's (:class:`autocomp.models.linen.GraphNetwork`
 from __future__ import annotations
 
 import contextvars
+import copy
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -174,6 +175,24 @@ class NnxNetwork(GraphNetwork):
 
     def base_params(self) -> dict:
         return {"state": jax.tree.map(jnp.asarray, self._state)}
+
+    def trainable(self, params: dict) -> list[bool]:
+        """Per leaf of ``params``: whether it is an ``nnx.Param`` (not a batch statistic)."""
+        mask = jax.tree.map(lambda v: isinstance(v, nnx.Param), params["state"],
+                            is_leaf=lambda v: isinstance(v, nnx.Variable))  # fmt: skip
+        return [bool(m) for m in jax.tree.leaves(mask)]
+
+    def with_base_params(self, params: dict) -> NnxNetwork:
+        """The same network (layers, groups) with other weights, e.g. jointly tuned ones: the
+        user's model is not touched (a new one is merged from the hooked clone's graph)."""
+        state = jax.tree.map(np.asarray, params["state"])
+        model = nnx.merge(self._graphdef, state)
+        for path, mod in [(tuple(p), m) for p, m in nnx.iter_modules(model)]:
+            if isinstance(mod, _Hooked):
+                _set_child(_module_at(model, path[:-1]), path[-1], mod.inner)
+        new = copy.copy(self)
+        new.model, new._state = model, state
+        return new
 
     def layer_params(self, params: dict, layer: LayerInfo) -> dict:
         node = params["state"]

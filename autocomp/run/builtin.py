@@ -13,9 +13,10 @@ from typing import NamedTuple
 import jax
 
 from agents import AGENTS
-from autocomp.config import RootConfig
+from autocomp.config import ConfigError, RootConfig
 from autocomp.devices.costs import format_shares
 from autocomp.export import export_run
+from autocomp.search.joint import joint_settings
 from autocomp.search.loop import config_fingerprint, run_search
 from autocomp.search.reward import budgets_record
 from autocomp.sharding import shard_env_params
@@ -29,6 +30,12 @@ log = logging.getLogger("autocomp.train")
 
 
 def build_env(p: pipeline.Prepared):
+    if joint_settings(p.config.agent) is not None:
+        raise ConfigError(
+            "agent.joint_finetune=true needs a Flax module (model._target_, as every built-in "
+            "experiment has); an op-list model (model.layers only) searches with frozen weights: "
+            "drop agent.joint_finetune"
+        )
     env = CompressionEnv(p.ops, p.space, p.config.env.race.spec, p.config.env.stat_correction)
     n_val = p.config.env.val_examples or len(p.data.x_val)
     params = env.make_params(

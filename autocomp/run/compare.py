@@ -26,6 +26,7 @@ from autocomp.run.compose import compose
 from autocomp.run.subject import Subject
 from autocomp.run.subject import subject as make_subject
 from autocomp.search.compare import best_curve, hypervolume, write_report
+from autocomp.search.joint import joint_settings
 from autocomp.search.loop import run_search
 from autocomp.workflow import pipeline
 from autocomp.workflow.tracking import NullTracker
@@ -54,15 +55,18 @@ def run_one(s: Subject, config, seed: int, evaluations: int, checkpoint: Path,
             fingerprint: str, finetune: bool, show_progress: bool) -> dict:  # fmt: skip
     """One agent's search of ``evaluations`` plans and the fine-tuned result of its plan."""
     env, env_params = s.env, s.env_params
-    trainer = AGENTS[config.agent.name].make_trainer(config.agent, env)
+    trainer = s.trainer(config.agent)
     started = time.perf_counter()
     state, history, timings = run_search(
         trainer, env_params, jax.random.key(seed), NullTracker(), checkpoint, fingerprint,
         show_progress,
     )  # fmt: skip
+    # A joint search (agent.joint_finetune) scores its last plans under its tuned weights.
+    joint = joint_settings(config.agent) is not None
+    policy = trainer.policy(state, env_params)
+    env_params = trainer.scored_params(state, env_params)
     # Equal budgets: the first evaluations - 1 plans of the search and the policy's plan.
     history = _history_at(history, evaluations - 1)
-    policy = trainer.policy(state, env_params)
     last = jax.device_get(env.evaluate_plans(np.asarray(policy)[None], env_params))
     history = pipeline.merge_history(history, {k: v[None] for k, v in last.items()})
     search_s = time.perf_counter() - started
@@ -80,13 +84,14 @@ def run_one(s: Subject, config, seed: int, evaluations: int, checkpoint: Path,
     }
     finite = [c for c in record["curve"] if c == c]
     record["best_reward"] = finite[-1] if finite else None
-    sel = s.select(history)
+    sel = s.select(history, env.full_scorer(env_params, always=True) if joint else None)
     indices = sel.plans[sel.chosen]
     record["plan"] = np.asarray(indices).tolist()
     record["val_accuracy"] = float(sel.accuracy[sel.chosen])
     record["latency_frac"] = float(sel.costs[sel.chosen, 0] / base_latency)
     if finetune:
-        record["test_accuracy"] = s.tuned(indices)
+        tuned = jax.device_get(env_params.base_params) if joint else None
+        record["test_accuracy"] = s.tuned(indices, tuned)
     record["wall_s"] = time.perf_counter() - started
     return record
 

@@ -26,6 +26,7 @@ from autocomp.io import atomic_write_json, git_sha
 from autocomp.models.materialized import Compressed, leaf_names
 from autocomp.run.compose import compose
 from autocomp.run.result import Result
+from autocomp.search.joint import joint_settings, joint_trainer
 from autocomp.search.loop import config_fingerprint, run_search
 from autocomp.search.plan import LayerChoice, Plan, plan_from_indices
 from autocomp.search.reward import budgets_record
@@ -139,28 +140,51 @@ def setup(model, variables, data, config, apply_kwargs=None, output_fn=None, nam
     log.info("base model %s: val %.4f", net.name, s.base_val)
     log.info("device table: %s; search space priced by %s", profile.describe(),
              format_shares(s.space.cost_sources))  # fmt: skip
-    trainer = AGENTS[config.agent.name].make_trainer(config.agent, s.env)
+    trainer = search_trainer(config.agent, s.env, s.env_params, net, data)
     return Setup(net, profile, techniques, s.space, s.aux, s.env, s.env_params, s.base_val,
                  trainer)  # fmt: skip
+
+
+def search_trainer(agent_config, env, env_params, net, data: Dataset):
+    """The configured agent's trainer on ``env``, wrapped for DeepIoT's joint fine-tuning of
+    the network's weights where ``agent.joint_finetune`` asks for it."""
+    trainer = AGENTS[agent_config.name].make_trainer(agent_config, env)
+    joint = joint_settings(agent_config)
+    if joint is None:
+        return trainer
+    log.info("joint fine-tuning: %d Adam steps of the weights per chunk (lr %g, batch %d)",
+             *joint)  # fmt: skip
+    return joint_trainer(trainer, env.logits, env_params.base_params,
+                         net.trainable(net.base_params()), joint, data.x_train,
+                         data.y_train)  # fmt: skip
 
 
 def finish(st: Setup, data, config, env_params, state, history, timings, show_progress,
            started, finetune_checkpoint: Path | None = None) -> Result:  # fmt: skip
     """After the search (``env_params`` carry its reward): the policy's plan scored and added,
     selection, materialization and its check, fine-tuning (resumable with
-    ``finetune_checkpoint``), and both models' metrics."""
+    ``finetune_checkpoint``), and both models' metrics. After a joint search
+    (:mod:`autocomp.search.joint`) the candidates are re-scored under the tuned weights and
+    the plan is materialized from them; the teacher is the original model either way."""
     net, space, env, ratios = st.net, st.space, st.env, tuple(config.env.ratios)
     base_params = net.base_params()
+    joint = joint_settings(config.agent)
+    env_params = st.trainer.scored_params(state, env_params)
+    source = (
+        net
+        if joint is None
+        else net.with_base_params(jax.tree.map(host_value, env_params.base_params))
+    )
     greedy = st.trainer.policy(state, env_params)
     greedy_hist = jax.device_get(env.evaluate_plans(greedy[None], env_params))
     history = merge_history(history, {k: v[None] for k, v in greedy_hist.items()})
-    sel = select_plans(space, history, env.full_scorer(env_params))
-    reranked = _rerank(st, data, config, sel) if config.finetune.rerank > 0 else None
+    sel = select_plans(space, history, env.full_scorer(env_params, always=joint is not None))
+    reranked = _rerank(st, data, config, sel, source) if config.finetune.rerank > 0 else None
     if reranked:
         sel = reranked[0]
     indices = sel.plans[sel.chosen]
     plan = plan_from_indices(net.name, net.layers, st.techniques, ratios, indices)
-    cmp = compressed_model(net, st.aux, st.techniques, plan)
+    cmp = compressed_model(source, st.aux, st.techniques, plan)
     plan = _annotate(space, plan, indices, cmp, net)
     check = _check(cmp, env, env_params, indices, host_value(env_params.x_val))
 
@@ -197,7 +221,8 @@ def finish(st: Setup, data, config, env_params, state, history, timings, show_pr
             "unique_plans": int(len(sel.plans)),
             **timings,
             "budgets": budgets_record(host_value(env_params.reward.budgets)),
-        },
+        }
+        | ({"joint_finetune": joint._asdict()} if joint is not None else {}),
         "device_table": device_table_record(st.profile, space.cost_sources),
         "wall_time_s": time.perf_counter() - started,
     }
@@ -206,35 +231,38 @@ def finish(st: Setup, data, config, env_params, state, history, timings, show_pr
     return result
 
 
-def _rerank(st: Setup, data: Dataset, config: RootConfig, sel):
+def _rerank(st: Setup, data: Dataset, config: RootConfig, sel, source=None):
     """The ``finetune.rerank`` best in-budget plans, each scored by :func:`short_accuracy` on
     the first ``finetune.rerank_examples`` training images, then chosen among by it
     (:func:`autocomp.workflow.pipeline.rerank_plans`)."""
     n = config.finetune.rerank_examples
-    return rerank_plans(sel, config.finetune.rerank,
-                        lambda indices: short_accuracy(st, data, config, indices, n))  # fmt: skip
+    return rerank_plans(
+        sel, config.finetune.rerank, lambda i: short_accuracy(st, data, config, i, n, source)
+    )
 
 
-def tuned_params(st: Setup, data: Dataset, config: RootConfig, indices, epochs=None):
-    """A plan materialized on the model and distilled (``finetune``, or ``epochs`` of it)."""
+def tuned_params(st: Setup, data: Dataset, config: RootConfig, indices, epochs=None, source=None):
+    """A plan materialized on the model (``source``: the same network with other weights, a
+    joint search's) and distilled from the original (``finetune``, or ``epochs`` of it)."""
     ratios, cfg = tuple(config.env.ratios), config.finetune
     cfg = cfg if epochs is None else dataclasses.replace(cfg, epochs=epochs)
     plan = plan_from_indices(st.net.name, st.net.layers, st.techniques, ratios, indices)
-    cmp = compressed_model(st.net, st.aux, st.techniques, plan)
+    cmp = compressed_model(source or st.net, st.aux, st.techniques, plan)
     return cmp, finetune(st.net, cmp, data, cfg, config.seed, st.net.base_params())
 
 
-def short_accuracy(st: Setup, data: Dataset, config: RootConfig, indices, examples: int) -> float:
+def short_accuracy(st: Setup, data: Dataset, config: RootConfig, indices, examples: int,
+                   source=None) -> float:  # fmt: skip
     """Validation accuracy of a plan after one distillation epoch over the first ``examples``
     training images (the experiment's other fine-tuning settings)."""
     subset = data._replace(x_train=data.x_train[:examples], y_train=data.y_train[:examples])
-    cmp, params = tuned_params(st, subset, config, indices, epochs=1)
+    cmp, params = tuned_params(st, subset, config, indices, 1, source)
     return accuracy(cmp.logits, params, data.x_val, data.y_val)
 
 
-def tuned_accuracy(st: Setup, data: Dataset, config: RootConfig, indices) -> float:
+def tuned_accuracy(st: Setup, data: Dataset, config: RootConfig, indices, source=None) -> float:
     """Test accuracy of a plan after the experiment's fine-tuning."""
-    cmp, params = tuned_params(st, data, config, indices)
+    cmp, params = tuned_params(st, data, config, indices, source=source)
     return accuracy(cmp.logits, params, data.x_test, data.y_test)
 
 

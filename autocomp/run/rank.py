@@ -35,9 +35,11 @@ import jax
 import numpy as np
 
 from agents import AGENTS
+from autocomp.config import ConfigError
 from autocomp.io import append_jsonl, atomic_write_text, read_jsonl
 from autocomp.run.compose import compose
 from autocomp.run.subject import subject
+from autocomp.search.joint import joint_settings
 from autocomp.search.loop import run_search
 from autocomp.search.pareto import pareto_front
 from autocomp.workflow import pipeline
@@ -80,6 +82,11 @@ def rank_plans(
         raise ValueError(f"plans={plans} must be >= 3 and short={short} >= 1")
     out_dir.mkdir(parents=True, exist_ok=True)
     config = compose(overrides)
+    if joint_settings(config.agent) is not None:
+        raise ConfigError(
+            "bench rank ranks the plans of a frozen-weight search; drop agent.joint_finetune "
+            "(bench agents compares a joint search with a frozen one)"
+        )
     # the search depends on the overrides only: more plans later reuse the finished search
     fingerprint = hashlib.sha256(json.dumps(list(overrides)).encode()).hexdigest()
     s = subject(config, out_dir)

@@ -48,6 +48,9 @@ class Trainer(NamedTuple):
             (a greedy rollout of a learned policy, or the best in-budget plan it has seen).
         num_chunks: chunks in a whole search (``episodes`` rounded up to whole chunks).
         episodes_per_chunk: plans evaluated per chunk.
+        scored_params: ``(state, env_params) -> env_params`` under which the state's plans are
+            scored now: the given ones, unless the search trains the network's weights
+            (:mod:`autocomp.search.joint`), whose tuned weights it then carries.
     """
 
     init: Callable[[jax.Array], Any]
@@ -55,6 +58,7 @@ class Trainer(NamedTuple):
     policy: Callable[[Any, Any], Any]
     num_chunks: int
     episodes_per_chunk: int
+    scored_params: Callable[[Any, Any], Any] = lambda state, env_params: env_params
 
     @property
     def episodes(self) -> int:
