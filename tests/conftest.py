@@ -125,6 +125,7 @@ LONGEST = (
     "test_structured_pruning_materializes_as_simulated",
     "test_experiment_composes_and_runs_a_few_steps",
     "test_compress_a_trained_user_model_end_to_end",
+    "test_joint_search_tunes_the_weights_and_materializes_them",
     "test_launch_files_run_a_trial",
     "test_two_devices_score_plans_and_train_as_one_does",
     "test_a_budget_sweep_run_writes_a_model_per_budget_and_the_front",

@@ -74,7 +74,8 @@ def _setup(front: str):
     return model, data, st
 
 
-@pytest.mark.parametrize("front", ["linen", "nnx"])
+# the NNX twin in make test-slow: together about 50 s of the default run (10 minutes at most)
+@pytest.mark.parametrize("front", ["linen", pytest.param("nnx", marks=pytest.mark.slow)])
 def test_joint_search_tunes_the_weights_and_materializes_them(front):
     from flax import nnx
 
