@@ -110,6 +110,10 @@ def run_search(
             history = merge_history(history, metrics)
             _time_chunk(timings, elapsed, len(history["reward"]) - done)
             _log_chunk(tracker, history, done, best)
+            if "joint_loss" in metrics:  # a joint search (autocomp.search.joint)
+                loss = float(np.mean(metrics["joint_loss"]))
+                tracker.log({"joint/loss": loss}, step=len(history["reward"]) - 1)
+                log.info("joint fine-tuning: loss %.4f under the chunk's plans", loss)
             done = len(history["reward"])
             if checkpoint is not None:
                 save_checkpoint(checkpoint, state, history, fingerprint)
