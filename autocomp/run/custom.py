@@ -155,7 +155,7 @@ def search_trainer(agent_config, env, env_params, net, data: Dataset):
     log.info("joint fine-tuning: %d Adam steps of the weights per chunk (lr %g, batch %d)",
              *joint)  # fmt: skip
     return joint_trainer(trainer, env.logits, env_params.base_params,
-                         net.trainable(net.base_params()), joint, data.x_train,
+                         net.trainable(env_params.base_params), joint, data.x_train,
                          data.y_train)  # fmt: skip
 
 
