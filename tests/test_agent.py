@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -35,7 +37,10 @@ def test_learns_toy_optimum():
     env = ToyEnv(num_layers=4, num_techniques=3, num_ratios=4)
     params = env.make_params(seed=0)
     # the default learning rate, entropy and risk-seeking share (top_share)
-    config = CompressorCriticConfig(episodes=3072, batch_episodes=32, updates_per_chunk=16)
+    # without the greedy start, which would queue the toy's optimum in the first update
+    config = CompressorCriticConfig(
+        episodes=3072, batch_episodes=32, updates_per_chunk=16, greedy_start=0
+    )
     trainer = make_trainer(config, env)
     state, chunks = trainer.init(jax.random.key(0)), []
     for _ in range(trainer.num_chunks):
@@ -102,6 +107,34 @@ def test_variants_change_one_layer_of_a_queued_plan():
     assert not np.asarray(variants.change)[:, :8].any()
     empty = _variants(jax.random.key(1), Elite.empty(4, env.spec.num_steps), 32, 24)
     assert not np.asarray(empty.keep).any() and not np.asarray(empty.change).any()
+
+
+def test_greedy_start_rolls_out_the_equal_slope_plans_first():
+    """The first ``greedy_start`` updates' variant rows follow the greedy agent's equal-slope
+    plans: on the toy environment (zero cost: every multiplier picks the least-error action of
+    each layer) that is the optimum, queued after the first update; later variant rows are
+    one-layer variants again."""
+    from agents.compressor_critic.networks import sample_action
+    from agents.compressor_critic.train import _greedy_variants, _network, _rollout
+
+    env = ToyEnv(num_layers=5, num_techniques=3, num_ratios=4)
+    params = env.make_params(seed=1)
+    optimum = env.optimum(params)
+    variants = _greedy_variants(env, params, 32, 16, jnp.linspace(0.0, 10.0, 16))
+    assert not np.asarray(variants.keep)[:, :16].any() and np.asarray(variants.keep)[:, 16:].all()
+    net = _network(CompressorCriticConfig(), env)
+    weights = net.init(jax.random.key(0), net.initial_carry(1), jnp.zeros((1, env.spec.obs_dim)))
+    traj = _rollout(net, weights, env, params, jax.random.key(2), 32, sample_action, variants)
+    rows = np.swapaxes(np.asarray(traj.action), 0, 1)
+    np.testing.assert_array_equal(rows[16:], np.broadcast_to(optimum, rows[16:].shape))
+
+    config = CompressorCriticConfig(episodes=64, batch_episodes=32, updates_per_chunk=1)
+    trainer = make_trainer(config, env)
+    state, _ = trainer.run_chunk(trainer.init(jax.random.key(0)), params)
+    np.testing.assert_array_equal(trainer.policy(state, params), optimum)
+    off = make_trainer(dataclasses.replace(config, greedy_start=0), env)
+    state, _ = off.run_chunk(off.init(jax.random.key(0)), params)
+    assert not np.array_equal(off.policy(state, params), optimum)  # 1 of 12**5 plans
 
 
 def test_parent_decay_favours_the_queue_head():

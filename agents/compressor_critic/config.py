@@ -35,6 +35,12 @@ class CompressorCriticConfig:
         parent_decay: how strongly the variants' parents favour the queue's best plans: a
             queued plan of rank r (0: the best) is drawn with weight exp(-parent_decay * r)
             (0: uniformly, the 16 best alike; larger: closer to evolution's tournaments).
+        greedy_start: for this many first updates the variant rows are the greedy agent's
+            equal-slope plans (:func:`agents.greedy.selection.select`; multipliers 0 and a log
+            grid from 1e-3 to 1e3, coarse to fine) instead of variants, so the queue starts
+            from plans the per-layer sensitivity recommends and the local search refines them
+            (needs an environment with ``greedy_tables``; others start without them). They are
+            evaluated and counted like every other plan. 0: off.
         joint_finetune: DeepIoT's joint fine-tuning: after each chunk, the network's weights
             take ``joint_steps`` Adam steps under the chunk's in-budget plans
             (:mod:`autocomp.search.joint`); the chosen plan is materialized from the tuned
@@ -59,6 +65,7 @@ class CompressorCriticConfig:
     elite: int = 16
     local_share: float = 0.5
     parent_decay: float = 0.0
+    greedy_start: int = 4
     joint_finetune: bool = False
     joint_steps: int = 16
     joint_learning_rate: float = 1e-4
@@ -72,9 +79,10 @@ class CompressorCriticConfig:
             )
         if not 0.0 < self.top_share <= 1.0:
             raise ValueError(f"agent.top_share={self.top_share} must be in (0, 1]")
-        if self.elite < 0 or self.parent_decay < 0:
+        if self.elite < 0 or self.parent_decay < 0 or self.greedy_start < 0:
             raise ValueError(
-                f"agent.elite={self.elite} and agent.parent_decay={self.parent_decay} must be >= 0"
+                f"agent.elite={self.elite}, agent.parent_decay={self.parent_decay} and "
+                f"agent.greedy_start={self.greedy_start} must be >= 0"
             )
         if not 0.0 <= self.local_share < 1.0 or self.batch_episodes - self.variants_per_batch < 2:
             raise ValueError(

@@ -5,7 +5,9 @@ them (the env's reward at the last layer). The first share of the batch is the p
 samples; the rest (``local_share``) are one-layer variants of the best distinct in-budget plans
 seen so far (a queue of ``elite`` plans), the changed layer's new action sampled from the policy:
 the learned policy serves as the mutation proposal of a local search, which a sampler of whole
-plans lacks. Every plan feeds the queue; one Adam step on the own samples' ``pg_loss +
+plans lacks. For the first ``greedy_start`` updates the variant rows are the greedy agent's
+equal-slope plans (multipliers coarse to fine), so the queue starts from what the per-layer
+sensitivity recommends. Every plan feeds the queue; one Adam step on the own samples' ``pg_loss +
 value_coef * value_loss + entropy_coef * entropy_loss`` follows. Updates run in jitted chunks
 (``lax.scan``); the host logs and checkpoints between chunks. The delivered plan is the queue's
 head.
@@ -23,6 +25,7 @@ import optax
 from agents.compressor_critic import losses
 from agents.compressor_critic.config import CompressorCriticConfig
 from agents.compressor_critic.networks import CompressorCritic, greedy_action, sample_action
+from agents.greedy.selection import lambda_grid, select, van_der_corput_order
 from autocomp.search.agent import Trainer, num_chunks, scan_chunk
 from autocomp.search.spaces import Environment, episode_record
 
@@ -103,6 +106,20 @@ def _variants(key, elite: Elite, batch: int, rows: int, decay: float = 0.0) -> V
     on = jnp.arange(steps)[:, None] == layer[None, :]  # [L, B]
     queued = jnp.concatenate([jnp.zeros((own, steps, 2), jnp.int32), elite.action[pick]])
     return Variants(jnp.swapaxes(queued, 0, 1), ~on & row, on & row)
+
+
+def _greedy_variants(env: Environment, env_params, batch: int, rows: int, lam) -> Variants:
+    """A batch whose last ``rows`` follow the greedy agent's equal-slope plans, one per
+    multiplier of ``lam`` [rows] (each layer's action minimizes its sensitivity + multiplier x
+    cost share); the first rows are the policy's own samples."""
+    sensitivity, cost = env.greedy_tables(env_params)
+    plans = jax.vmap(select, in_axes=(None, None, None, 0))(
+        sensitivity, cost, env_params.allowed, lam
+    )
+    own = batch - rows
+    queued = jnp.concatenate([jnp.zeros((own, *plans.shape[1:]), jnp.int32), plans])
+    keep = jnp.broadcast_to(jnp.arange(batch) >= own, (plans.shape[1], batch))
+    return Variants(jnp.swapaxes(queued, 0, 1), keep, jnp.zeros_like(keep))
 
 
 def _with_variants(act_fn, variants: Variants | None):
@@ -191,6 +208,11 @@ def make_trainer(config: CompressorCriticConfig, env: Environment) -> Trainer:
         return TrainState(params, tx.init(params), key, jnp.int32(0), elite)
 
     local = config.variants_per_batch if config.elite else 0
+    # the first `greedy_start` updates' variant rows: equal-slope plans, coarse to fine
+    greedy_start = config.greedy_start if local and hasattr(env, "greedy_tables") else 0
+    if greedy_start:
+        grid = lambda_grid(greedy_start * local, 1e-3, 1e3)
+        lambdas = jnp.asarray(grid[van_der_corput_order(len(grid))].reshape(greedy_start, local))
     own = config.batch_episodes - local  # the policy's own samples: the policy gradient's batch
 
     def loss(params, traj: Rollout, entropy_coef):
@@ -204,6 +226,12 @@ def make_trainer(config: CompressorCriticConfig, env: Environment) -> Trainer:
             if local
             else None
         )
+        if greedy_start:
+            lam = lambdas[jnp.minimum(state.update, greedy_start - 1)]
+            seeded = _greedy_variants(env, env_params, config.batch_episodes, local, lam)
+            variants = jax.tree.map(
+                lambda a, b: jnp.where(state.update < greedy_start, a, b), seeded, variants
+            )
         traj = _rollout(
             net,
             state.params,
