@@ -112,8 +112,8 @@ def test_variants_change_one_layer_of_a_queued_plan():
 def test_greedy_start_rolls_out_the_equal_slope_plans_first():
     """The first ``greedy_start`` updates' variant rows follow the greedy agent's equal-slope
     plans: on the toy environment (zero cost: every multiplier picks the least-error action of
-    each layer) that is the optimum, queued after the first update; later variant rows are
-    one-layer variants again."""
+    each layer) that is the optimum, queued after the first update; without the start, one
+    update of the untrained policy does not find it."""
     from agents.compressor_critic.networks import sample_action
     from agents.compressor_critic.train import _greedy_variants, _network, _rollout
 
