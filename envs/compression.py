@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
-from jaxtyping import Array, Float, Int
+from jaxtyping import Array, Bool, Float, Int
 
 from autocomp.models.layers import as_network
 from autocomp.models.ops import apply_op
@@ -244,6 +244,15 @@ class CompressionEnv:
         share = params.costs[:, :, :, 0, :3] / params.reward.base
         cost = jnp.where(params.allowed, jnp.sum(share * w, axis=-1), 0.0)
         return params.sensitivity, cost
+
+    def greedy_fits(self, params: EnvParams, plans: Int[Array, "B L 2"]) -> Bool[Array, " B"]:
+        """Whether each plan meets every budget by an upper-bound estimate of its costs: the
+        cost outside the layers plus every layer's at full input width (a pruned predecessor
+        only makes a layer cheaper), so a plan it accepts runs unprojected and in budget."""
+        layers = jnp.arange(plans.shape[1])[None, :]
+        costs = params.costs[layers, plans[..., 0], plans[..., 1], 0, :3]  # [B, L, 3]
+        spent = params.fixed[:3] + jnp.sum(costs, axis=1)
+        return jnp.all(spent <= params.reward.budgets * (1.0 + 1e-6), axis=-1)
 
     # ------------------------------------------------------------------- API
     def reset(self, key: Array, params: EnvParams) -> tuple[Observation, EnvState]:

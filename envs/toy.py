@@ -70,6 +70,11 @@ class ToyEnv:
         sensitivity = jnp.where(params.allowed, gap, 1.0)
         return sensitivity, jnp.zeros_like(sensitivity)
 
+    def greedy_fits(self, params: ToyParams, plans: jax.Array) -> jax.Array:
+        """No budget: every plan fits."""
+        del params
+        return jnp.ones(plans.shape[0], bool)
+
     def _observe(self, state: ToyState, params: ToyParams) -> Observation:
         layer = jnp.minimum(state.layer, self.spec.num_steps - 1)
         features = jnp.concatenate([jax.nn.one_hot(layer, self.spec.num_steps), state.total[None]])

@@ -4,6 +4,7 @@ environment's tables (resuming: tests/test_agents.py)."""
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -115,3 +116,28 @@ def test_compression_env_tables_and_one_chunk(prepared):
     plan = trainer.policy(state, params)
     assert allowed[np.arange(spec.num_steps), plan[:, 0], plan[:, 1]].all()
     assert np.isfinite(float(state.best.reward))
+
+
+def test_plans_the_greedy_fit_accepts_run_in_budget(prepared):
+    """``greedy_fits`` is an upper-bound estimate: every equal-slope plan it accepts runs
+    unprojected and in budget; the sweep crosses its line; and the compressor-critic's greedy
+    start aims its first multipliers at that line (the first plan it accepts is among them)."""
+    from agents.compressor_critic.train import _start_lambdas
+    from autocomp.run import build_env
+
+    env, params = build_env(prepared)
+    s, c = env.greedy_tables(params)
+    lams = jnp.asarray(lambda_grid(1024, 1e-3, 1e3))  # the grid the greedy start uses
+    plans = jax.vmap(select, in_axes=(None, None, None, 0))(s, c, params.allowed, lams)
+    fits = np.asarray(env.greedy_fits(params, plans))
+    assert fits.any() and not fits.all()
+    metrics = jax.device_get(env.evaluate_plans(plans[fits], params))
+    assert not metrics["violation"].any()
+    np.testing.assert_array_equal(metrics["plan"], np.asarray(plans)[fits])
+
+    near = _start_lambdas(env, params, 4, np.zeros(0, np.float32))
+    near_plans = np.asarray(jax.vmap(select, in_axes=(None, None, None, 0))(
+        s, c, params.allowed, near
+    ))  # fmt: skip
+    line = np.asarray(plans)[np.argmax(fits)]
+    assert any(np.array_equal(p, line) for p in near_plans)

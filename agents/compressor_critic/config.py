@@ -36,10 +36,12 @@ class CompressorCriticConfig:
             queued plan of rank r (0: the best) is drawn with weight exp(-parent_decay * r)
             (0: uniformly, the 16 best alike; larger: closer to evolution's tournaments).
         greedy_start: for this many first updates the variant rows are the greedy agent's
-            equal-slope plans (:func:`agents.greedy.selection.select`; multipliers 0 and a log
-            grid from 1e-3 to 1e3, coarse to fine) instead of variants, so the queue starts
-            from plans the per-layer sensitivity recommends and the local search refines them
-            (needs an environment with ``greedy_tables``; others start without them). They are
+            equal-slope plans (:func:`agents.greedy.selection.select`) instead of variants:
+            half of them the distinct plans nearest the budget line (by the environment's
+            ``greedy_fits`` on a grid of 1,024 multipliers), the rest a log grid of multipliers
+            from 1e-3 to 1e3, coarse to fine; so the queue starts from plans the per-layer
+            sensitivity recommends and the local search refines them (needs an environment
+            with ``greedy_tables`` and ``greedy_fits``; others start without them). They are
             evaluated and counted like every other plan. 0: off.
         joint_finetune: DeepIoT's joint fine-tuning: after each chunk, the network's weights
             take ``joint_steps`` Adam steps under the chunk's in-budget plans

@@ -6,11 +6,11 @@ samples; the rest (``local_share``) are one-layer variants of the best distinct 
 seen so far (a queue of ``elite`` plans), the changed layer's new action sampled from the policy:
 the learned policy serves as the mutation proposal of a local search, which a sampler of whole
 plans lacks. For the first ``greedy_start`` updates the variant rows are the greedy agent's
-equal-slope plans (multipliers coarse to fine), so the queue starts from what the per-layer
-sensitivity recommends. Every plan feeds the queue; one Adam step on the own samples' ``pg_loss +
-value_coef * value_loss + entropy_coef * entropy_loss`` follows. Updates run in jitted chunks
-(``lax.scan``); the host logs and checkpoints between chunks. The delivered plan is the queue's
-head.
+equal-slope plans (half of them the distinct plans nearest the budget line, then multipliers
+coarse to fine), so the queue starts from what the per-layer sensitivity recommends. Every plan
+feeds the queue; one Adam step on the own samples' ``pg_loss + value_coef * value_loss +
+entropy_coef * entropy_loss`` follows. Updates run in jitted chunks (``lax.scan``); the host logs
+and checkpoints between chunks. The delivered plan is the queue's head.
 """
 
 from __future__ import annotations
@@ -106,6 +106,26 @@ def _variants(key, elite: Elite, batch: int, rows: int, decay: float = 0.0) -> V
     on = jnp.arange(steps)[:, None] == layer[None, :]  # [L, B]
     queued = jnp.concatenate([jnp.zeros((own, steps, 2), jnp.int32), elite.action[pick]])
     return Variants(jnp.swapaxes(queued, 0, 1), ~on & row, on & row)
+
+
+def _start_lambdas(env: Environment, env_params, near: int, coarse: np.ndarray) -> jax.Array:
+    """float[near + len(coarse)]: the greedy start's multipliers. First ``near`` of them give
+    the distinct equal-slope plans nearest the budget line (on a grid of 1,024 multipliers,
+    the first whose plan fits by ``env.greedy_fits``, and the plans on either side of it),
+    where the greedy sweep's best plan lies; then ``coarse``."""
+    if near == 0:
+        return jnp.asarray(coarse, jnp.float32)
+    sensitivity, cost = env.greedy_tables(env_params)
+    fine = jnp.asarray(lambda_grid(1024, 1e-3, 1e3))
+    plans = jax.vmap(select, in_axes=(None, None, None, 0))(
+        sensitivity, cost, env_params.allowed, fine
+    )
+    fits = env.greedy_fits(env_params, plans)
+    line = jnp.where(jnp.any(fits), jnp.argmax(fits), fine.shape[0] - 1)
+    changed = jnp.concatenate([jnp.ones(1, bool), jnp.any(plans[1:] != plans[:-1], axis=(1, 2))])
+    distance = jnp.abs(jnp.arange(fine.shape[0]) - line).astype(jnp.float32)
+    _, nearest = jax.lax.top_k(jnp.where(changed, -distance, -jnp.inf), near)
+    return jnp.concatenate([fine[nearest], jnp.asarray(coarse, jnp.float32)])
 
 
 def _greedy_variants(env: Environment, env_params, batch: int, rows: int, lam) -> Variants:
@@ -208,11 +228,12 @@ def make_trainer(config: CompressorCriticConfig, env: Environment) -> Trainer:
         return TrainState(params, tx.init(params), key, jnp.int32(0), elite)
 
     local = config.variants_per_batch if config.elite else 0
-    # the first `greedy_start` updates' variant rows: equal-slope plans, coarse to fine
-    greedy_start = config.greedy_start if local and hasattr(env, "greedy_tables") else 0
-    if greedy_start:
-        grid = lambda_grid(greedy_start * local, 1e-3, 1e3)
-        lambdas = jnp.asarray(grid[van_der_corput_order(len(grid))].reshape(greedy_start, local))
+    # the first `greedy_start` updates' variant rows: equal-slope plans, half of them those
+    # nearest the budget line, then a log grid coarse to fine
+    greedy_start = config.greedy_start if local and hasattr(env, "greedy_fits") else 0
+    n_start = greedy_start * local
+    coarse = lambda_grid(n_start - n_start // 2, 1e-3, 1e3) if greedy_start else None
+    coarse = coarse[van_der_corput_order(len(coarse))] if greedy_start else None
     own = config.batch_episodes - local  # the policy's own samples: the policy gradient's batch
 
     def loss(params, traj: Rollout, entropy_coef):
@@ -227,7 +248,8 @@ def make_trainer(config: CompressorCriticConfig, env: Environment) -> Trainer:
             else None
         )
         if greedy_start:
-            lam = lambdas[jnp.minimum(state.update, greedy_start - 1)]
+            lambdas = _start_lambdas(env, env_params, n_start // 2, coarse)
+            lam = lambdas.reshape(greedy_start, local)[jnp.minimum(state.update, greedy_start - 1)]
             seeded = _greedy_variants(env, env_params, config.batch_episodes, local, lam)
             variants = jax.tree.map(
                 lambda a, b: jnp.where(state.update < greedy_start, a, b), seeded, variants

@@ -90,3 +90,8 @@ class Environment(Protocol):
     def greedy_tables(self, params: Any) -> tuple[Array, Array]:
         """Per-layer sensitivity and cost share, float[L, T, R] each (the ``greedy`` agent)."""
         ...
+
+    def greedy_fits(self, params: Any, plans: Array) -> Array:
+        """bool[B]: plans int[B, L, 2] that meet every budget by an upper-bound estimate of
+        their costs (the compressor-critic's greedy start aims at the line it draws)."""
+        ...
