@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
-from jaxtyping import Array, Bool, Float, Int
+from jaxtyping import Array, Float, Int
 
 from autocomp.models.layers import as_network
 from autocomp.models.ops import apply_op
@@ -17,6 +17,7 @@ from autocomp.search.space import SearchSpace, min_rest
 from autocomp.search.spaces import EnvSpec, Observation, StepInfo, episode_record
 from autocomp.sharding import labelled_accuracy
 from autocomp.techniques import Technique, identity_index, layer_forward, layer_out_mask
+from envs import greedy
 from envs.probes import affine, identity_correction, probe, relative_error, with_correction
 from envs.racing import race_batch
 
@@ -231,28 +232,13 @@ class CompressionEnv:
             return jax.lax.map(lambda xs: self._finish(xs[0], xs[1], params), (plans, spent))
         return race_batch(self.logits, plans, spent, params, self.race_examples, keep)
 
-    def greedy_tables(
-        self, params: EnvParams
-    ) -> tuple[Float[Array, "L T R"], Float[Array, "L T R"]]:
-        """Per-layer tables for a greedy (equal-slope) selection: ``sensitivity`` (the relative
-        output error of each action, 1 where it does not fit) and ``cost``, the sum over the
-        resources of ``reward.weights`` (all zero: latency alone) times the layer's cost at full
-        input width (width bin 0) / the base model's. An approximation: a pruned predecessor
-        makes a layer cheaper. 0 where the technique does not fit (masked by ``allowed``)."""
-        w = params.reward.weights
-        w = jnp.where(jnp.any(w != 0), w, jnp.array([1.0, 0.0, 0.0], jnp.float32))
-        share = params.costs[:, :, :, 0, :3] / params.reward.base
-        cost = jnp.where(params.allowed, jnp.sum(share * w, axis=-1), 0.0)
-        return params.sensitivity, cost
+    def greedy_tables(self, params: EnvParams):
+        """:func:`envs.greedy.greedy_tables`: per-layer sensitivity and cost shares."""
+        return greedy.greedy_tables(params)
 
-    def greedy_fits(self, params: EnvParams, plans: Int[Array, "B L 2"]) -> Bool[Array, " B"]:
-        """Whether each plan meets every budget by an upper-bound estimate of its costs: the
-        cost outside the layers plus every layer's at full input width (a pruned predecessor
-        only makes a layer cheaper), so a plan it accepts runs unprojected and in budget."""
-        layers = jnp.arange(plans.shape[1])[None, :]
-        costs = params.costs[layers, plans[..., 0], plans[..., 1], 0, :3]  # [B, L, 3]
-        spent = params.fixed[:3] + jnp.sum(costs, axis=1)
-        return jnp.all(spent <= params.reward.budgets * (1.0 + 1e-6), axis=-1)
+    def greedy_fits(self, params: EnvParams, plans):
+        """:func:`envs.greedy.greedy_fits`: plans within every budget by an upper bound."""
+        return greedy.greedy_fits(params, plans)
 
     # ------------------------------------------------------------------- API
     def reset(self, key: Array, params: EnvParams) -> tuple[Observation, EnvState]:

@@ -142,6 +142,19 @@ def _greedy_variants(env: Environment, env_params, batch: int, rows: int, lam) -
     return Variants(jnp.swapaxes(queued, 0, 1), keep, jnp.zeros_like(keep))
 
 
+def _greedy_start(env, env_params, variants: Variants, update, updates: int, batch: int,
+                  rows: int) -> Variants:  # fmt: skip
+    """``variants``, or in the first ``updates`` updates the equal-slope plans in their
+    ``rows``: ``updates x rows`` multipliers, half of them those of :func:`_start_lambdas`
+    nearest the budget line, then a log grid coarse to fine."""
+    n = updates * rows
+    coarse = lambda_grid(n - n // 2, 1e-3, 1e3)
+    lam = _start_lambdas(env, env_params, n // 2, coarse[van_der_corput_order(len(coarse))])
+    lam = lam.reshape(updates, rows)[jnp.minimum(update, updates - 1)]
+    seeded = _greedy_variants(env, env_params, batch, rows, lam)
+    return jax.tree.map(lambda a, b: jnp.where(update < updates, a, b), seeded, variants)
+
+
 def _with_variants(act_fn, variants: Variants | None):
     """``act_fn`` following ``variants`` (one step's slice [B, ...]) where they say so."""
     if variants is None:
@@ -228,12 +241,7 @@ def make_trainer(config: CompressorCriticConfig, env: Environment) -> Trainer:
         return TrainState(params, tx.init(params), key, jnp.int32(0), elite)
 
     local = config.variants_per_batch if config.elite else 0
-    # the first `greedy_start` updates' variant rows: equal-slope plans, half of them those
-    # nearest the budget line, then a log grid coarse to fine
     greedy_start = config.greedy_start if local and hasattr(env, "greedy_fits") else 0
-    n_start = greedy_start * local
-    coarse = lambda_grid(n_start - n_start // 2, 1e-3, 1e3) if greedy_start else None
-    coarse = coarse[van_der_corput_order(len(coarse))] if greedy_start else None
     own = config.batch_episodes - local  # the policy's own samples: the policy gradient's batch
 
     def loss(params, traj: Rollout, entropy_coef):
@@ -247,12 +255,9 @@ def make_trainer(config: CompressorCriticConfig, env: Environment) -> Trainer:
             if local
             else None
         )
-        if greedy_start:
-            lambdas = _start_lambdas(env, env_params, n_start // 2, coarse)
-            lam = lambdas.reshape(greedy_start, local)[jnp.minimum(state.update, greedy_start - 1)]
-            seeded = _greedy_variants(env, env_params, config.batch_episodes, local, lam)
-            variants = jax.tree.map(
-                lambda a, b: jnp.where(state.update < greedy_start, a, b), seeded, variants
+        if greedy_start:  # the first updates' variant rows: equal-slope plans
+            variants = _greedy_start(
+                env, env_params, variants, state.update, greedy_start, config.batch_episodes, local
             )
         traj = _rollout(
             net,
