@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
-from jaxtyping import Array, Float, Int
+from jaxtyping import Array, Bool, Float, Int
 
 from autocomp.models.layers import as_network
 from autocomp.models.ops import apply_op
@@ -232,11 +232,13 @@ class CompressionEnv:
             return jax.lax.map(lambda xs: self._finish(xs[0], xs[1], params), (plans, spent))
         return race_batch(self.logits, plans, spent, params, self.race_examples, keep)
 
-    def greedy_tables(self, params: EnvParams):
+    def greedy_tables(
+        self, params: EnvParams
+    ) -> tuple[Float[Array, "L T R"], Float[Array, "L T R"]]:
         """:func:`envs.greedy.greedy_tables`: per-layer sensitivity and cost shares."""
         return greedy.greedy_tables(params)
 
-    def greedy_fits(self, params: EnvParams, plans):
+    def greedy_fits(self, params: EnvParams, plans: Int[Array, "B L 2"]) -> Bool[Array, " B"]:
         """:func:`envs.greedy.greedy_fits`: plans within every budget by an upper bound."""
         return greedy.greedy_fits(params, plans)
 

@@ -115,12 +115,12 @@ def test_greedy_start_rolls_out_the_equal_slope_plans_first():
     each layer) that is the optimum, queued after the first update; without the start, one
     update of the untrained policy does not find it."""
     from agents.compressor_critic.networks import sample_action
-    from agents.compressor_critic.train import _greedy_variants, _network, _rollout
+    from agents.compressor_critic.train import _equal_slope, _network, _queued, _rollout
 
     env = ToyEnv(num_layers=5, num_techniques=3, num_ratios=4)
     params = env.make_params(seed=1)
     optimum = env.optimum(params)
-    variants = _greedy_variants(env, params, 32, 16, jnp.linspace(0.0, 10.0, 16))
+    variants = _queued(_equal_slope(env, params, jnp.linspace(0.0, 10.0, 16)), 32)
     assert not np.asarray(variants.keep)[:, :16].any() and np.asarray(variants.keep)[:, 16:].all()
     net = _network(CompressorCriticConfig(), env)
     weights = net.init(jax.random.key(0), net.initial_carry(1), jnp.zeros((1, env.spec.obs_dim)))

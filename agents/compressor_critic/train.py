@@ -108,35 +108,36 @@ def _variants(key, elite: Elite, batch: int, rows: int, decay: float = 0.0) -> V
     return Variants(jnp.swapaxes(queued, 0, 1), ~on & row, on & row)
 
 
-def _start_lambdas(env: Environment, env_params, near: int, coarse: np.ndarray) -> jax.Array:
-    """float[near + len(coarse)]: the greedy start's multipliers. First ``near`` of them give
-    the distinct equal-slope plans nearest the budget line (on a grid of 1,024 multipliers,
-    the first whose plan fits by ``env.greedy_fits``, and the plans on either side of it),
-    where the greedy sweep's best plan lies; then ``coarse``."""
-    if near == 0:
-        return jnp.asarray(coarse, jnp.float32)
+def _equal_slope(env: Environment, env_params, lam) -> jax.Array:
+    """int[len(lam), L, 2]: the greedy agent's equal-slope plan of each multiplier (each
+    layer's action minimizes its sensitivity + multiplier x cost share)."""
     sensitivity, cost = env.greedy_tables(env_params)
-    fine = jnp.asarray(lambda_grid(1024, 1e-3, 1e3))
-    plans = jax.vmap(select, in_axes=(None, None, None, 0))(
-        sensitivity, cost, env_params.allowed, fine
-    )
-    fits = env.greedy_fits(env_params, plans)
-    line = jnp.where(jnp.any(fits), jnp.argmax(fits), fine.shape[0] - 1)
-    changed = jnp.concatenate([jnp.ones(1, bool), jnp.any(plans[1:] != plans[:-1], axis=(1, 2))])
-    distance = jnp.abs(jnp.arange(fine.shape[0]) - line).astype(jnp.float32)
-    _, nearest = jax.lax.top_k(jnp.where(changed, -distance, -jnp.inf), near)
-    return jnp.concatenate([fine[nearest], jnp.asarray(coarse, jnp.float32)])
-
-
-def _greedy_variants(env: Environment, env_params, batch: int, rows: int, lam) -> Variants:
-    """A batch whose last ``rows`` follow the greedy agent's equal-slope plans, one per
-    multiplier of ``lam`` [rows] (each layer's action minimizes its sensitivity + multiplier x
-    cost share); the first rows are the policy's own samples."""
-    sensitivity, cost = env.greedy_tables(env_params)
-    plans = jax.vmap(select, in_axes=(None, None, None, 0))(
+    return jax.vmap(select, in_axes=(None, None, None, 0))(
         sensitivity, cost, env_params.allowed, lam
     )
-    own = batch - rows
+
+
+def _start_plans(env: Environment, env_params, near: int, coarse: np.ndarray) -> jax.Array:
+    """int[near + len(coarse), L, 2]: the greedy start's plans. First the ``near`` distinct
+    equal-slope plans nearest the budget line (on a grid of 1,024 multipliers, the first whose
+    plan fits by ``env.greedy_fits``, and the plans on either side of it), where the greedy
+    sweep's best plan lies; then the plans of the multipliers ``coarse``."""
+    coarse_plans = _equal_slope(env, env_params, jnp.asarray(coarse, jnp.float32))
+    if near == 0:
+        return coarse_plans
+    plans = _equal_slope(env, env_params, jnp.asarray(lambda_grid(1024, 1e-3, 1e3)))
+    fits = env.greedy_fits(env_params, plans)
+    line = jnp.where(jnp.any(fits), jnp.argmax(fits), plans.shape[0] - 1)
+    changed = jnp.concatenate([jnp.ones(1, bool), jnp.any(plans[1:] != plans[:-1], axis=(1, 2))])
+    distance = jnp.abs(jnp.arange(plans.shape[0]) - line).astype(jnp.float32)
+    _, nearest = jax.lax.top_k(jnp.where(changed, -distance, -jnp.inf), near)
+    return jnp.concatenate([plans[nearest], coarse_plans])
+
+
+def _queued(plans: jax.Array, batch: int) -> Variants:
+    """A batch whose last ``len(plans)`` rows follow ``plans`` [rows, L, 2]; the first rows
+    are the policy's own samples."""
+    own = batch - plans.shape[0]
     queued = jnp.concatenate([jnp.zeros((own, *plans.shape[1:]), jnp.int32), plans])
     keep = jnp.broadcast_to(jnp.arange(batch) >= own, (plans.shape[1], batch))
     return Variants(jnp.swapaxes(queued, 0, 1), keep, jnp.zeros_like(keep))
@@ -145,14 +146,18 @@ def _greedy_variants(env: Environment, env_params, batch: int, rows: int, lam) -
 def _greedy_start(env, env_params, variants: Variants, update, updates: int, batch: int,
                   rows: int) -> Variants:  # fmt: skip
     """``variants``, or in the first ``updates`` updates the equal-slope plans in their
-    ``rows``: ``updates x rows`` multipliers, half of them those of :func:`_start_lambdas`
-    nearest the budget line, then a log grid coarse to fine."""
+    ``rows``: ``updates x rows`` plans, half of them those of :func:`_start_plans` nearest
+    the budget line, then those of a log grid of multipliers coarse to fine. The plans are
+    built only in those updates (``lax.cond``), not in every update of the search."""
     n = updates * rows
     coarse = lambda_grid(n - n // 2, 1e-3, 1e3)
-    lam = _start_lambdas(env, env_params, n // 2, coarse[van_der_corput_order(len(coarse))])
-    lam = lam.reshape(updates, rows)[jnp.minimum(update, updates - 1)]
-    seeded = _greedy_variants(env, env_params, batch, rows, lam)
-    return jax.tree.map(lambda a, b: jnp.where(update < updates, a, b), seeded, variants)
+    coarse = coarse[van_der_corput_order(len(coarse))]
+
+    def seeded():
+        plans = _start_plans(env, env_params, n // 2, coarse)
+        return _queued(plans.reshape(updates, rows, *plans.shape[1:])[update], batch)
+
+    return jax.lax.cond(update < updates, seeded, lambda: variants)
 
 
 def _with_variants(act_fn, variants: Variants | None):
