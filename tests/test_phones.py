@@ -124,7 +124,7 @@ def test_calibration_recovers_known_parameters_from_synthetic_rows():
 
 def test_the_fine_kind_fit_recovers_known_parameters_and_borrows_for_missing_kinds():
     from autocomp.devices.analytic import fine_kind
-    from autocomp.devices.fine_kinds import fit_fine_kinds
+    from autocomp.devices.fine_kinds import L2_BYTES, fit_fine_kinds
 
     rng = np.random.default_rng(1)
     eff = {"conv_first": 0.1, "conv": 0.5, "dwconv3": 0.2, "dwconv5": 0.25, "dense": 0.3}
@@ -132,7 +132,8 @@ def test_the_fine_kind_fit_recovers_known_parameters_and_borrows_for_missing_kin
           "add": 15.0, "pool": 5.0}  # fmt: skip
     base = load_profile("analytic_cortex_a76").analytic
     truth = dict(base, combine="sum", efficiency=dict(base["efficiency"], **eff),
-                 kind_bandwidth_gbs=bw, op_overhead_us=2.0)  # fmt: skip
+                 kind_bandwidth_gbs=bw, op_overhead_us=2.0, l2_bytes=L2_BYTES,
+                 dram_gbs=8.0)  # fmt: skip
     ops = []
     for _ in range(400):
         h, c, f = (
@@ -149,17 +150,50 @@ def test_the_fine_kind_fit_recovers_known_parameters_and_borrows_for_missing_kin
         macs, _, _, weight_read, act_bytes = op_counts(op, shape)
         kind = fine_kind(op, shape)
         latency.append(float(analytic_latency_ms(truth, kind, macs, weight_read + act_bytes)))
-    fit = fit_fine_kinds(base, ops, latency)
+    fit = fit_fine_kinds(base, ops, latency, ridge=0.0)  # exact recovery: without the pull
     assert fit["fine_kinds"] is True
     for kind, value in eff.items():
         assert fit["efficiency"][kind] == pytest.approx(value, rel=0.02)
     for kind, value in bw.items():
         assert fit["kind_bandwidth_gbs"][kind] == pytest.approx(value, rel=0.02)
     assert fit["op_overhead_us"] == pytest.approx(2.0, rel=0.02)
-    # kinds without examples take a neighbour's numbers, and say so
-    assert fit["borrowed"] == {"dwconv7": "dwconv5", "act": "add", "act_map": "add", "mul": "add"}
-    assert fit["kind_bandwidth_gbs"]["act_map"] == fit["kind_bandwidth_gbs"]["add"]
+    assert fit["dram_gbs"] == pytest.approx(8.0, rel=0.02)  # bytes beyond L2
+    # kinds without examples take a neighbour's numbers (MAC-free kinds: the shared rate per
+    # element, so a map activation moves 8 bytes per element where an add moves 12), and say so
+    assert fit["borrowed"] == {
+        "dwconv7": "dwconv5", "act": "add", "act_map": "element rate", "mul": "element rate"
+    }  # fmt: skip
+    assert fit["kind_bandwidth_gbs"]["act_map"] == pytest.approx(
+        fit["kind_bandwidth_gbs"]["add"] * 8 / 12, rel=1e-3
+    )
     assert fit["efficiency"]["dwconv7"] == fit["efficiency"]["dwconv5"]
+
+
+def test_the_fine_kind_fit_prices_adds_per_element_and_pulls_unidentified_kinds_inward():
+    """A network without adds prices them at its pools' rate per element (12 bytes per add
+    element, 4 per pooled one); 3x3 depthwise rows all at stride 1 (one bytes-per-MAC ratio)
+    leave compute and traffic unseparated, and the ridge keeps both off their bounds."""
+    from autocomp.devices.analytic import fine_kind
+    from autocomp.devices.fine_kinds import fit_fine_kinds
+
+    base = load_profile("analytic_cortex_a76").analytic
+    ops = [(Op("gap"), (7, 7, c)) for c in (256, 512, 768, 1024)]
+    ops += [(Op("dwconv", "op", 0, 3), (h, h, c)) for h in (14, 28, 56) for c in (64, 128)]
+    ops += [(Op("conv", "op", f, 1), (h, h, c)) for h in (7, 28) for c in (32, 96) for f in (64,)]
+    latency = []
+    for op, shape in ops:
+        macs, _, _, weight_read, act_bytes = op_counts(op, shape)
+        latency.append(0.002 + (macs / 2e9 + (weight_read + act_bytes) / 4e9) * 1e3)
+    fit = fit_fine_kinds(base, ops, latency)
+    assert fit["borrowed"]["add"] == "element rate"
+    bw = fit["kind_bandwidth_gbs"]
+    assert bw["add"] == pytest.approx(3 * bw["pool"], rel=1e-3)
+    assert 1e-3 < fit["efficiency"]["dwconv3"] < 1.5 and 0.1 < bw["dwconv3"] < 64.0
+    for (op, shape), measured in zip(ops, latency, strict=True):
+        macs, _, _, weight_read, act_bytes = op_counts(op, shape)
+        kind = fine_kind(op, shape)
+        predicted = analytic_latency_ms(fit, kind, macs, weight_read + act_bytes)
+        assert predicted == pytest.approx(measured, rel=0.1), (kind, shape)
 
 
 def test_profile_cli_builds_the_tables_and_bench_phones_reports_them(tmp_path, capsys):

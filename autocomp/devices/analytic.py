@@ -54,11 +54,17 @@ def analytic_latency_ms(analytic: dict, kind: str, macs, moved):
     """The analytic model: per-op overhead + max(MACs / (peak * efficiency), bytes / bandwidth),
     or their sum where ``analytic.combine`` is ``sum`` (the calibrated tables: compute and
     memory traffic of these runtimes overlap little); ``analytic.kind_bandwidth_gbs`` may give
-    each kind its own bandwidth. Numbers or numpy arrays; ``kind`` an ``efficiency`` key."""
+    each kind its own bandwidth, and ``analytic.l2_bytes`` (with ``dram_gbs``) charges the bytes
+    beyond that cache size the DRAM bandwidth on top (the Pixel 1 table). Numbers or numpy
+    arrays; ``kind`` an ``efficiency`` key."""
     efficiency = analytic["efficiency"].get(kind, analytic["efficiency"].get("pool", 1.0))
     bandwidth = analytic.get("kind_bandwidth_gbs", {}).get(kind, analytic["bandwidth_gbs"])
     compute_s = macs / (analytic["peak_gmacs"] * 1e9 * efficiency)
     memory_s = moved / (bandwidth * 1e9)
+    if "l2_bytes" in analytic:  # bytes beyond the L2 cache also pay the DRAM bandwidth
+        memory_s = memory_s + np.maximum(moved - analytic["l2_bytes"], 0) / (
+            analytic["dram_gbs"] * 1e9
+        )
     if analytic.get("combine", "max") == "sum":
         return (analytic["op_overhead_us"] * 1e-6 + compute_s + memory_s) * 1e3
     return (analytic["op_overhead_us"] * 1e-6 + np.maximum(compute_s, memory_s)) * 1e3
@@ -73,6 +79,8 @@ def _int8_analytic(profile: DeviceProfile) -> dict:
     a8 = dict(a, peak_gmacs=a["peak_gmacs"] * speedup, bandwidth_gbs=a["bandwidth_gbs"] / factor)
     if "kind_bandwidth_gbs" in a:
         a8["kind_bandwidth_gbs"] = {k: v / factor for k, v in a["kind_bandwidth_gbs"].items()}
+    if "l2_bytes" in a:  # int8 tensors: 1/factor as many bytes fit the same cache
+        a8.update(l2_bytes=a["l2_bytes"] / factor, dram_gbs=a["dram_gbs"] / factor)
     return a8
 
 

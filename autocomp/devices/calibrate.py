@@ -251,8 +251,11 @@ def pixel1_table(root, networks: Sequence[str] | None = None) -> dict:
             "data": "the rows of this table, one op each",
             "fitted": "per fine op kind (analytic.fine_kinds: first conv, conv, dense, "
             "depthwise 3/5/7, add, pool, vector and map activations, mul) an efficiency and a "
-            "bandwidth, one per-op overhead; kinds without rows borrow a neighbour's "
-            "(analytic.borrowed); they price the ops no row answers",
+            "bandwidth, except add, pool, map activations and mul, which share one rate per "
+            "element; one DRAM bandwidth for bytes beyond the 1 MB L2 (analytic.l2_bytes); one "
+            "per-op overhead; a weak ridge towards the start values on the MAC kinds' "
+            "parameters (autocomp/devices/fine_kinds.py); kinds without rows borrow a "
+            "neighbour's (analytic.borrowed); they price the ops no row answers",
             "train_n": len(timings),
             "heldout": "leave one network out: python -m autocomp.bench phones",
         },

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from autocomp.devices.analytic import fine_kind
 from autocomp.devices.calibrate import (
     PHONE_TABLES,
     block_predictions,
@@ -44,7 +45,7 @@ def pixel1_leave_one_out(root) -> dict:
             if t.network in test:
                 measured.append(t.latency_ms)
                 predicted.append(price_op(profile, t.op, t.shape).latency_ms)
-                kinds.append(t.op.kind)
+                kinds.append((t.op.kind, fine_kind(t.op, t.shape)))
                 networks.append((t.network, t.run))
     whole = []
     for name in (PROXYLESS, *mobilenets):
@@ -53,7 +54,7 @@ def pixel1_leave_one_out(root) -> dict:
         whole.append({"network": name, "measured_ms": round(totals[name], 2),
                       "predicted_ms": round(pred / len(runs), 2)})  # fmt: skip
     m, p = np.array(measured), np.array(predicted)
-    macs_ops = np.array([k in ("conv", "dwconv", "dense") for k in kinds])
+    macs_ops = np.array([k in ("conv", "dwconv", "dense") for k, _ in kinds])
     return {
         "table": "pixel1_tflite",
         "heldout": "leave one network out (MobileNet-V1s <-> ProxylessNAS-Mobile), per node",
@@ -61,8 +62,20 @@ def pixel1_leave_one_out(root) -> dict:
         "mac_ops": errors(p[macs_ops], m[macs_ops]),
         "time_weighted_ape": round(100 * float(np.abs(p - m).sum() / m.sum()), 2),
         "whole": whole,
+        "by_kind": _by_kind(p, m, [f for _, f in kinds]),
         "points": (m.tolist(), p.tolist()),
     }
+
+
+def _by_kind(predicted: np.ndarray, measured: np.ndarray, kinds: Sequence[str]) -> dict:
+    """Per fine op kind: its nodes, their MAPE, and its share of the pooled MAPE (points of it)."""
+    ape = 100 * np.abs(predicted - measured) / measured
+    out = {}
+    for kind in dict.fromkeys(kinds):
+        mask = np.array([k == kind for k in kinds])
+        out[kind] = {"n": int(mask.sum()), "mape": round(float(ape[mask].mean()), 1),
+                     "points": round(float(ape[mask].sum() / len(ape)), 2)}  # fmt: skip
+    return out
 
 
 def calibrated_heldout(blocks: Sequence[Block], name: str) -> dict:
