@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from agents.greedy import GreedyConfig, make_trainer
-from agents.greedy.selection import lambda_grid, select, van_der_corput_order
+from agents.greedy.selection import lambda_grid, select, select_many, van_der_corput_order
 from autocomp.search.agent import EPISODE_KEYS
 from envs.toy import ToyEnv
 
@@ -128,7 +128,7 @@ def test_plans_the_greedy_fit_accepts_run_in_budget(prepared):
     env, params = build_env(prepared)
     s, c = env.greedy_tables(params)
     lams = jnp.asarray(lambda_grid(1024, 1e-3, 1e3))  # the grid the greedy start uses
-    plans = jax.vmap(select, in_axes=(None, None, None, 0))(s, c, params.allowed, lams)
+    plans = select_many(s, c, params.allowed, lams)
     fits = np.asarray(env.greedy_fits(params, plans))
     assert fits.any() and not fits.all()
     metrics = jax.device_get(env.evaluate_plans(plans[fits], params))

@@ -25,7 +25,8 @@ import optax
 from agents.compressor_critic import losses
 from agents.compressor_critic.config import CompressorCriticConfig
 from agents.compressor_critic.networks import CompressorCritic, greedy_action, sample_action
-from agents.greedy.selection import lambda_grid, select, van_der_corput_order
+from agents.greedy.config import GreedyConfig
+from agents.greedy.selection import coarse_to_fine, lambda_grid, select_many
 from autocomp.search.agent import Trainer, num_chunks, scan_chunk
 from autocomp.search.spaces import Environment, episode_record
 
@@ -112,9 +113,7 @@ def _equal_slope(env: Environment, env_params, lam) -> jax.Array:
     """int[len(lam), L, 2]: the greedy agent's equal-slope plan of each multiplier (each
     layer's action minimizes its sensitivity + multiplier x cost share)."""
     sensitivity, cost = env.greedy_tables(env_params)
-    return jax.vmap(select, in_axes=(None, None, None, 0))(
-        sensitivity, cost, env_params.allowed, lam
-    )
+    return select_many(sensitivity, cost, env_params.allowed, lam)
 
 
 def _start_plans(env: Environment, env_params, near: int, coarse: np.ndarray) -> jax.Array:
@@ -125,7 +124,8 @@ def _start_plans(env: Environment, env_params, near: int, coarse: np.ndarray) ->
     coarse_plans = _equal_slope(env, env_params, jnp.asarray(coarse, jnp.float32))
     if near == 0:
         return coarse_plans
-    plans = _equal_slope(env, env_params, jnp.asarray(lambda_grid(1024, 1e-3, 1e3)))
+    fine = lambda_grid(1024, GreedyConfig.lambda_min, GreedyConfig.lambda_max)
+    plans = _equal_slope(env, env_params, jnp.asarray(fine))
     fits = env.greedy_fits(env_params, plans)
     line = jnp.where(jnp.any(fits), jnp.argmax(fits), plans.shape[0] - 1)
     changed = jnp.concatenate([jnp.ones(1, bool), jnp.any(plans[1:] != plans[:-1], axis=(1, 2))])
@@ -150,8 +150,7 @@ def _greedy_start(env, env_params, variants: Variants, update, updates: int, bat
     the budget line, then those of a log grid of multipliers coarse to fine. The plans are
     built only in those updates (``lax.cond``), not in every update of the search."""
     n = updates * rows
-    coarse = lambda_grid(n - n // 2, 1e-3, 1e3)
-    coarse = coarse[van_der_corput_order(len(coarse))]
+    coarse = coarse_to_fine(n - n // 2, GreedyConfig.lambda_min, GreedyConfig.lambda_max)
 
     def seeded():
         plans = _start_plans(env, env_params, n // 2, coarse)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
@@ -37,6 +38,10 @@ def select(
     return jnp.stack([flat // n_r, flat % n_r], axis=1).astype(jnp.int32)
 
 
+select_many = jax.vmap(select, in_axes=(None, None, None, 0))
+"""``select`` for each multiplier of ``lam`` float[N]: int32[N, L, 2] plans."""
+
+
 def lambda_grid(n: int, lambda_min: float, lambda_max: float) -> np.ndarray:
     """float32[n], ascending: 0, then ``n - 1`` log-spaced multipliers from min to max."""
     rest = np.geomspace(lambda_min, lambda_max, n - 1) if n > 1 else np.zeros(0)
@@ -50,3 +55,9 @@ def van_der_corput_order(n: int) -> np.ndarray:
     bits = max(1, (n - 1).bit_length())
     order = [int(format(i, f"0{bits}b")[::-1], 2) for i in range(1 << bits)]
     return np.array([i for i in order if i < n], np.int64)
+
+
+def coarse_to_fine(n: int, lambda_min: float, lambda_max: float) -> np.ndarray:
+    """float32[n]: :func:`lambda_grid` in :func:`van_der_corput_order` (any prefix spreads
+    over the whole grid)."""
+    return lambda_grid(n, lambda_min, lambda_max)[van_der_corput_order(n)]

@@ -50,7 +50,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from agents.greedy.config import GreedyConfig
-from agents.greedy.selection import lambda_grid, select, van_der_corput_order
+from agents.greedy.selection import coarse_to_fine, select_many
 from autocomp.search import rollouts
 from autocomp.search.agent import Best, Trainer, best_plan_policy, num_chunks
 
@@ -65,8 +65,7 @@ class GreedyState(NamedTuple):
 
 def schedule(config: GreedyConfig, total: int) -> np.ndarray:
     """float32[total]: the multipliers in the order they are evaluated (coarse to fine)."""
-    grid = lambda_grid(total, config.lambda_min, config.lambda_max)
-    return grid[van_der_corput_order(total)]
+    return coarse_to_fine(total, config.lambda_min, config.lambda_max)
 
 
 def make_trainer(config: GreedyConfig, env) -> Trainer:
@@ -79,7 +78,6 @@ def make_trainer(config: GreedyConfig, env) -> Trainer:
     n_chunks = num_chunks(n_steps, config.steps_per_chunk)
     per_chunk = batch * config.steps_per_chunk
     lambdas = jnp.asarray(schedule(config, n_chunks * per_chunk))
-    select_batch = jax.vmap(select, in_axes=(None, None, None, 0))
 
     def init(key) -> GreedyState:
         del key  # deterministic
@@ -87,7 +85,7 @@ def make_trainer(config: GreedyConfig, env) -> Trainer:
 
     def step(env_params, tables, state: GreedyState, _):
         lam = jax.lax.dynamic_slice(lambdas, (state.step * batch,), (batch,))
-        chosen = select_batch(*tables, env_params.allowed, lam)
+        chosen = select_many(*tables, env_params.allowed, lam)
         metrics = rollouts.episode_metrics(rollouts.evaluate(env, env_params, chosen))
         projected = jnp.sum(jnp.any(metrics["plan"] != chosen, axis=-1), axis=-1)
         extra = {"lambda": lam, "projected_layers": projected}
