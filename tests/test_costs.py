@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -95,12 +96,28 @@ def test_a_rows_measured_energy_is_used_and_other_shapes_fall_back(tmp_path):
     assert price_op(profile, op, (64,)).source == "analytic"
 
 
-def test_k_bit_layers_are_priced_as_their_float_op_but_stored_smaller(tmp_path):
+def test_k_bit_layers_without_int8_data_are_priced_as_their_float_op_but_stored_smaller(tmp_path):
     op = Op("dense", "d", 10)
     profile = load_profile(str(_measured_table(tmp_path, {op_key(op, (64,)): 0.5})))
+    assert profile.int8_table is None
     q8 = price_op(profile, Op("dense", "d", 10, bits=8), (64,))
     assert q8.source == "table" and q8.latency_ms == 0.5
     assert q8.bytes < price_op(profile, op, (64,)).bytes
+
+
+def test_q8_layers_are_priced_as_the_mixed_export_runs_them():
+    """With int8 data, an 8-bit layer costs its int8 kernel plus a QUANTIZE of its input and a
+    DEQUANTIZE of its output; a big conv on an A76 (SDOT) then runs faster than in float."""
+    from autocomp.devices.costs import conversion_ms, int8_latency_ms
+
+    profile = load_profile("pixel4_a76")
+    op, shape = Op("conv", "c", 64, 3), (16, 16, 64)
+    q8 = price_op(profile, replace(op, bits=8), shape)
+    expected = int8_latency_ms(profile, op, shape) + conversion_ms(profile, shape)
+    expected += conversion_ms(profile, (16, 16, 64))
+    assert q8.latency_ms == pytest.approx(expected)
+    assert 0 < conversion_ms(profile, shape) < q8.latency_ms / 4
+    assert q8.latency_ms < 0.75 * price_op(profile, op, shape).latency_ms
 
 
 def test_the_call_overhead_is_added_once_per_model(tmp_path):
@@ -283,6 +300,12 @@ def test_host_profile_measures_resumes_and_validates(tmp_path, monkeypatch):
     # every row also timed as the export's int8 file runs it, with its own call overhead
     assert all(r["latency_int8_ms"] >= 0 for r in table["rows"])
     assert table["invoke_overhead_int8_ms"] > 0
+    # and the QUANTIZE/DEQUANTIZE rate around +q8 layers, which then prices them
+    assert table["conversion_gbs"] > 0
+    from autocomp.devices.costs import conversion_ms
+
+    rate = 5 * 64 / (load_profile(str(out)).conversion_gbs * 1e9) * 1e3
+    assert conversion_ms(load_profile(str(out)), (8, 8, 1)) == pytest.approx(rate)
     assert table["device"]["platform"] == "host" and table["kind"] == "measured"
     assert not table["energy"]["measured"] or "RAPL" in table["energy"]["method"]
     [check] = table["validation"]

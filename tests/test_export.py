@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import jax
 import numpy as np
@@ -135,6 +136,7 @@ def test_export_finds_relative_data_paths_from_another_directory(tmp_path, monke
     layers = [LayerConfig("conv", "c1", 4, 3), LayerConfig("flatten"),
               LayerConfig("dense", "fc", 3, activation="none")]  # fmt: skip
     ops = base_ops(ModelConfig("toy", [8, 8, 1], 3, layers))
+    ops = tuple(replace(op, bits=8) if op.name == "fc" else op for op in ops)  # keep+q8
     params = jax.tree.map(np.asarray, init_params(ops, (8, 8, 1), jax.random.key(0)))
     run = tmp_path / "run"
     run.mkdir()
@@ -142,10 +144,11 @@ def test_export_finds_relative_data_paths_from_another_directory(tmp_path, monke
     (run / "compressed_params.msgpack").write_bytes(serialization.msgpack_serialize(blob))
     plan = {"version": 1, "model": "toy", "layers": [
         {"name": "c1", "technique": "keep", "ratio": 0.0, "shape": [[3, 3, 1, 4]]},
-        {"name": "fc", "technique": "keep", "ratio": 0.0, "shape": [[256, 3]]}]}  # fmt: skip
+        {"name": "fc", "technique": "keep+q8", "ratio": 0.0, "shape": [[256, 3]]}]}  # fmt: skip
     (run / "plan.json").write_text(json.dumps(plan))
     side = {"test_accuracy": 0.5, "params": 1, "macs": 1, "latency_ms": 1.0, "energy_mj": 1.0}
-    metrics = {"base": side, "compressed": side, "device_table": {"name": "t", "kind": "analytic"}}
+    metrics = {"base": side, "compressed": dict(side, latency_int8_ms=0.5),
+               "device_table": {"name": "t", "kind": "analytic"}}  # fmt: skip
     (run / "metrics.json").write_text(json.dumps(metrics))
     data = {"source": "local", "name": "toy", "path": "data/toy.npz", "val_fraction": 0.1}
     record = {"seed": 0, "git_sha": "x", "cwd": str(start), "overrides": [],
@@ -156,7 +159,51 @@ def test_export_finds_relative_data_paths_from_another_directory(tmp_path, monke
     report = export_run(run, calibration_examples=10)
     assert report["examples"] == 20 and report["tflite_top1_agreement"] == 1.0
     assert (run / "export" / "model_int8.tflite").is_file()
-    assert "| c1 | keep | 0 | 3x3x1x4 |" in (run / "export" / "MODEL_CARD.md").read_text()
+    # the q8 dense layer runs int8 in the mixed file, priced beside it as the plan's latency
+    assert (run / "export" / "model_mixed.tflite").is_file()
+    assert report["checks"]["mixed_within_1pt_ok"]
+    assert report["mixed"]["table_latency_ms"]["predicted_ms"] == 1.0
+    card = (run / "export" / "MODEL_CARD.md").read_text()
+    assert "| c1 | keep | 0 | 3x3x1x4 |" in card and "`model_mixed.tflite`" in card
+
+
+def test_mixed_precision_file_runs_exactly_the_q8_layers_in_int8():
+    """``model_mixed.tflite``: the layers with 8-bit weights int8 (with QUANTIZE/DEQUANTIZE
+    around them), every other op float, close to the JAX model; a count that does not match
+    the graph is refused."""
+    from autocomp.export.tflite import MixedPrecisionError, mixed_tflite, on_8bit_grid
+    from autocomp.models.ops import Op, SequentialNet, bake_quantized
+
+    ops = (Op("conv", "c1", 8, 3), Op("relu"), Op("conv", "c2", 16, 3, bits=8), Op("relu"),
+           Op("maxpool", None, 0, 2, 2), Op("flatten"), Op("dense", "fc1", 32, bits=8),
+           Op("relu"), Op("dense", "fc2", 10))  # fmt: skip
+    params = init_params(ops, (8, 8, 2), jax.random.key(0))
+    baked_ops, baked = bake_quantized(ops, params)
+    assert on_8bit_grid(np.asarray(baked["c2"]["kernel"]), 3)
+    assert not on_8bit_grid(np.asarray(baked["c1"]["kernel"]), 3)
+    net = SequentialNet(baked_ops)
+    fn = lambda x: net.apply({"params": baked}, x)  # noqa: E731
+    x = np.random.default_rng(0).random((40, 8, 8, 2), np.float32)
+    content = mixed_tflite(fn, (8, 8, 2), x[:20], int8_layers=2)
+    model = TfliteModel(content)
+    dtypes = {t["index"]: t["dtype"] for t in model.interpreter.get_tensor_details()}
+    ran = [(o["op_name"], dtypes[o["outputs"][0]]) for o in model.interpreter._get_ops_details()
+           if o["op_name"] in ("CONV_2D", "FULLY_CONNECTED")]  # fmt: skip
+    assert ran == [("CONV_2D", np.float32), ("CONV_2D", np.int8),
+                   ("FULLY_CONNECTED", np.int8), ("FULLY_CONNECTED", np.float32)]  # fmt: skip
+    names = tflite_op_names(content)
+    assert names.count("QUANTIZE") == 2 and names.count("DEQUANTIZE") == 2, names
+    reference = np.asarray(fn(x[20:]))
+    assert np.abs(model(x[20:]) - reference).max() < 0.05 * np.abs(reference).max()
+    with pytest.raises(MixedPrecisionError, match="3 layer"):
+        mixed_tflite(fn, (8, 8, 2), x[:20], int8_layers=3)
+    # what bench costs times for a plan: the mixed file where the table prices int8, else float
+    from autocomp.devices.mixed import deployed_ops_file
+    from autocomp.devices.tables import load_profile
+
+    for table, quantized in (("pixel4_a76", True), ("host_amd_epyc_f25m1", False)):
+        names = tflite_op_names(deployed_ops_file(ops, params, (8, 8, 2), load_profile(table)))
+        assert ("QUANTIZE" in names) == quantized, (table, names)
 
 
 def test_every_technique_converts_to_tflite_and_agrees():

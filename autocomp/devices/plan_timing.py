@@ -60,9 +60,9 @@ def time_plans(
     import jax
 
     from autocomp.config import DistillConfig
+    from autocomp.devices import mixed
     from autocomp.devices.costs import price_ops
     from autocomp.devices.profiling import time_tflite
-    from autocomp.export import to_tflite
     from autocomp.models.layers import compressible_layers
     from autocomp.models.ops import base_ops, init_params
     from autocomp.search.plan import materialize, plan_from_indices, prepare_aux
@@ -75,7 +75,6 @@ def time_plans(
     ctx = PrepareContext(ratios, distill=DistillConfig(steps=0, examples=64))
     sources: Counter = Counter()
     if config.model._target_:  # a user's model, every op between its layers priced
-        from autocomp.export import function_to_tflite
         from autocomp.search.space import plan_cost
         from autocomp.workflow.custom import compressed_model, random_network
 
@@ -88,7 +87,8 @@ def time_plans(
 
         def deployed(plan, indices):
             cmp = compressed_model(net, aux, techniques, plan)
-            content = function_to_tflite(cmp.export_fn(cmp.params), shape)
+            ops = [op for layer_ops in cmp.ops.values() for op in layer_ops]
+            content = mixed.deployed_file(cmp.export_fn(cmp.params), shape, ops, profile)
             return content, float(plan_cost(space, indices)[0]), None
     else:
         ops = base_ops(config.model)
@@ -104,7 +104,8 @@ def time_plans(
             cost = price_ops(profile, new_ops, shape)
             sources.update(cost.sources)
             row_ops = sum(cost.sources.get(s, 0) for s in ROW_SOURCES)
-            return to_tflite(new_ops, new_params, shape), cost.latency_ms, row_ops
+            content = mixed.deployed_ops_file(new_ops, new_params, shape, profile)
+            return content, cost.latency_ms, row_ops
 
     built = []
     for indices in random_plans(space, n, seed):

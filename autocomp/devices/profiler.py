@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from autocomp.devices import host
+from autocomp.devices import host, mixed
 from autocomp.devices.costs import price_ops
 from autocomp.devices.profiling import micro_model, overhead_model, search_configs
 from autocomp.devices.runtimes import Runtime, android_runtime, host_runtime
@@ -100,6 +100,7 @@ class Kept:
     rows: dict[str, dict] = field(default_factory=dict)
     validation: list[dict] = field(default_factory=list)
     overhead8: float | None = None
+    conversion_gbs: float | None = None
     fits: list[dict] = field(default_factory=list)
     resumed: int = 0
 
@@ -120,6 +121,7 @@ def kept_state(out: Path, name: str) -> Kept:
         kept.rows.update(existing.rows)
         kept.validation = list(existing.validation)
         kept.overhead8 = existing.invoke_overhead_int8_ms
+        kept.conversion_gbs = existing.conversion_gbs
         kept.fits = list(existing.correction.get("fits", [])) if existing.correction else []
     resumed = load_partial(out)
     kept.rows.update(resumed)
@@ -203,6 +205,7 @@ def table_data(opts, name, runtime: Runtime, kept: Kept, overheads, int8: bool, 
             if int8 or kept.overhead8
             else {}
         ),  # fmt: skip
+        **({"conversion_gbs": kept.conversion_gbs} if kept.conversion_gbs else {}),
         "validation": kept.validation,
         "rows": sorted(kept.rows.values(), key=lambda r: r["key"]),
     }
@@ -259,6 +262,8 @@ def measure_table(opts: dict[str, str], config, console=None) -> Path:
         runtime = android_runtime(opts, threads)
     overhead = runtime.measure(overhead_model()).median_ms
     overhead8 = runtime.measure(overhead_model(int8=True)).median_ms if int8 else None
+    if int8 and kept.conversion_gbs is None:  # what the +q8 layers' QUANTIZE/DEQUANTIZE cost
+        kept.conversion_gbs = mixed.conversion_gbs(lambda c: runtime.measure(c).median_ms)
     start = time.perf_counter()
     time_rows(todo, target.configs, rows, runtime, (overhead, overhead8), int8, out, console)
     measured_s = time.perf_counter() - start

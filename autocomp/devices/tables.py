@@ -21,6 +21,7 @@ Schema (``schema_version`` 2)::
      "sources": [str, ...],
      "validation": [{"model", "measured_ms", "predicted_ms"}, ...],   # optional
      "invoke_overhead_int8_ms": float,   # optional: the same for an int8 model
+     "conversion_gbs": float,            # optional: QUANTIZE/DEQUANTIZE rate (5 bytes/element)
      "per_op_correction_ms": float,      # optional: taken off every op priced from the rows
      "correction": {"method", "fits": [...]},  # how it was fitted
      "rows": [{"key": str, "latency_ms": float, "latency_spread_ms": float,
@@ -86,6 +87,7 @@ class DeviceProfile:
     rows: dict[str, dict]
     invoke_overhead_ms: float = 0.0
     invoke_overhead_int8_ms: float | None = None
+    conversion_gbs: float | None = None
     per_op_correction_ms: float = 0.0
     correction: dict | None = None
     sources: tuple[str, ...] = field(default=())
@@ -235,6 +237,7 @@ def profile_from_data(data: object, path: Path | str) -> DeviceProfile:
         rows={row["key"]: row for row in data.get("rows", [])},
         invoke_overhead_ms=float(data.get("invoke_overhead_ms", 0.0)),
         invoke_overhead_int8_ms=data.get("invoke_overhead_int8_ms"),
+        conversion_gbs=data.get("conversion_gbs"),
         per_op_correction_ms=float(data.get("per_op_correction_ms", 0.0)),
         correction=data.get("correction"),
         sources=tuple(data.get("sources", ())),

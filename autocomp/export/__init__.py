@@ -7,10 +7,14 @@ run's compressed model and writes, atomically, into ``<run dir>/export/``:
   (native serialization) and the TFLite converter; batch norm is already folded, ReLU fuses;
 - ``model_int8.tflite``: full-integer post-training quantization (int8 weights, activations,
   input and output) calibrated on training images;
-- ``verify.json``: both files run in the LiteRT interpreter on the test split: top-1 agreement
+- ``model_mixed.tflite``, where the plan has layers with 8-bit weights (``+q8``): those layers
+  with int8 kernels, every other op float32, float input and output: the plan as the device
+  table priced it (calibrated like the int8 file);
+- ``verify.json``: the files run in the LiteRT interpreter on the test split: top-1 agreement
   and max absolute logit difference against the JAX model, test accuracies, measured host
   latency (median of timed ``invoke`` calls) and file sizes, with pass/fail against the bars
-  (float agreement >= 99.9%, int8 accuracy within 1 point of float);
+  (float agreement >= 99.9%, int8 and mixed accuracy within 1 point of float) and the table's
+  latency of the plan beside the mixed file's host latency;
 - ``MODEL_CARD.md``: the plan, the metrics and the commands.
 
 The plan (``plan.json``) and params (``compressed_params.msgpack``) are already in the run dir.
@@ -29,10 +33,18 @@ from flax import serialization
 
 from autocomp.data import load_dataset
 from autocomp.export.card import model_card, write_model_card
-from autocomp.export.tflite import TfliteModel, Timing, function_to_tflite, time_calls, to_tflite
-from autocomp.export.verify import table_int8_latency, verify, verify_logits
+from autocomp.export.tflite import (
+    MixedPrecisionError,
+    TfliteModel,
+    Timing,
+    function_to_tflite,
+    mixed_tflite,
+    time_calls,
+    to_tflite,
+)
+from autocomp.export.verify import add_table_latencies, verify, verify_logits
 from autocomp.io import atomic_write_bytes, atomic_write_json, atomic_write_text
-from autocomp.models.ops import Op
+from autocomp.models.ops import PARAMETRIC, Op, SequentialNet, bake_quantized
 from autocomp.search.plan import Plan
 from autocomp.workflow.pipeline import recorded_data, run_paths
 
@@ -65,6 +77,49 @@ def load_compressed(run_dir: Path) -> tuple[tuple[Op, ...], dict, dict]:
     return ops, params, record
 
 
+FILE_NAMES = {"float32": "model.tflite", "int8": "model_int8.tflite",
+              "mixed": "model_mixed.tflite"}  # fmt: skip
+
+
+def int8_layer_count(ops) -> int:
+    """Deployed weighted ops with 8-bit weights (the plan's ``+q8`` layers)."""
+    return sum(op.kind in PARAMETRIC and op.bits <= 8 for op in ops)
+
+
+def _convert(fn, shape, calibration, int8_layers: int, progress) -> tuple[dict, str | None]:
+    """The float32, int8 and (with ``int8_layers``) mixed files of ``fn``; the reason a mixed
+    file could not be made, or ``None``."""
+    if progress is not None:
+        kinds = ["float32"] + (["int8"] if calibration is not None else [])
+        kinds += ["mixed"] if calibration is not None and int8_layers else []
+        progress(f"converting to TFLite ({', '.join(kinds)})")
+    files = {"float32": function_to_tflite(fn, shape)}
+    if calibration is None:
+        return files, None
+    files["int8"] = function_to_tflite(fn, shape, calibration)
+    if not int8_layers:
+        return files, None
+    try:
+        files["mixed"] = mixed_tflite(fn, shape, calibration, int8_layers)
+    except MixedPrecisionError as err:  # the other files still export and verify
+        log.warning("no model_mixed.tflite: %s", err)
+        return files, str(err)
+    return files, None
+
+
+def _write_files(out_dir: Path, files: dict, report: dict, mixed_error: str | None) -> None:
+    if mixed_error is not None:
+        report["mixed"] = {"error": mixed_error}
+    for kind, content in files.items():
+        atomic_write_bytes(out_dir / FILE_NAMES[kind], content)
+    atomic_write_json(out_dir / "verify.json", report)
+
+
+def _calibration(data, examples: int) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    return data.x_train[rng.permutation(len(data.x_train))[:examples]]
+
+
 def export_function(
     fn: Callable,
     reference: np.ndarray,
@@ -75,28 +130,22 @@ def export_function(
     calibration_examples: int = 200,
     progress: Callable[[str], None] | None = None,
     metrics: dict | None = None,
+    int8_layers: int = 0,
 ) -> dict:
-    """Convert any model function ``fn(x) -> logits`` (a user's compressed model) to float32
-    and int8 TFLite files in ``out_dir``, verified in the LiteRT interpreter on the test split
-    against its JAX test logits ``reference``; writes and returns ``verify.json`` (with the
-    run's ``metrics``, the table's int8 prediction beside the int8 file's host latency)."""
+    """Convert any model function ``fn(x) -> logits`` (a user's compressed model) to float32,
+    int8 and (with ``int8_layers`` layers of 8-bit weights) mixed TFLite files in ``out_dir``,
+    verified in the LiteRT interpreter on the test split against its JAX test logits
+    ``reference``; writes and returns ``verify.json`` (with the run's ``metrics``, the table's
+    latencies beside the files' host latencies)."""
     shape = data.x_test.shape[1:]
-    if progress is not None:
-        progress("converting to TFLite (float32" + (" and int8)" if int8 else ")"))
-    files = {"float32": function_to_tflite(fn, shape)}
-    if int8:
-        rng = np.random.default_rng(0)
-        calibration = data.x_train[rng.permutation(len(data.x_train))[:calibration_examples]]
-        files["int8"] = function_to_tflite(fn, shape, calibration)
-    for kind, content in files.items():
-        atomic_write_bytes(out_dir / ("model.tflite" if kind == "float32" else "model_int8.tflite"),
-                           content)  # fmt: skip
+    calibration = _calibration(data, calibration_examples) if int8 else None
+    files, mixed_error = _convert(fn, shape, calibration, int8_layers, progress)
     n = len(reference)
     report = verify_logits(reference, files, data.x_test[:n], data.y_test[:n], num_threads,
                            progress)  # fmt: skip
-    if metrics is not None and "int8" in report:
-        report["int8"]["table_latency_ms"] = table_int8_latency(metrics)
-    atomic_write_json(out_dir / "verify.json", report)
+    if metrics is not None:
+        add_table_latencies(report, metrics)
+    _write_files(out_dir, files, report, mixed_error)
     return report
 
 
@@ -119,8 +168,9 @@ def export_custom_run(
     x_test = data.x_test[:max_test_examples] if max_test_examples else data.x_test
     reference = restored.logits(x_test)
     fn = restored.compressed.export_fn(restored.params)
+    n8 = int8_layer_count(op for ops in restored.compressed.ops.values() for op in ops)
     report = export_function(fn, reference, data, run_dir / "export", True, num_threads,
-                             calibration_examples, progress, restored.metrics)  # fmt: skip
+                             calibration_examples, progress, restored.metrics, n8)  # fmt: skip
     write_model_card(run_dir, restored.plan, restored.metrics, report, restored.record)
     return report
 
@@ -139,23 +189,19 @@ def export_run(
     metrics = json.loads(run_paths(run_dir)["metrics"].read_text())
     data = load_dataset(recorded_data(record))
     input_shape = tuple(data.x_train.shape[1:])
-    rng = np.random.default_rng(0)
-    calibration = data.x_train[rng.permutation(len(data.x_train))[:calibration_examples]]
-    if progress is not None:
-        progress("converting to TFLite (float32 and int8)")
-    files = {
-        "float32": to_tflite(ops, params, input_shape),
-        "int8": to_tflite(ops, params, input_shape, calibration),
-    }
+    baked_ops, baked = bake_quantized(ops, params)
+    net = SequentialNet(baked_ops)
+    files, mixed_error = _convert(
+        lambda x: net.apply({"params": baked}, x), input_shape,
+        _calibration(data, calibration_examples), int8_layer_count(ops), progress,
+    )  # fmt: skip
     x_test, y_test = data.x_test, data.y_test
     if max_test_examples is not None:
         x_test, y_test = x_test[:max_test_examples], y_test[:max_test_examples]
     report = verify(ops, params, files, x_test, y_test, num_threads, progress)
-    report["int8"]["table_latency_ms"] = table_int8_latency(metrics)
+    add_table_latencies(report, metrics)
     out = run_dir / "export"
-    atomic_write_bytes(out / "model.tflite", files["float32"])
-    atomic_write_bytes(out / "model_int8.tflite", files["int8"])
-    atomic_write_json(out / "verify.json", report)
+    _write_files(out, files, report, mixed_error)
     atomic_write_text(out / "MODEL_CARD.md", model_card(run_dir, plan, metrics, report, record))
     return report
 
@@ -168,7 +214,9 @@ __all__ = [
     "export_function",
     "export_run",
     "function_to_tflite",
+    "int8_layer_count",
     "load_compressed",
+    "mixed_tflite",
     "model_card",
     "time_calls",
     "to_tflite",

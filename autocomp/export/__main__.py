@@ -60,17 +60,35 @@ def main(argv: list[str] | None = None) -> int:
         print(f"autocomp.export: {err}", file=sys.stderr)  # noqa: T201 (CLI output)
         return 2
     out = Path(args["run"]) / "export"
-    f, q = report["float32"], report["int8"]
-    print(  # noqa: T201 (CLI output)
+    f = report["float32"]
+    lines = [
         f"float32: {f['bytes']:,} bytes, test accuracy {100 * f['test_accuracy']:.2f}%, "
         f"top-1 agreement with JAX {100 * f['top1_agreement']:.2f}%, "
-        f"max |dlogit| {f['max_abs_logit_diff']:.2e}, {f['latency_ms']['median']:.4f} ms\n"
-        f"int8:    {q['bytes']:,} bytes, test accuracy {100 * q['test_accuracy']:.2f}%, "
-        f"top-1 agreement with JAX {100 * q['top1_agreement']:.2f}%, "
-        f"{q['latency_ms']['median']:.4f} ms\n"
-        f"checks: {report['checks']} -> {'PASSED' if report['passed'] else 'FAILED'}\n"
-        f"wrote {out}/{{model.tflite, model_int8.tflite, verify.json, MODEL_CARD.md}}"
-    )
+        f"max |dlogit| {f['max_abs_logit_diff']:.2e}, {f['latency_ms']['median']:.4f} ms"
+    ]
+    files = ["model.tflite", "model_int8.tflite"]
+    for kind in ("int8", "mixed"):
+        q = report.get(kind, {})
+        if "bytes" in q:
+            lines.append(
+                f"{kind + ':':8} {q['bytes']:,} bytes, test accuracy "
+                f"{100 * q['test_accuracy']:.2f}%, top-1 agreement with JAX "
+                f"{100 * q['top1_agreement']:.2f}%, {q['latency_ms']['median']:.4f} ms"
+            )
+        if kind == "mixed" and ("bytes" in q or "error" in q):
+            files.append("model_mixed.tflite")
+            table = q.get("table_latency_ms") or {}
+            if "error" in q:
+                lines.append(f"mixed:   not written: {q['error']}")
+            elif table.get("predicted_ms") is not None:
+                lines.append(f"         the plan as priced on {table['table']}: "
+                             f"{table['predicted_ms']:.4f} ms")  # fmt: skip
+    files = [f for f in files if (out / f).is_file()]
+    print(  # noqa: T201 (CLI output)
+        "\n".join(lines) + f"\nchecks: {report['checks']} -> "
+        f"{'PASSED' if report['passed'] else 'FAILED'}\n"
+        f"wrote {out}/{{{', '.join([*files, 'verify.json', 'MODEL_CARD.md'])}}}"
+    )  # fmt: skip
     return 0 if report["passed"] else 1
 
 

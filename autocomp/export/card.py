@@ -65,20 +65,28 @@ def write_model_card(run_dir: Path, plan: Plan, metrics: dict, report: dict, rec
 
 
 def _file_rows(report: dict, comp: dict) -> list[str]:
-    """The files table's rows and the table's int8 prediction."""
+    """The files table's rows and the table's predictions."""
     lines = []
-    for kind, name in (("float32", "model.tflite"), ("int8", "model_int8.tflite")):
-        if kind in report:
-            r = report[kind]
+    names = (("float32", "model.tflite"), ("int8", "model_int8.tflite"),
+             ("mixed", "model_mixed.tflite"))  # fmt: skip
+    for kind, name in names:
+        r = report.get(kind, {})
+        if "bytes" in r:
             lines.append(
                 f"| `{name}` | {r['bytes']:,} | {r['latency_ms']['median']:.4f} | "
                 f"{100 * r['test_accuracy']:.2f}% |"
             )
+    lines.append("")
     predicted = report.get("int8", {}).get("table_latency_ms") or {}
     if predicted.get("predicted_ms") is not None:
-        lines += ["", f"The device table `{predicted['table']}` predicts "
-                  f"{predicted['predicted_ms']:.4f} ms for `model_int8.tflite` on its device "
-                  f"({comp['latency_ms']:.4f} ms float32); see its int8 column."]  # fmt: skip
+        lines.append(f"The device table `{predicted['table']}` predicts "
+                     f"{predicted['predicted_ms']:.4f} ms for `model_int8.tflite` on its device "
+                     "(its int8 column).")  # fmt: skip
+    mixed = (report.get("mixed", {}).get("table_latency_ms") or {}).get("predicted_ms")
+    where = "`model.tflite`" if mixed is None else "`model_mixed.tflite` (its `+q8` layers int8)"
+    lines.append(f"The plan as searched, {where}: {comp['latency_ms']:.4f} ms on the table.")
+    if "error" in report.get("mixed", {}):
+        lines.append(f"No mixed-precision file: {report['mixed']['error']}.")
     return lines
 
 

@@ -1,6 +1,6 @@
 """TFLite conversion and the LiteRT interpreter: a model (the built-in op tuples or any JAX
-function) as a batch-1 flatbuffer, float32 or full-integer int8 (:func:`to_tflite`,
-:func:`function_to_tflite`), run and timed on this host (:class:`TfliteModel`,
+function) as a batch-1 flatbuffer, float32, full-integer int8 or mixed (:func:`to_tflite`,
+:func:`function_to_tflite`, :func:`mixed_tflite`), run and timed on this host (:class:`TfliteModel`,
 :func:`time_calls`). TensorFlow and LiteRT are imported inside the functions that need them."""
 
 from __future__ import annotations
@@ -72,11 +72,8 @@ def to_tflite(
     )
 
 
-def function_to_tflite(
-    fn, input_shape: tuple[int, ...], calibration: np.ndarray | None = None
-) -> bytes:
-    """A batch-1 TFLite flatbuffer of a JAX function of a batch of inputs (any model: the
-    built-in op tuples and a user's materialized linen model); int8 with ``calibration``."""
+def _converter(fn, input_shape: tuple[int, ...]):
+    """The TFLite converter of a JAX function of a batch of inputs, at batch 1."""
     import tensorflow as tf
     from jax.experimental import jax2tf
 
@@ -88,19 +85,102 @@ def function_to_tflite(
     )
     with export_lowering():  # grouped/depthwise convs as TFLite's own ops
         concrete = fn.get_concrete_function()
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], fn)
+    return tf.lite.TFLiteConverter.from_concrete_functions([concrete], fn)
+
+
+def _calibrate_on(converter, calibration: np.ndarray) -> None:
+    """Post-training quantization of ``converter``, calibrated on ``calibration`` (one example
+    per call)."""
+    import tensorflow as tf
+
+    def representative() -> Iterator[list[np.ndarray]]:
+        for x in calibration:
+            yield [x[None].astype(np.float32)]
+
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = representative
+
+
+def function_to_tflite(
+    fn, input_shape: tuple[int, ...], calibration: np.ndarray | None = None
+) -> bytes:
+    """A batch-1 TFLite flatbuffer of a JAX function of a batch of inputs (any model: the
+    built-in op tuples and a user's materialized linen model); int8 with ``calibration``."""
+    import tensorflow as tf
+
+    converter = _converter(fn, input_shape)
     if calibration is not None:
-
-        def representative() -> Iterator[list[np.ndarray]]:
-            for x in calibration:
-                yield [x[None].astype(np.float32)]
-
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.representative_dataset = representative
+        _calibrate_on(converter, calibration)
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         converter.inference_input_type = tf.int8
         converter.inference_output_type = tf.int8
     return converter.convert()
+
+
+# TFLite's weighted ops and the axis of their filter that holds the output channels
+WEIGHTED_TFLITE = {"CONV_2D": 0, "DEPTHWISE_CONV_2D": 3, "FULLY_CONNECTED": 0}
+
+
+def on_8bit_grid(kernel: np.ndarray, axis: int) -> bool:
+    """Whether a float kernel holds symmetric per-channel 8-bit values along ``axis``, as
+    :func:`autocomp.models.ops.fake_quant` leaves them (every channel a multiple of its
+    max|w| / 127; a per-channel scale, e.g. a folded batch norm, keeps that). A kernel whose
+    channels have at most one non-zero weight each says nothing and is not counted."""
+    w = np.moveaxis(np.asarray(kernel, np.float64), axis, 0).reshape(kernel.shape[axis], -1)
+    peak = np.abs(w).max(axis=1, keepdims=True)
+    levels = np.divide(w * 127, peak, out=np.zeros_like(w), where=peak > 0)
+    informative = bool((np.count_nonzero(w, axis=1) > 1).any())
+    return informative and bool(np.allclose(levels, np.round(levels), atol=1e-3))
+
+
+class MixedPrecisionError(ValueError):
+    """The converted graph's 8-bit layers are not the plan's (the message says how)."""
+
+
+def mixed_tflite(
+    fn, input_shape: tuple[int, ...], calibration: np.ndarray, int8_layers: int
+) -> bytes:
+    """A batch-1 TFLite flatbuffer in which the plan's layers with 8-bit weights run with int8
+    kernels and every other op in float32, with float input and output: the plan as the search
+    priced it (:mod:`autocomp.devices.costs`).
+
+    The converter calibrates the float graph on ``calibration``; the weighted ops whose float
+    kernels lie on a per-channel 8-bit grid (:func:`on_8bit_grid`: the baked ``+q8`` layers)
+    are quantized and every other op denylisted, so the quantizer puts a QUANTIZE before and a
+    DEQUANTIZE after each int8 island. There must be ``int8_layers`` of them.
+
+    Raises:
+        MixedPrecisionError: the graph does not have ``int8_layers`` weighted ops on the grid.
+    """
+    from ai_edge_litert.interpreter import Interpreter
+
+    # the quantizer with a denylist: TF's own (its public route, the QuantizationDebugger,
+    # calibrates the model a second time to reach the same call)
+    from tensorflow.lite.python.convert import mlir_quantize
+
+    converter = _converter(fn, input_shape)
+    _calibrate_on(converter, calibration)
+    converter._experimental_calibrate_only = True  # float ops with their calibrated ranges
+    calibrated = converter.convert()
+    interpreter = Interpreter(model_content=calibrated)
+    interpreter.allocate_tensors()
+    names = {t["index"]: t["name"] for t in interpreter.get_tensor_details()}
+    deny, found = [], 0
+    for op in interpreter._get_ops_details():
+        if op["op_name"] == "DELEGATE":  # the interpreter's own node, not the model's
+            continue
+        axis = WEIGHTED_TFLITE.get(op["op_name"])
+        if axis is not None and on_8bit_grid(interpreter.get_tensor(op["inputs"][1]), axis):
+            found += 1
+        else:
+            deny += [names[i] for i in op["outputs"]]
+    if found != int8_layers:
+        raise MixedPrecisionError(
+            f"the plan has {int8_layers} layer(s) with 8-bit weights but the converted graph has "
+            f"{found} weighted op(s) with 8-bit kernels; export the float and int8 files "
+            "(model.tflite, model_int8.tflite) and report this graph"
+        )
+    return mlir_quantize(calibrated, denylisted_nodes=deny)
 
 
 class TfliteModel:

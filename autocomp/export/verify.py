@@ -64,21 +64,35 @@ def verify_logits(
     report["tflite_max_abs_logit_diff"] = report["float32"]["max_abs_logit_diff"]
     report["float_test_accuracy"] = float_acc
     checks = {"float_agreement_ok": report["tflite_top1_agreement"] >= FLOAT_AGREEMENT_BAR}
-    if "int8" in report:
-        report["int8_test_accuracy"] = report["int8"]["test_accuracy"]
-        checks["int8_within_1pt_ok"] = (
-            report["int8_test_accuracy"] >= float_acc - INT8_ACCURACY_DROP_BAR
-        )
+    for kind in ("int8", "mixed"):
+        if kind in report:
+            report[f"{kind}_test_accuracy"] = report[kind]["test_accuracy"]
+            checks[f"{kind}_within_1pt_ok"] = (
+                report[kind]["test_accuracy"] >= float_acc - INT8_ACCURACY_DROP_BAR
+            )
     report["checks"] = checks
     report["passed"] = all(checks.values())
     return report
 
 
-def table_int8_latency(metrics: dict) -> dict:
-    """The int8 latency the run's device table predicts for the compressed model, to read next
-    to the host-measured one (``latency_ms``: the host, not the phone)."""
+def add_table_latencies(report: dict, metrics: dict) -> None:
+    """Put the latencies the run's device table predicts beside the files' host-measured ones
+    (``latency_ms``: the host, not the phone): the whole model as ``model_int8.tflite`` runs
+    (``int8``) and the plan as priced, its ``+q8`` layers int8 (``mixed``)."""
     table = metrics.get("device_table") or {}
     name = table.get("name") if isinstance(table, dict) else table
-    predicted = metrics.get("compressed", {}).get("latency_int8_ms")
-    return {"table": name, "predicted_ms": predicted,
-            "note": None if predicted is not None else "this table has no int8 column"}  # fmt: skip
+    comp = metrics.get("compressed", {})
+    if "int8" in report:
+        predicted = comp.get("latency_int8_ms")
+        report["int8"]["table_latency_ms"] = {
+            "table": name, "predicted_ms": predicted,
+            "note": None if predicted is not None else "this table has no int8 column",
+        }  # fmt: skip
+    if "mixed" in report:
+        priced_int8 = comp.get("latency_int8_ms") is not None  # the table has int8 data
+        report["mixed"]["table_latency_ms"] = {
+            "table": name, "predicted_ms": comp.get("latency_ms") if priced_int8 else None,
+            "note": "the plan as the search priced it: its +q8 layers with int8 kernels and "
+            "their QUANTIZE/DEQUANTIZE, the other ops float32" if priced_int8 else "this table "
+            "has no int8 data: the plan was priced as model.tflite runs it",
+        }  # fmt: skip

@@ -73,10 +73,12 @@ class Result:
         return run_dir
 
     def export(self, out_dir: str | Path, data: Dataset, int8: bool = True) -> dict:
-        """``model.tflite`` (float32), ``model_int8.tflite`` and ``verify.json``: both files run
-        in the LiteRT interpreter on the test split against the JAX model."""
-        from autocomp.export import export_function
+        """``model.tflite`` (float32), ``model_int8.tflite``, ``model_mixed.tflite`` (where the
+        plan has ``+q8`` layers) and ``verify.json``: the files run in the LiteRT interpreter on
+        the test split against the JAX model."""
+        from autocomp.export import export_function, int8_layer_count
 
         fn = self.compressed.export_fn(self.params)
+        n8 = int8_layer_count(op for ops in self.compressed.ops.values() for op in ops)
         return export_function(fn, self.logits(data.x_test), data, Path(out_dir), int8,
-                               metrics=self.metrics)  # fmt: skip
+                               metrics=self.metrics, int8_layers=n8)  # fmt: skip

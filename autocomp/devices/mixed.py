@@ -1,0 +1,72 @@
+"""Mixed-precision deployment on a device: the TFLite file a plan's table price stands for
+(:func:`deployed_file`) and the rate of the QUANTIZE/DEQUANTIZE ops around its ``+q8`` layers,
+measured for a table (:func:`conversion_gbs`; priced by
+:func:`autocomp.devices.costs.conversion_ms`)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from autocomp.models.ops import Op, SequentialNet, bake_quantized, param_shapes
+
+CONVERSION_SHAPES = ((8, 8, 32), (16, 16, 32), (32, 32, 16))  # 3x3 convs, 6k-33k elements
+
+
+def _baked_conv(shape, seed: int = 0):
+    """A 3x3 conv keeping ``shape``'s channels, with random 8-bit weights: (fn, ops, params)."""
+    import jax
+
+    rng = np.random.default_rng(seed)
+    ops = (Op("conv", "op", shape[-1], 3, bits=8),)
+    params = jax.tree.map(
+        lambda s: rng.standard_normal(s.shape, np.float32) * 0.1, param_shapes(ops, shape)
+    )
+    ops, params = bake_quantized(ops, params)
+    net = SequentialNet(ops)
+    return (lambda x: net.apply({"params": params}, x)), ops, params
+
+
+def conversion_models() -> list[tuple[int, bytes, bytes]]:
+    """Per shape of :data:`CONVERSION_SHAPES`: the elements converted, a one-conv model with
+    8-bit weights as ``model_mixed.tflite`` runs it (QUANTIZE, int8 CONV_2D, DEQUANTIZE) and
+    the same conv fully int8; their difference times the two conversions."""
+    from autocomp.export import mixed_tflite, to_tflite
+
+    models = []
+    for shape in CONVERSION_SHAPES:
+        fn, ops, params = _baked_conv(shape)
+        calibration = np.random.default_rng(1).random((8, *shape), np.float32)
+        mixed = mixed_tflite(fn, shape, calibration, 1)
+        models.append((2 * int(np.prod(shape)), mixed, to_tflite(ops, params, shape, calibration)))
+    return models
+
+
+def conversion_gbs(measure) -> float:
+    """The QUANTIZE/DEQUANTIZE rate in GB/s at 5 bytes per element, least squares through the
+    origin over :func:`conversion_models`; ``measure(content) -> ms``."""
+    elements, extra = [], []
+    for n, mixed, int8 in conversion_models():
+        elements.append(n)
+        extra.append(max(measure(mixed) - measure(int8), 1e-6))
+    bytes_moved, seconds = 5 * np.array(elements, float), np.array(extra) * 1e-3
+    return float((bytes_moved @ bytes_moved) / (bytes_moved @ seconds) / 1e9)
+
+
+def deployed_file(fn, shape, ops, profile) -> bytes:
+    """The TFLite file a plan's table price stands for: the mixed-precision one where the plan
+    has ``+q8`` layers and the table int8 data (:mod:`autocomp.devices.costs`), else float32.
+    Its calibration inputs are random: latency does not depend on the values."""
+    from autocomp.export import function_to_tflite, int8_layer_count, mixed_tflite
+
+    n8 = int8_layer_count(ops)
+    if n8 and profile.int8_table is not None:
+        calibration = np.random.default_rng(0).random((8, *shape), np.float32)
+        return mixed_tflite(fn, shape, calibration, n8)
+    return function_to_tflite(fn, shape)
+
+
+def deployed_ops_file(ops, params, shape, profile) -> bytes:
+    """:func:`deployed_file` of a built-in op list and its params (k-bit kernels baked)."""
+    baked_ops, baked = bake_quantized(ops, params)
+    net = SequentialNet(baked_ops)
+    return deployed_file(lambda x: net.apply({"params": baked}, x), shape, ops, profile)
