@@ -146,6 +146,7 @@ def test_the_call_overhead_is_added_once_per_model(tmp_path):
             ),
             "energy_mj",
         ),  # fmt: skip
+        (lambda t: t.update(conversion_gbs=0), "conversion_gbs must be a positive number"),
         (lambda t: t.update(schema_version=1), "schema_version is 1, expected 2"),
         (lambda t: t.update(schema_version=7), "schema_version is 7"),
         (lambda t: t.pop("device"), "missing object 'device'"),

@@ -11,12 +11,13 @@ otherwise the table's analytic model (:mod:`autocomp.devices.analytic`): hand-se
 says which (:class:`OpCost.source`); ops that TFLite fuses away are ``free``. Op keys and exact
 counts are :mod:`autocomp.devices.opkeys`.
 
-A layer with 8-bit weights (``<technique>+q8``) is deployed as the mixed-precision export runs
-it (``model_mixed.tflite``, :func:`autocomp.export.tflite.mixed_tflite`): its op with int8
-kernels (the table's int8 view, :func:`int8_latency_ms`), a QUANTIZE of its input and a
-DEQUANTIZE of its output (:func:`conversion_ms`). Between two such layers with nothing in
-between the export keeps int8 and has neither, so the price is an upper bound there. A table
-with no int8 data prices it as the float export runs it (its quantized values as float).
+A conv or dense layer with 8-bit weights (``<technique>+q8``) is deployed as the
+mixed-precision export runs it (``model_mixed.tflite``,
+:func:`autocomp.export.tflite.mixed_tflite`): its op with int8 kernels (the table's int8 view,
+:func:`int8_latency_ms`), a QUANTIZE of its input and a DEQUANTIZE of its output
+(:func:`conversion_ms`). Between two such layers with nothing in between the export keeps int8
+and has neither, so the price is an upper bound there. A table with no int8 data prices it as
+the float export runs it (its quantized values as float).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import numpy as np
 from autocomp.devices.analytic import analytic_kind, analytic_latency_ms
 from autocomp.devices.opkeys import FREE_OPS, op_counts, op_family, op_key, op_size
 from autocomp.devices.tables import DeviceProfile
-from autocomp.models.ops import PARAMETRIC, Op, Shape, out_shape, walk_shapes
+from autocomp.models.ops import WEIGHTED, Op, Shape, out_shape, walk_shapes
 
 SOURCES = (
     "table",
@@ -70,10 +71,10 @@ def _interpolate(profile: DeviceProfile, op: Op, in_shape: Shape) -> float | Non
 def price_op(profile: DeviceProfile, op: Op, in_shape: Shape) -> OpCost:
     """Latency and energy of one op, from the best source the table has (see the module).
 
-    Latency is looked up under the op's float32 key; an op with at most 8-bit weights is
+    Latency is looked up under the op's float32 key; a conv or dense op with 8-bit weights is
     priced with int8 kernels and its two conversions where the table has int8 data (see the
-    module), else as the float op its quantized values run as. Its storage and its weights'
-    DRAM traffic (energy) count ``bits`` per weight.
+    module), else (and at other bit widths) as the float op its quantized values run as. Its
+    storage and its weights' DRAM traffic (energy) count ``bits`` per weight.
     """
     macs, params, storage, weight_read, act_bytes = op_counts(op, in_shape)
     if op.kind in FREE_OPS:
@@ -84,11 +85,13 @@ def price_op(profile: DeviceProfile, op: Op, in_shape: Shape) -> OpCost:
     energy_pj = macs * a["pj_per_mac"] + weight_read * a["pj_per_dram_byte"]
     energy_mj = (energy_pj + act_bytes * a["pj_per_sram_byte"]) * 1e-9
     float_op = replace(op, bits=32)
-    if op.bits <= 8 and op.kind in PARAMETRIC and profile.int8_table is not None:
+    row = profile.rows.get(op_key(float_op, in_shape))
+    if op.bits == 8 and op.kind in WEIGHTED and profile.int8_table is not None:
         int8 = price_op(profile.int8_table, float_op, in_shape)
         convert = conversion_ms(profile, in_shape) + conversion_ms(profile, out_shape(op, in_shape))
+        if row is not None and row.get("energy_mj") is not None:
+            energy_mj = float(row["energy_mj"])
         return OpCost(int8.latency_ms + convert, energy_mj, macs, params, storage, int8.source)
-    row = profile.rows.get(op_key(float_op, in_shape))
     correction = profile.per_op_correction_ms  # see autocomp.devices.plan_timing
     if row is not None:
         energy = row.get("energy_mj")
@@ -115,9 +118,9 @@ def conversion_ms(profile: DeviceProfile, shape: Shape) -> float:
     """A QUANTIZE or DEQUANTIZE op on a tensor of ``shape`` (float32 to int8 or back: 5 bytes
     moved per element, no MACs), without a per-op overhead (XNNPACK, TFLite's default CPU
     delegate, runs it as a node of its delegated graph): at the table's measured
-    ``conversion_gbs`` (host tables profiled with int8 rows,
-    :func:`autocomp.devices.profiling.conversion_models`), else at its bandwidth for
-    elementwise ops (an assumption: the phone sources measure no conversion)."""
+    ``conversion_gbs`` (tables the profiler made with int8 rows,
+    :func:`autocomp.devices.mixed.conversion_gbs`), else at its bandwidth for elementwise ops
+    (an assumption: the published phone sources measure no conversion)."""
     a = profile.analytic
     bandwidth = profile.conversion_gbs
     if bandwidth is None:

@@ -55,7 +55,7 @@ def search_configs(
     def add(ops: Sequence[Op], shape: Sequence[int]) -> None:
         for op, op_shape in zip(ops, walk_shapes(ops, shape, strict=False), strict=False):
             if op.kind not in FREE_OPS and op.kind != "other":
-                op = replace(op, bits=32)  # k-bit layers run as float ops (costs.price_op)
+                op = replace(op, bits=32)  # k-bit layers: the float key (and its int8 row)
                 configs.setdefault(op_key(op, op_shape), (op, tuple(op_shape)))
 
     if graph is None:

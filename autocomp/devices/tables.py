@@ -287,6 +287,9 @@ def validate_table(data: object, path: Path | str) -> None:
         value = data.get(key, 0.0)
         if not isinstance(value, int | float) or value < 0:
             fail(f"{key} must be a non-negative number")
+    rate = data.get("conversion_gbs", 1.0)
+    if not isinstance(rate, int | float) or isinstance(rate, bool) or rate <= 0:
+        fail("conversion_gbs must be a positive number (GB/s); delete it to use the bandwidth")
     _validate_rows(data.get("rows", []), fail)
 
 

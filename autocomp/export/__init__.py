@@ -44,7 +44,7 @@ from autocomp.export.tflite import (
 )
 from autocomp.export.verify import add_table_latencies, verify, verify_logits
 from autocomp.io import atomic_write_bytes, atomic_write_json, atomic_write_text
-from autocomp.models.ops import PARAMETRIC, Op, SequentialNet, bake_quantized
+from autocomp.models.ops import WEIGHTED, Op, SequentialNet, bake_quantized
 from autocomp.search.plan import Plan
 from autocomp.workflow.pipeline import recorded_data, run_paths
 
@@ -82,8 +82,8 @@ FILE_NAMES = {"float32": "model.tflite", "int8": "model_int8.tflite",
 
 
 def int8_layer_count(ops) -> int:
-    """Deployed weighted ops with 8-bit weights (the plan's ``+q8`` layers)."""
-    return sum(op.kind in PARAMETRIC and op.bits <= 8 for op in ops)
+    """Deployed conv and dense ops with 8-bit weights (the plan's ``+q8`` layers)."""
+    return sum(op.kind in WEIGHTED and op.bits == 8 for op in ops)
 
 
 def _convert(fn, shape, calibration, int8_layers: int, progress) -> tuple[dict, str | None]:
@@ -104,15 +104,26 @@ def _convert(fn, shape, calibration, int8_layers: int, progress) -> tuple[dict, 
     except MixedPrecisionError as err:  # the other files still export and verify
         log.warning("no model_mixed.tflite: %s", err)
         return files, str(err)
+    except Exception as err:  # the quantizer's own failures (a private TF entry point)
+        log.warning("no model_mixed.tflite: the quantizer failed: %r", err)
+        return files, f"the quantizer failed: {err!r}"
     return files, None
 
 
-def _write_files(out_dir: Path, files: dict, report: dict, mixed_error: str | None) -> None:
-    if mixed_error is not None:
-        report["mixed"] = {"error": mixed_error}
+def _write_files(out_dir: Path, files: dict) -> None:
+    """The TFLite files, before they are verified (a failed check loses nothing); a
+    ``model_mixed.tflite`` of an earlier export that this one has none of is removed."""
     for kind, content in files.items():
         atomic_write_bytes(out_dir / FILE_NAMES[kind], content)
-    atomic_write_json(out_dir / "verify.json", report)
+    if "mixed" not in files:
+        (out_dir / FILE_NAMES["mixed"]).unlink(missing_ok=True)
+
+
+def _finish_report(report: dict, metrics: dict | None, mixed_error: str | None) -> None:
+    if mixed_error is not None:
+        report["mixed"] = {"error": mixed_error}
+    if metrics is not None:
+        add_table_latencies(report, metrics)
 
 
 def _calibration(data, examples: int) -> np.ndarray:
@@ -140,12 +151,12 @@ def export_function(
     shape = data.x_test.shape[1:]
     calibration = _calibration(data, calibration_examples) if int8 else None
     files, mixed_error = _convert(fn, shape, calibration, int8_layers, progress)
+    _write_files(out_dir, files)
     n = len(reference)
     report = verify_logits(reference, files, data.x_test[:n], data.y_test[:n], num_threads,
                            progress)  # fmt: skip
-    if metrics is not None:
-        add_table_latencies(report, metrics)
-    _write_files(out_dir, files, report, mixed_error)
+    _finish_report(report, metrics, mixed_error)
+    atomic_write_json(out_dir / "verify.json", report)
     return report
 
 
@@ -195,13 +206,14 @@ def export_run(
         lambda x: net.apply({"params": baked}, x), input_shape,
         _calibration(data, calibration_examples), int8_layer_count(ops), progress,
     )  # fmt: skip
+    out = run_dir / "export"
+    _write_files(out, files)
     x_test, y_test = data.x_test, data.y_test
     if max_test_examples is not None:
         x_test, y_test = x_test[:max_test_examples], y_test[:max_test_examples]
     report = verify(ops, params, files, x_test, y_test, num_threads, progress)
-    add_table_latencies(report, metrics)
-    out = run_dir / "export"
-    _write_files(out, files, report, mixed_error)
+    _finish_report(report, metrics, mixed_error)
+    atomic_write_json(out / "verify.json", report)
     atomic_write_text(out / "MODEL_CARD.md", model_card(run_dir, plan, metrics, report, record))
     return report
 

@@ -88,7 +88,7 @@ def add_table_latencies(report: dict, metrics: dict) -> None:
             "table": name, "predicted_ms": predicted,
             "note": None if predicted is not None else "this table has no int8 column",
         }  # fmt: skip
-    if "mixed" in report:
+    if "mixed" in report:  # a file, or the reason there is none
         priced_int8 = comp.get("latency_int8_ms") is not None  # the table has int8 data
         report["mixed"]["table_latency_ms"] = {
             "table": name, "predicted_ms": comp.get("latency_ms") if priced_int8 else None,

@@ -11,7 +11,9 @@ straight-through gradient); the export converts the quantized values.
 Params and MACs are the inner technique's; storage is ``bits`` per non-zero weight plus one
 float32 scale per output channel (``autocomp.devices.opkeys.op_counts``); no intermediate feature
 map.
-The device table prices the op under its integer dtype (``|int8`` in the key).
+The device table prices an 8-bit conv or dense op as ``model_mixed.tflite`` runs it: its float
+key's int8 latency and the QUANTIZE/DEQUANTIZE around it (:func:`autocomp.devices.costs.price_op`);
+other bit widths as the float op.
 """
 
 from __future__ import annotations
