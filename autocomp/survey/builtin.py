@@ -77,12 +77,15 @@ def uniform_plan(p: Prepared, technique: str, ratio: float) -> Plan | None:
     return Plan(p.config.model.name, tuple(choices)) if applied else None
 
 
-def _measure(ops, params, input_shape, example, enabled: bool) -> float | None:
+def _measure(ops, params, input_shape, example, enabled: bool, profile) -> float | None:
+    """The host latency of the file the row's table latency stands for (mixed where ``+q8``
+    layers are priced as int8, :func:`autocomp.devices.mixed.deployed_ops_file`)."""
     if not enabled:
         return None
-    from autocomp.export import TfliteModel, to_tflite
+    from autocomp.devices.mixed import deployed_ops_file
+    from autocomp.export import TfliteModel
 
-    model = TfliteModel(to_tflite(ops, params, tuple(input_shape)))
+    model = TfliteModel(deployed_ops_file(ops, params, tuple(input_shape), profile))
     return float(model.latency_ms(example)["median"])
 
 
@@ -104,7 +107,7 @@ def _row(p, name, ratio, plan, ops, params, seconds, measure) -> SurveyRow:
         macs=int(cost.macs),
         latency_ms=float(cost.latency_ms),
         energy_mj=float(cost.energy_mj),
-        measured_ms=_measure(ops, params, input_shape, p.data.x_test[0], measure),
+        measured_ms=_measure(ops, params, input_shape, p.data.x_test[0], measure, p.profile),
         finetune_s=seconds,
     )
 

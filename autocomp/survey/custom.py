@@ -119,16 +119,19 @@ class CustomSubject:
             macs=int(cost["macs"]),
             latency_ms=float(cost["latency_ms"]),
             energy_mj=float(cost["energy_mj"]),
-            measured_ms=self._measured(fn, x[0]),
+            measured_ms=self._measured(fn, x[0], [op for o in cmp.ops.values() for op in o]),
             finetune_s=seconds,
         )
 
-    def _measured(self, fn, example) -> float | None:
+    def _measured(self, fn, example, ops) -> float | None:
+        """The host latency of the file the row's table latency stands for (mixed where
+        ``+q8`` layers are priced as int8, :func:`autocomp.devices.mixed.deployed_file`)."""
         if not self.measure:
             return None
-        from autocomp.export import TfliteModel, function_to_tflite
+        from autocomp.devices.mixed import deployed_file
+        from autocomp.export import TfliteModel
 
-        lite = TfliteModel(function_to_tflite(fn, example.shape))
+        lite = TfliteModel(deployed_file(fn, example.shape, ops, self.profile))
         return float(lite.latency_ms(example)["median"])
 
 
