@@ -799,3 +799,29 @@ def test_plan_evaluation_of_a_user_model_compiles_once():
         out = env.evaluate_plans(jnp.asarray(plans, jnp.int32), params)
         jax.block_until_ready(out["reward"])
     assert len(traces) == 1
+
+
+@pytest.mark.slow  # a search and three conversions of a ResNet-20, about 1 min: `make test-slow`
+def test_q8_layers_of_a_batch_normed_residual_model_run_int8_in_the_mixed_file(tmp_path):
+    """Through the linen front end, a ResNet-20 with batch norm (folded by the converter into
+    the kernels, a per-channel scale) and residual adds: every ``+q8`` layer of the plan is
+    found on its 8-bit grid and runs int8 in ``model_mixed.tflite``."""
+    import autocomp
+    from autocomp.data import load_dataset
+    from autocomp.export.tflite import tflite_op_names
+    from autocomp.models.zoo import ResNet20
+    from autocomp.run import compose
+
+    data = load_dataset(compose(["experiment=digits"]).data)
+    model = ResNet20(num_classes=10)
+    variables = model.init(jax.random.key(0), data.x_train[:1], train=False)
+    overrides = ["agent.episodes=32", "finetune.epochs=0", "reward.max_latency_frac=0.7",
+                 "env.techniques=[keep,keep+q8,filter+q8]", "logger=none"]  # fmt: skip
+    result = autocomp.compress(model, variables, data, overrides, apply_kwargs={"train": False})
+    q8 = sum(c.technique.endswith("+q8") for c in result.plan.layers)
+    assert q8 > 0
+    report = result.export(tmp_path, data, int8=True)
+    assert "error" not in report["mixed"] and report["checks"]["mixed_within_1pt_ok"]
+    assert report["mixed"]["top1_agreement"] > 0.9
+    names = tflite_op_names((tmp_path / "model_mixed.tflite").read_bytes())
+    assert "QUANTIZE" in names and "DEQUANTIZE" in names
