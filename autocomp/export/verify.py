@@ -75,6 +75,16 @@ def verify_logits(
     return report
 
 
+def summary(run_dir, report: dict) -> str:
+    """One log line on an export: where, the float file's agreement, each file's test
+    accuracy and the checks."""
+    accuracies = ", ".join(f"{kind} {report[kind]['test_accuracy']:.4f}"
+                           for kind in ("float32", "int8", "mixed")
+                           if "test_accuracy" in report.get(kind, {}))  # fmt: skip
+    return (f"exported {run_dir}/export: float32 agreement {report['tflite_top1_agreement']:.4f}, "
+            f"test accuracy {accuracies}, checks {report['checks']}")  # fmt: skip
+
+
 def add_table_latencies(report: dict, metrics: dict) -> None:
     """Put the latencies the run's device table predicts beside the files' host-measured ones
     (``latency_ms``: the host, not the phone): the whole model as ``model_int8.tflite`` runs

@@ -16,6 +16,7 @@ from agents import AGENTS
 from autocomp.config import ConfigError, RootConfig
 from autocomp.devices.costs import format_shares
 from autocomp.export import export_run
+from autocomp.export.verify import summary
 from autocomp.search.joint import joint_settings
 from autocomp.search.loop import config_fingerprint, run_search
 from autocomp.search.reward import budgets_record
@@ -124,14 +125,7 @@ def finish(p, s: Searched, run_dir, resolved, tracker, show_progress, overrides,
     _track(tracker, p, sel, comp, base, compressed, paths["pareto"])
     print_report(metrics, comp.plan, p.profile.name)
     if config.export:
-        report = export_run(run_dir, progress=log.info)
-        log.info(
-            "exported %s/export: float32 agreement %.4f, int8 test accuracy %.4f, checks %s",
-            run_dir,
-            report["tflite_top1_agreement"],
-            report["int8_test_accuracy"],
-            report["checks"],
-        )
+        log.info(summary(run_dir, export_run(run_dir, progress=log.info)))
     return metrics
 
 

@@ -22,6 +22,7 @@ from autocomp.config import RootConfig
 from autocomp.data import Dataset, load_dataset
 from autocomp.devices.costs import format_shares
 from autocomp.export import write_model_card
+from autocomp.export.verify import summary
 from autocomp.io import atomic_write_json, git_sha
 from autocomp.models.materialized import Compressed, leaf_names
 from autocomp.run.compose import compose
@@ -363,6 +364,7 @@ def save_run(result: Result, config: RootConfig, run_dir: Path, saved: Saved,
               m["base"], m["compressed"])  # fmt: skip
     if config.export:
         result.metrics["export"] = result.export(run_dir / "export", data)
+        log.info(summary(run_dir, result.metrics["export"]))
         atomic_write_json(run_dir / "metrics.json", result.metrics)
         write_model_card(run_dir, result.plan, result.metrics, result.metrics["export"], record)
     print_report(result.metrics, result.plan, result.metrics["device_table"]["name"])
