@@ -9,15 +9,15 @@ import logging
 
 import numpy as np
 
-from autocomp.models.ops import Op, SequentialNet, bake_quantized, param_shapes
+from autocomp.models.ops import Op, param_shapes
 
 log = logging.getLogger(__name__)
 
 CONVERSION_SHAPES = ((8, 8, 32), (16, 16, 32), (32, 32, 16))  # 3x3 convs, 6k-33k elements
 
 
-def _baked_conv(shape, seed: int = 0):
-    """A 3x3 conv keeping ``shape``'s channels, with random 8-bit weights: (fn, ops, params)."""
+def _q8_conv(shape, seed: int = 0):
+    """A 3x3 conv keeping ``shape``'s channels, with 8-bit weights: (ops, random params)."""
     import jax
 
     rng = np.random.default_rng(seed)
@@ -25,22 +25,20 @@ def _baked_conv(shape, seed: int = 0):
     params = jax.tree.map(
         lambda s: rng.standard_normal(s.shape, np.float32) * 0.1, param_shapes(ops, shape)
     )
-    ops, params = bake_quantized(ops, params)
-    net = SequentialNet(ops)
-    return (lambda x: net.apply({"params": params}, x)), ops, params
+    return ops, params
 
 
 def conversion_models() -> list[tuple[int, bytes, bytes]]:
     """Per shape of :data:`CONVERSION_SHAPES`: the elements converted, a one-conv model with
     8-bit weights as ``model_mixed.tflite`` runs it (QUANTIZE, int8 CONV_2D, DEQUANTIZE) and
     the same conv fully int8; their difference times the two conversions."""
-    from autocomp.export import mixed_tflite, to_tflite
+    from autocomp.export import baked_fn, mixed_tflite, to_tflite
 
     models = []
     for shape in CONVERSION_SHAPES:
-        fn, ops, params = _baked_conv(shape)
+        ops, params = _q8_conv(shape)
         calibration = np.random.default_rng(1).random((8, *shape), np.float32)
-        mixed = mixed_tflite(fn, shape, calibration, 1)
+        mixed = mixed_tflite(baked_fn(ops, params), shape, calibration, 1)
         models.append((2 * int(np.prod(shape)), mixed, to_tflite(ops, params, shape, calibration)))
     return models
 
@@ -82,6 +80,6 @@ def deployed_file(fn, shape, ops, profile) -> bytes:
 
 def deployed_ops_file(ops, params, shape, profile) -> bytes:
     """:func:`deployed_file` of a built-in op list and its params (k-bit kernels baked)."""
-    baked_ops, baked = bake_quantized(ops, params)
-    net = SequentialNet(baked_ops)
-    return deployed_file(lambda x: net.apply({"params": baked}, x), shape, ops, profile)
+    from autocomp.export import baked_fn
+
+    return deployed_file(baked_fn(ops, params), shape, ops, profile)

@@ -87,8 +87,8 @@ def time_plans(
 
         def deployed(plan, indices):
             cmp = compressed_model(net, aux, techniques, plan)
-            ops = [op for layer_ops in cmp.ops.values() for op in layer_ops]
-            content = mixed.deployed_file(cmp.export_fn(cmp.params), shape, ops, profile)
+            content = mixed.deployed_file(cmp.export_fn(cmp.params), shape, cmp.deployed_ops,
+                                          profile)  # fmt: skip
             return content, float(plan_cost(space, indices)[0]), None
     else:
         ops = base_ops(config.model)

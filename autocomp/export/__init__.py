@@ -34,9 +34,11 @@ from flax import serialization
 from autocomp.data import load_dataset
 from autocomp.export.card import model_card, write_model_card
 from autocomp.export.tflite import (
+    FILE_NAMES,
     MixedPrecisionError,
     TfliteModel,
     Timing,
+    baked_fn,
     function_to_tflite,
     mixed_tflite,
     time_calls,
@@ -44,7 +46,7 @@ from autocomp.export.tflite import (
 )
 from autocomp.export.verify import add_table_latencies, verify, verify_logits
 from autocomp.io import atomic_write_bytes, atomic_write_json, atomic_write_text
-from autocomp.models.ops import WEIGHTED, Op, SequentialNet, bake_quantized
+from autocomp.models.ops import WEIGHTED, Op
 from autocomp.search.plan import Plan
 from autocomp.workflow.pipeline import recorded_data, run_paths
 
@@ -75,10 +77,6 @@ def load_compressed(run_dir: Path) -> tuple[tuple[Op, ...], dict, dict]:
             f"{str(paths['params'])!r} or run.json is corrupt ({err}); re-run the training"
         ) from err
     return ops, params, record
-
-
-FILE_NAMES = {"float32": "model.tflite", "int8": "model_int8.tflite",
-              "mixed": "model_mixed.tflite"}  # fmt: skip
 
 
 def int8_layer_count(ops) -> int:
@@ -179,7 +177,7 @@ def export_custom_run(
     x_test = data.x_test[:max_test_examples] if max_test_examples else data.x_test
     reference = restored.logits(x_test)
     fn = restored.compressed.export_fn(restored.params)
-    n8 = int8_layer_count(op for ops in restored.compressed.ops.values() for op in ops)
+    n8 = int8_layer_count(restored.compressed.deployed_ops)
     report = export_function(fn, reference, data, run_dir / "export", True, num_threads,
                              calibration_examples, progress, restored.metrics, n8)  # fmt: skip
     write_model_card(run_dir, restored.plan, restored.metrics, report, restored.record)
@@ -200,11 +198,9 @@ def export_run(
     metrics = json.loads(run_paths(run_dir)["metrics"].read_text())
     data = load_dataset(recorded_data(record))
     input_shape = tuple(data.x_train.shape[1:])
-    baked_ops, baked = bake_quantized(ops, params)
-    net = SequentialNet(baked_ops)
     files, mixed_error = _convert(
-        lambda x: net.apply({"params": baked}, x), input_shape,
-        _calibration(data, calibration_examples), int8_layer_count(ops), progress,
+        baked_fn(ops, params), input_shape, _calibration(data, calibration_examples),
+        int8_layer_count(ops), progress,
     )  # fmt: skip
     out = run_dir / "export"
     _write_files(out, files)
@@ -219,9 +215,11 @@ def export_run(
 
 
 __all__ = [
+    "FILE_NAMES",
     "ExportError",
     "TfliteModel",
     "Timing",
+    "baked_fn",
     "export_custom_run",
     "export_function",
     "export_run",

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from autocomp.data import DataError
-from autocomp.export import ExportError, export_custom_run, export_run
+from autocomp.export import FILE_NAMES, ExportError, export_custom_run, export_run
 from autocomp.models.discovery import ModelError
 from autocomp.search.plan import PlanError
 from autocomp.workflow.pipeline import run_paths
@@ -66,7 +66,6 @@ def main(argv: list[str] | None = None) -> int:
         f"top-1 agreement with JAX {100 * f['top1_agreement']:.2f}%, "
         f"max |dlogit| {f['max_abs_logit_diff']:.2e}, {f['latency_ms']['median']:.4f} ms"
     ]
-    files = ["model.tflite", "model_int8.tflite"]
     for kind in ("int8", "mixed"):
         q = report.get(kind, {})
         if "bytes" in q:
@@ -76,14 +75,13 @@ def main(argv: list[str] | None = None) -> int:
                 f"{100 * q['top1_agreement']:.2f}%, {q['latency_ms']['median']:.4f} ms"
             )
         if kind == "mixed" and ("bytes" in q or "error" in q):
-            files.append("model_mixed.tflite")
             table = q.get("table_latency_ms") or {}
             if "error" in q:
                 lines.append(f"mixed:   not written: {q['error']}")
             elif table.get("predicted_ms") is not None:
                 lines.append(f"         the plan as priced on {table['table']}: "
                              f"{table['predicted_ms']:.4f} ms")  # fmt: skip
-    files = [f for f in files if (out / f).is_file()]
+    files = [name for name in FILE_NAMES.values() if (out / name).is_file()]
     print(  # noqa: T201 (CLI output)
         "\n".join(lines) + f"\nchecks: {report['checks']} -> "
         f"{'PASSED' if report['passed'] else 'FAILED'}\n"

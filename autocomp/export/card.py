@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from autocomp.export.tflite import FILE_NAMES
 from autocomp.io import atomic_write_text
 from autocomp.search.plan import Plan
 
@@ -67,9 +68,7 @@ def write_model_card(run_dir: Path, plan: Plan, metrics: dict, report: dict, rec
 def _file_rows(report: dict, comp: dict) -> list[str]:
     """The files table's rows and the table's predictions."""
     lines = []
-    names = (("float32", "model.tflite"), ("int8", "model_int8.tflite"),
-             ("mixed", "model_mixed.tflite"))  # fmt: skip
-    for kind, name in names:
+    for kind, name in FILE_NAMES.items():
         r = report.get(kind, {})
         if "bytes" in r:
             lines.append(

@@ -54,6 +54,19 @@ def time_calls(
     return Timing(median, float(q3 - q1) / 2, rounds * inner, float(p10), float(p90))
 
 
+# the files of an export, by kind
+FILE_NAMES = {"float32": "model.tflite", "int8": "model_int8.tflite",
+              "mixed": "model_mixed.tflite"}  # fmt: skip
+
+
+def baked_fn(ops: tuple[Op, ...], params: dict):
+    """The op-list model as a function of a batch of inputs, k-bit kernels baked to their
+    quantized values (:func:`autocomp.models.ops.bake_quantized`), for a converter."""
+    ops, params = bake_quantized(ops, params)
+    model = SequentialNet(ops)
+    return lambda x: model.apply({"params": params}, x)
+
+
 def to_tflite(
     ops: tuple[Op, ...],
     params: dict,
@@ -65,11 +78,7 @@ def to_tflite(
     Layers with k-bit weights are converted with their quantized values (the float file holds
     them exactly; the int8 file quantizes them again with the converter's own scheme).
     """
-    ops, params = bake_quantized(ops, params)
-    model = SequentialNet(ops)
-    return function_to_tflite(
-        lambda x: model.apply({"params": params}, x), input_shape, calibration
-    )
+    return function_to_tflite(baked_fn(ops, params), input_shape, calibration)
 
 
 def _converter(fn, input_shape: tuple[int, ...]):

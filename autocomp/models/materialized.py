@@ -131,6 +131,11 @@ class Compressed:
     masks: dict
     ops: dict
 
+    @property
+    def deployed_ops(self) -> tuple:
+        """Every layer's deployed ops, in layer order."""
+        return tuple(op for layer_ops in self.ops.values() for op in layer_ops)
+
 
 def keep_masks(params, masks: dict):
     """``params`` with every masked kernel multiplied by its mask (found by the layer path,

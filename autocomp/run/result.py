@@ -79,6 +79,6 @@ class Result:
         from autocomp.export import export_function, int8_layer_count
 
         fn = self.compressed.export_fn(self.params)
-        n8 = int8_layer_count(op for ops in self.compressed.ops.values() for op in ops)
+        n8 = int8_layer_count(self.compressed.deployed_ops)
         return export_function(fn, self.logits(data.x_test), data, Path(out_dir), int8,
                                metrics=self.metrics, int8_layers=n8)  # fmt: skip

@@ -119,7 +119,7 @@ class CustomSubject:
             macs=int(cost["macs"]),
             latency_ms=float(cost["latency_ms"]),
             energy_mj=float(cost["energy_mj"]),
-            measured_ms=self._measured(fn, x[0], [op for o in cmp.ops.values() for op in o]),
+            measured_ms=self._measured(fn, x[0], cmp.deployed_ops),
             finetune_s=seconds,
         )
 
