@@ -163,6 +163,12 @@ def test_export_finds_relative_data_paths_from_another_directory(tmp_path, monke
     assert (run / "export" / "model_mixed.tflite").is_file()
     assert report["checks"]["mixed_within_1pt_ok"]
     assert report["mixed"]["table_latency_ms"]["predicted_ms"] == 1.0
+    # the run's log line: the int8 file's latency here beside the table's int8 prediction
+    from autocomp.export.verify import summary
+
+    line = summary(run, report)
+    here = report["int8"]["latency_ms"]["median"]
+    assert f"int8 latency {here:.4f} ms here, 0.5000 ms on t" in line
     card = (run / "export" / "MODEL_CARD.md").read_text()
     assert "| c1 | keep | 0 | 3x3x1x4 |" in card and "`model_mixed.tflite`" in card
 

@@ -74,6 +74,10 @@ def main(argv: list[str] | None = None) -> int:
                 f"{100 * q['test_accuracy']:.2f}%, top-1 agreement with JAX "
                 f"{100 * q['top1_agreement']:.2f}%, {q['latency_ms']['median']:.4f} ms"
             )
+        predicted = (q.get("table_latency_ms") or {}).get("predicted_ms")
+        if kind == "int8" and "bytes" in q and predicted is not None:
+            lines.append(f"         on {q['table_latency_ms']['table']} (its int8 column): "
+                         f"{predicted:.4f} ms")  # fmt: skip
         if kind == "mixed" and ("bytes" in q or "error" in q):
             table = q.get("table_latency_ms") or {}
             if "error" in q:

@@ -77,12 +77,19 @@ def verify_logits(
 
 def summary(run_dir, report: dict) -> str:
     """One log line on an export: where, the float file's agreement, each file's test
-    accuracy and the checks."""
+    accuracy, the int8 file's latency measured here beside the device table's prediction, and
+    the checks."""
     accuracies = ", ".join(f"{kind} {report[kind]['test_accuracy']:.4f}"
                            for kind in ("float32", "int8", "mixed")
                            if "test_accuracy" in report.get(kind, {}))  # fmt: skip
+    int8 = report.get("int8", {})
+    predicted = (int8.get("table_latency_ms") or {}).get("predicted_ms")
+    latency = ""
+    if "latency_ms" in int8 and predicted is not None:  # host-measured beside the table's
+        latency = (f", int8 latency {int8['latency_ms']['median']:.4f} ms here, "
+                   f"{predicted:.4f} ms on {int8['table_latency_ms']['table']}")  # fmt: skip
     return (f"exported {run_dir}/export: float32 agreement {report['tflite_top1_agreement']:.4f}, "
-            f"test accuracy {accuracies}, checks {report['checks']}")  # fmt: skip
+            f"test accuracy {accuracies}{latency}, checks {report['checks']}")  # fmt: skip
 
 
 def add_table_latencies(report: dict, metrics: dict) -> None:
