@@ -255,6 +255,18 @@ def test_racing_finishes_the_best_quarter_of_a_batch_on_the_whole_split(raced):
     )
 
 
+def test_split_half_accuracies_average_to_the_whole_split(raced):
+    """``bench search``'s ceiling figure: each plan's accuracy on either half of the split."""
+    from autocomp.search.benchmarks import split_half_accuracy
+
+    race, params, plans, s = raced
+    first, second = split_half_accuracy(race, params, np.asarray(plans))
+    n, half = params.x_val.shape[0], params.x_val.shape[0] // 2
+    np.testing.assert_allclose((half * first + (n - half) * second) / n, s["whole"]["accuracy"],
+                               atol=1e-5)  # fmt: skip
+    assert not np.allclose(first, second)  # two different halves
+
+
 def test_selection_after_racing_rescores_until_the_chosen_plan_is_exact(prepared, raced):
     from autocomp.search.pareto import pareto_front
     from autocomp.workflow.pipeline import select_plans

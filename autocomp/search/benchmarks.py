@@ -135,6 +135,7 @@ def race_figures(env, params, scored: list[dict]) -> dict[str, float]:
         for r, e in zip(scored, exact, strict=True)
     ]
     n = len(raced)
+    halves = split_half_accuracy(env, params, np.concatenate([out["plan"] for out in scored]))
     return {
         "race_examples": env.race_examples,
         "race_keep": env.race_keep,
@@ -142,7 +143,25 @@ def race_figures(env, params, scored: list[dict]) -> dict[str, float]:
         "race_spearman_reward": float(spearmanr(raced, whole).statistic),
         "race_spearman_accuracy": float(spearmanr(raced_acc, whole_acc).statistic),
         "race_batch_best_kept": float(np.mean(best_kept)),
+        "whole_split_accuracy_sd": float(np.std(whole_acc)),
+        "halves_spearman_accuracy": float(spearmanr(*halves).statistic),
     }
+
+
+def split_half_accuracy(env, params, plans: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each plan's validation accuracy on the first and on the second half of the split: how
+    well the whole split itself can order these plans (their Spearman correlation is the
+    reproducibility of a score on half the images, a ceiling for a race on fewer)."""
+    half = params.x_val.shape[0] // 2
+
+    def right(plan, x, y):
+        pred = jnp.argmax(env.logits(plan, params, x), axis=-1)
+        return jnp.sum(pred == y) / jnp.maximum(jnp.sum(y >= 0), 1)  # -1 labels pad
+
+    parts = ((params.x_val[:half], params.y_val[:half]), (params.x_val[half:], params.y_val[half:]))
+    score = jax.jit(lambda ps, x, y: jax.lax.map(lambda p: right(p, x, y), ps))
+    first, second = (np.asarray(score(jnp.asarray(plans), x, y)) for x, y in parts)
+    return first, second
 
 
 CONV_CASES = (  # (name, (H, W, C), kernel, stride, groups): depthwise and grouped, CIFAR-sized
