@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from autocomp.techniques import identity_index
 from autocomp.workflow.pipeline import plan_logits
@@ -26,6 +27,7 @@ def test_channel_correction_maps_each_channel_onto_the_originals_statistics():
     assert (scale[2], shift[2]) == (1.0, 0.0)  # left as it is, not blown up
 
 
+@pytest.mark.slow  # 32 s; the option is off by default (docs/ranking.md)
 def test_corrected_scores_leave_the_base_model_and_the_materialization_check_alone(prepared):
     p = prepared
     env = CompressionEnv(p.ops, p.space, correct=True)
