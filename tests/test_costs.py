@@ -269,7 +269,7 @@ def test_partial_rows_survive_a_torn_last_line(tmp_path):
     assert list(load_partial(out)) == ["a"]
 
 
-def test_host_profile_measures_resumes_and_validates(tmp_path, monkeypatch):
+def test_host_profile_measures_resumes_and_validates(tmp_path, monkeypatch, caplog):
     """A real profile of a tiny search space (keep only): every configuration timed in the
     LiteRT interpreter, a row measured before the 'kill' kept as it was, and the whole model
     measured against the table's prediction."""
@@ -301,12 +301,14 @@ def test_host_profile_measures_resumes_and_validates(tmp_path, monkeypatch):
     # every row also timed as the export's int8 file runs it, with its own call overhead
     assert all(r["latency_int8_ms"] >= 0 for r in table["rows"])
     assert table["invoke_overhead_int8_ms"] > 0
-    # and the QUANTIZE/DEQUANTIZE rate around +q8 layers, which then prices them
-    assert table["conversion_gbs"] > 0
-    from autocomp.devices.costs import conversion_ms
+    # and the QUANTIZE/DEQUANTIZE rate around +q8 layers, which then prices them (a host whose
+    # noise hides them after three tries says so and leaves the rate out of the table)
+    if "conversion_gbs" in table or "not measured" not in caplog.text:
+        assert table["conversion_gbs"] > 0
+        from autocomp.devices.costs import conversion_ms
 
-    rate = 5 * 64 / (load_profile(str(out)).conversion_gbs * 1e9) * 1e3
-    assert conversion_ms(load_profile(str(out)), (8, 8, 1)) == pytest.approx(rate)
+        rate = 5 * 64 / (load_profile(str(out)).conversion_gbs * 1e9) * 1e3
+        assert conversion_ms(load_profile(str(out)), (8, 8, 1)) == pytest.approx(rate)
     assert table["device"]["platform"] == "host" and table["kind"] == "measured"
     assert not table["energy"]["measured"] or "RAPL" in table["energy"]["method"]
     [check] = table["validation"]
@@ -432,3 +434,23 @@ def test_the_per_op_correction_is_fitted_on_whole_plans_and_taken_off_row_prices
     path.write_text(json.dumps(table))
     with pytest.raises(CostTableError, match="per_op_correction_ms must be a non-negative"):
         load_profile(str(path))
+
+
+def test_conversion_rate_is_timed_again_within_noise_and_left_out_when_hidden(monkeypatch, caplog):
+    """``conversion_gbs``: pairs timed again while a difference is within noise (the median
+    kept); no rate at all, with a warning, where none rises above it."""
+    from autocomp.devices import mixed
+
+    models = [(n, f"mixed{n}", f"int8{n}") for n in (100, 200)]
+    monkeypatch.setattr(mixed, "conversion_models", lambda: models)
+    calls = []
+
+    def noisy_then_clear(content):  # first round: mixed no slower; later: 1 ms per 500 bytes
+        calls.append(content)
+        n = int(content.removeprefix("mixed").removeprefix("int8"))
+        return 5 * n / 500 if content.startswith("mixed") and len(calls) > 4 else 0.0
+
+    rate = mixed.conversion_gbs(noisy_then_clear)
+    # two tries: medians 0.5 and 1 ms for 500 and 1,000 bytes, above the noise, so no third
+    assert len(calls) == 8 and rate == pytest.approx(500 / 0.5e-3 / 1e9)
+    assert mixed.conversion_gbs(lambda content: 1.0) is None and "not measured" in caplog.text
