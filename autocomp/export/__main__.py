@@ -74,17 +74,13 @@ def main(argv: list[str] | None = None) -> int:
                 f"{100 * q['test_accuracy']:.2f}%, top-1 agreement with JAX "
                 f"{100 * q['top1_agreement']:.2f}%, {q['latency_ms']['median']:.4f} ms"
             )
-        predicted = (q.get("table_latency_ms") or {}).get("predicted_ms")
-        if kind == "int8" and "bytes" in q and predicted is not None:
-            lines.append(f"         on {q['table_latency_ms']['table']} (its int8 column): "
-                         f"{predicted:.4f} ms")  # fmt: skip
-        if kind == "mixed" and ("bytes" in q or "error" in q):
-            table = q.get("table_latency_ms") or {}
-            if "error" in q:
-                lines.append(f"mixed:   not written: {q['error']}")
-            elif table.get("predicted_ms") is not None:
-                lines.append(f"         the plan as priced on {table['table']}: "
-                             f"{table['predicted_ms']:.4f} ms")  # fmt: skip
+        table = q.get("table_latency_ms") or {}  # the device table's price beside the host's
+        if kind == "mixed" and "error" in q:
+            lines.append(f"mixed:   not written: {q['error']}")
+        elif "bytes" in q and table.get("predicted_ms") is not None:
+            what = "on {} (its int8 column)" if kind == "int8" else "the plan as priced on {}"
+            lines.append(f"         {what.format(table['table'])}: "
+                         f"{table['predicted_ms']:.4f} ms")  # fmt: skip
     files = [name for name in FILE_NAMES.values() if (out / name).is_file()]
     print(  # noqa: T201 (CLI output)
         "\n".join(lines) + f"\nchecks: {report['checks']} -> "

@@ -10,7 +10,7 @@ from collections.abc import Callable
 import numpy as np
 
 from autocomp.devices.host import cpu_model
-from autocomp.export.tflite import TfliteModel, tflite_op_names
+from autocomp.export.tflite import FILE_NAMES, TfliteModel, tflite_op_names
 from autocomp.models.ops import Op
 from autocomp.training.loop import predict
 
@@ -80,7 +80,7 @@ def summary(run_dir, report: dict) -> str:
     accuracy, the int8 file's latency measured here beside the device table's prediction, and
     the checks."""
     accuracies = ", ".join(f"{kind} {report[kind]['test_accuracy']:.4f}"
-                           for kind in ("float32", "int8", "mixed")
+                           for kind in FILE_NAMES
                            if "test_accuracy" in report.get(kind, {}))  # fmt: skip
     int8 = report.get("int8", {})
     predicted = (int8.get("table_latency_ms") or {}).get("predicted_ms")

@@ -152,11 +152,12 @@ def split_half_accuracy(env, params, plans: np.ndarray) -> tuple[np.ndarray, np.
     """Each plan's validation accuracy on the first and on the second half of the split: how
     well the whole split itself can order these plans (their Spearman correlation is the
     reproducibility of a score on half the images, a ceiling for a race on fewer)."""
+    from autocomp.sharding import labelled_accuracy  # -1 labels pad a split over devices
+
     half = params.x_val.shape[0] // 2
 
     def right(plan, x, y):
-        pred = jnp.argmax(env.logits(plan, params, x), axis=-1)
-        return jnp.sum(pred == y) / jnp.maximum(jnp.sum(y >= 0), 1)  # -1 labels pad
+        return labelled_accuracy(jnp.argmax(env.logits(plan, params, x), axis=-1), y)
 
     parts = ((params.x_val[:half], params.y_val[:half]), (params.x_val[half:], params.y_val[half:]))
     score = jax.jit(lambda ps, x, y: jax.lax.map(lambda p: right(p, x, y), ps))
