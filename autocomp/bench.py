@@ -3,10 +3,12 @@
 ``python -m autocomp.bench search [experiment=digits] [overrides...]``: compile time of the plan
 evaluation, plan evaluations per second (random masked plans through the environment, and whole
 agent updates), and how many compilations happened after the first plan (target: zero);
-``batches=20`` batches of random plans are timed. With ``env.race.examples=<n>`` (racing), also
-the whole-split throughput of the same plans and the rank correlation of the raced scores with
-the whole-split ones. With ``budgets=0.3,0.5,0.7``: a whole search per latency budget,
-separately against one vmapped search over all of them, and the speedup.
+``batches=20`` batches of random plans and ``chunks=3`` chunks of the agent are timed. With
+``env.race.examples=<n>`` (racing), also the whole-split throughput of the same plans and the
+rank correlation of the raced scores with the whole-split ones, on the random plans and
+(``agent_*``) on the agent's own plans of those chunks. With ``budgets=0.3,0.5,0.7``: a whole
+search per latency budget, separately against one vmapped search over all of them, and the
+speedup.
 
 ``python -m autocomp.bench scale [devices=1,2] [experiment=digits]``: ``bench search`` with 1 and
 2 devices (on CPU, forced host devices), the validation examples split over them.
@@ -74,7 +76,7 @@ def _random_plans(env, params, batch: int):
     )
 
 
-def bench_search(overrides: list[str], batches: int = 20) -> dict[str, float]:
+def bench_search(overrides: list[str], batches: int = 20, chunks: int = 3) -> dict[str, float]:
     from agents import AGENTS
     from autocomp.run import build_env, compose
     from autocomp.workflow.pipeline import prepare
@@ -123,12 +125,18 @@ def bench_search(overrides: list[str], batches: int = 20) -> dict[str, float]:
     state, _ = jax.block_until_ready(trainer.run_chunk(state, params))
     agent_compile_s = time.perf_counter() - start
     before = counter.compiles
-    chunks = 3
     start = time.perf_counter()
+    own = []  # the agent's own batches: plans as a search evaluates them
     for _ in range(chunks):
-        state, _ = jax.block_until_ready(trainer.run_chunk(state, params))
+        state, metrics = jax.block_until_ready(trainer.run_chunk(state, params))
+        own.append(jax.device_get(metrics))
     agent_s = time.perf_counter() - start
+    recompiles_agent = counter.compiles - before
     episodes = chunks * trainer.episodes_per_chunk
+    if config.env.race.examples > 0:
+        from autocomp.search.benchmarks import agent_race_figures
+
+        race |= agent_race_figures(env, params, own)
     return {
         "experiment": config.name,
         "layers": env.spec.num_steps,
@@ -140,7 +148,7 @@ def bench_search(overrides: list[str], batches: int = 20) -> dict[str, float]:
         "recompiles_after_first_plan": recompiles_eval,
         "agent_chunk_compile_s": agent_compile_s,
         "agent_episodes_per_s": episodes / agent_s,
-        "recompiles_agent_after_first_chunk": counter.compiles - before,
+        "recompiles_agent_after_first_chunk": recompiles_agent,
         "backend": jax.default_backend(),
     }
 
@@ -354,15 +362,16 @@ def main(argv: list[str]) -> None:
             print(f"{row['case']:<28} {row['lax_ms']:>12.1f} {row['fast_ms']:>12.1f} "
                   f"{row['speedup']:>7.1f}x")  # fmt: skip
         return
-    rest = [a for a in argv[1:] if not a.startswith(("budgets=", "batches="))]
+    rest = [a for a in argv[1:] if not a.startswith(("budgets=", "batches=", "chunks="))]
     budgets = [a.split("=", 1)[1] for a in argv[1:] if a.startswith("budgets=")]
     batches = [int(a.split("=", 1)[1]) for a in argv[1:] if a.startswith("batches=")]
+    chunks = [int(a.split("=", 1)[1]) for a in argv[1:] if a.startswith("chunks=")]
     if budgets:
         from autocomp.search.benchmarks import bench_budgets
 
         result = bench_budgets(rest, [float(b) for b in budgets[-1].split(",")])
     else:
-        result = bench_search(rest, *batches[-1:])
+        result = bench_search(rest, *(batches[-1:] or [20]), *chunks[-1:])
     width = max(map(len, result))
     for key, value in result.items():
         shown = f"{value:,.3f}" if isinstance(value, float) else str(value)

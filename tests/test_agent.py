@@ -153,3 +153,58 @@ def test_parent_decay_favours_the_queue_head():
     uniform, head = np.bincount(parents(0.0), minlength=4), np.bincount(parents(5.0), minlength=4)
     assert uniform.min() > 200  # about 256 each
     assert head[0] > 1000  # the others weigh exp(-5) = 0.7% each
+
+
+def test_front_keeps_the_accuracy_latency_front():
+    """The archive keeps the non-dominated in-budget plans (one of equal ones), fastest first;
+    past its size, plans spread along the front including both ends."""
+    from agents.compressor_critic.train import Front
+
+    plans = jnp.arange(7)[:, None, None] * jnp.ones((7, 2, 2), jnp.int32)  # plan i: all i
+    acc = jnp.array([0.5, 0.6, 0.4, 0.9, 0.9, 0.95, 0.7])
+    lat = jnp.array([1.0, 2.0, 3.0, 4.0, 4.0, 5.0, 4.5])
+    over = jnp.array([False] * 5 + [True, False])  # plan 5 is over the budget
+    front = Front.empty(6, num_steps=2).push(plans, acc, lat, over)
+    # 2 is beaten by 1, 4 equals 3 (the first counts), 6 is beaten by 3
+    np.testing.assert_array_equal(front.action[:3, 0, 0], [0, 1, 3])
+    np.testing.assert_array_equal(front.latency, [1.0, 2.0, 4.0] + [np.inf] * 3)
+    again = front.push(plans[:1], jnp.array([0.99]), jnp.array([0.5]), jnp.zeros(1, bool))
+    np.testing.assert_array_equal(again.latency[:1], [0.5])  # plan 0 at a new score beats all
+    assert np.isfinite(again.latency).sum() == 1
+    many = jnp.linspace(1.0, 2.0, 9)  # 9 non-dominated plans into 3 slots: both ends and the middle
+    small = Front.empty(3, num_steps=2).push(
+        jnp.arange(9)[:, None, None] * jnp.ones((9, 2, 2), jnp.int32), many, many,
+        jnp.zeros(9, bool),
+    )  # fmt: skip
+    np.testing.assert_array_equal(small.action[:, 0, 0], [0, 4, 8])
+
+
+def test_variants_from_the_front_uniform_actions_and_layer_pairs():
+    """Front rows take their parents from the front archive; the ``uniform`` rows' new action
+    ignores the policy's logits; ``pair_share`` 1 changes two layers where they differ."""
+    from agents.compressor_critic.networks import sample_action
+    from agents.compressor_critic.train import Elite, Front, Variants, _variants, _with_variants
+
+    queue = Elite(jnp.zeros((2, 6, 2), jnp.int32), jnp.array([1.0, -jnp.inf]))
+    front = Front(jnp.ones((2, 6, 2), jnp.int32), jnp.array([0.5, 0.6]), jnp.array([1.0, 2.0]))
+    v = _variants(jax.random.key(0), queue, 64, 48, front=front, front_rows=24, uniform_rows=48)
+    parents = np.asarray(v.action)[0, :, 0]
+    assert (parents[16:40] == 0).all() and (parents[40:] == 1).all()
+    flat = np.asarray(v.uniform)
+    assert flat[:, 16:].any(axis=0).all() and not flat[:, :16].any()
+    pairs = _variants(jax.random.key(0), queue, 256, 256, pair_share=1.0)
+    changed = np.asarray(pairs.change).sum(axis=0)
+    assert set(changed) <= {1, 2} and (changed == 2).mean() > 0.7  # the same layer twice: 1/6
+
+    mask = jnp.ones((512, 3, 4), bool)
+    t_logits = jnp.broadcast_to(jnp.array([50.0, 0.0, 0.0]), (512, 3))  # the policy: technique 0
+    r_logits = jnp.zeros((512, 3, 4))
+    step = Variants(jnp.zeros((512, 2), jnp.int32), jnp.zeros(512, bool), jnp.ones(512, bool),
+                    jnp.arange(512) >= 256)  # fmt: skip
+    act = _with_variants(sample_action, None)(jax.random.key(1), t_logits, r_logits, mask, None)
+    assert (np.asarray(act)[:, 0] == 0).all()
+    act = np.asarray(_with_variants(sample_action, step)(jax.random.key(1), t_logits, r_logits,
+                                                          mask, step))  # fmt: skip
+    assert (act[:256, 0] == 0).all() and not (act[:, :] == 0).all(axis=1).any()  # never (0, 0)
+    counts = np.bincount(act[256:, 0] * 4 + act[256:, 1], minlength=12)
+    assert counts[0] == 0 and counts[1:].min() > 5  # the other 11 actions alike (about 23 each)

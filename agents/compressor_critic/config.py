@@ -43,6 +43,16 @@ class CompressorCriticConfig:
             sensitivity recommends and the local search refines them (needs an environment
             with ``greedy_tables`` and ``greedy_fits``; others start without them). They are
             evaluated and counted like every other plan. 0: off.
+        front: size of an archive of the accuracy-latency front of the in-budget plans seen
+            (non-dominated plans, spread evenly along the front when there are more), a second
+            source of the variants' parents (0: none). It widens the front the search
+            explores (hypervolume) at some cost to refining the best plan (docs/agents.md).
+        front_share: the share of the variant rows whose parents are drawn uniformly from the
+            front archive instead of the queue (with ``front`` > 0).
+        uniform_share: the share of the variant rows whose new action is drawn uniformly over
+            the allowed ones, as evolution mutates, instead of from the policy.
+        pair_share: the probability that a variant changes a second layer (drawn uniformly,
+            possibly the same one) as well.
         joint_finetune: DeepIoT's joint fine-tuning: after each chunk, the network's weights
             take ``joint_steps`` Adam steps under the chunk's in-budget plans
             (:mod:`autocomp.search.joint`); the chosen plan is materialized from the tuned
@@ -68,6 +78,10 @@ class CompressorCriticConfig:
     local_share: float = 0.5
     parent_decay: float = 0.0
     greedy_start: int = 4
+    front: int = 0
+    front_share: float = 0.0
+    uniform_share: float = 0.0
+    pair_share: float = 0.0
     joint_finetune: bool = False
     joint_steps: int = 16
     joint_learning_rate: float = 1e-4
@@ -85,6 +99,14 @@ class CompressorCriticConfig:
             raise ValueError(
                 f"agent.elite={self.elite}, agent.parent_decay={self.parent_decay} and "
                 f"agent.greedy_start={self.greedy_start} must be >= 0"
+            )
+        shares = {"front_share": self.front_share, "uniform_share": self.uniform_share,
+                  "pair_share": self.pair_share}  # fmt: skip
+        if self.front < 0 or any(not 0.0 <= v <= 1.0 for v in shares.values()):
+            raise ValueError(
+                f"agent.front={self.front} must be >= 0 and "
+                + ", ".join(f"agent.{k}={v}" for k, v in shares.items())
+                + " in [0, 1]"
             )
         if not 0.0 <= self.local_share < 1.0 or self.batch_episodes - self.variants_per_batch < 2:
             raise ValueError(

@@ -68,12 +68,55 @@ class Elite(NamedTuple):
         return Elite(action[keep], score[keep])
 
 
+class Front(NamedTuple):
+    """An archive of the accuracy-latency front of the in-budget plans seen: plans int[K, L, 2],
+    their accuracy and latency float[K], fastest first (latency +inf marks an empty slot).
+    Where the front has more than ``K`` plans, ``K`` spread evenly along it are kept."""
+
+    action: jax.Array
+    accuracy: jax.Array
+    latency: jax.Array
+
+    @staticmethod
+    def empty(size: int, num_steps: int) -> Front:
+        return Front(
+            jnp.zeros((size, num_steps, 2), jnp.int32),
+            jnp.full((size,), -jnp.inf, jnp.float32),
+            jnp.full((size,), jnp.inf, jnp.float32),
+        )
+
+    def push(self, plans, accuracy, latency, violation) -> Front:
+        """The archive with a batch [B, L, 2] folded in: the non-dominated plans of both (of
+        plans with equal accuracy and latency, the first), at most ``K`` of them."""
+        action = jnp.concatenate([self.action, plans])
+        acc = jnp.concatenate([self.accuracy, jnp.where(violation, -jnp.inf, accuracy)])
+        lat = jnp.concatenate([self.latency, jnp.where(violation, jnp.inf, latency)])
+        n = acc.shape[0]
+        ok = jnp.isfinite(lat) & jnp.isfinite(acc)
+        ge = (acc[None, :] >= acc[:, None]) & (lat[None, :] <= lat[:, None])  # j weakly beats i
+        strict = (acc[None, :] > acc[:, None]) | (lat[None, :] < lat[:, None])
+        tie = ~strict & (jnp.arange(n)[None, :] < jnp.arange(n)[:, None])
+        beaten = jnp.any(ge & (strict | tie) & ok[None, :], axis=1)
+        front = ok & ~beaten
+        order = jnp.argsort(jnp.where(front, lat, jnp.inf))
+        count = jnp.sum(front)
+        k = self.latency.shape[0]
+        spread = jnp.round(jnp.arange(k) * (count - 1) / max(k - 1, 1)).astype(jnp.int32)
+        pick = jnp.where(count > k, spread, jnp.arange(k))
+        keep = order[pick]
+        full = jnp.arange(k) < count
+        return Front(
+            action[keep], jnp.where(full, acc[keep], -jnp.inf), jnp.where(full, lat[keep], jnp.inf)
+        )
+
+
 class TrainState(NamedTuple):
     params: Any
     opt_state: Any
     key: jax.Array
     update: jax.Array
     elite: Elite
+    front: Front
 
 
 def _network(config: CompressorCriticConfig, env: Environment) -> CompressorCritic:
@@ -89,24 +132,42 @@ class Variants(NamedTuple):
     action: jax.Array
     keep: jax.Array
     change: jax.Array
+    uniform: jax.Array | None = None  # [L, B]: the changed layer's action uniform, not sampled
 
 
-def _variants(key, elite: Elite, batch: int, rows: int, decay: float = 0.0) -> Variants:
+def _variants(
+    key, elite: Elite, batch: int, rows: int, decay: float = 0.0, front: Front | None = None,
+    front_rows: int = 0, uniform_rows: int = 0, pair_share: float = 0.0,
+) -> Variants:  # fmt: skip
     """For a batch whose last ``rows`` are one-layer variants of plans drawn from the queue's
     full slots, rank r with weight exp(-decay * r) (the queue is sorted best first; while it is
-    empty, every row is the policy's own sample)."""
-    k_pick, k_layer = jax.random.split(key)
+    empty, every row is the policy's own sample); of them, the last ``front_rows`` drawn
+    uniformly from the front archive's full slots instead (where it has any), and the last
+    ``uniform_rows`` take the changed layer's new action uniformly over the allowed ones."""
+    k_pick, k_layer = jax.random.split(key)  # the same draws as without the options
+    k_front, k_pair, k_second = (jax.random.fold_in(key, i) for i in (1, 2, 3))
     full = jnp.isfinite(elite.reward)
     rank = -decay * jnp.arange(elite.reward.shape[0], dtype=jnp.float32)
     pick = jax.random.categorical(k_pick, jnp.where(full, rank, -jnp.inf), shape=(rows,))
+    parents = elite.action[pick]
+    if front is not None and front_rows:
+        in_front = jnp.isfinite(front.latency)
+        f_pick = jax.random.categorical(
+            k_front, jnp.where(in_front, 0.0, -jnp.inf), shape=(front_rows,)
+        )
+        tail = jnp.where(jnp.any(in_front), front.action[f_pick], parents[rows - front_rows :])
+        parents = parents.at[rows - front_rows :].set(tail)
     steps = elite.action.shape[1]
-    layer = jax.random.randint(k_layer, (rows,), 0, steps)
+    layer = jnp.stack([jax.random.randint(k, (rows,), 0, steps) for k in (k_layer, k_second)])
     own = batch - rows  # the first rows: the policy's own samples, masked out by `row`
     row = (jnp.arange(batch) >= own) & jnp.any(full)
-    layer = jnp.concatenate([jnp.zeros(own, layer.dtype), layer])
-    on = jnp.arange(steps)[:, None] == layer[None, :]  # [L, B]
-    queued = jnp.concatenate([jnp.zeros((own, steps, 2), jnp.int32), elite.action[pick]])
-    return Variants(jnp.swapaxes(queued, 0, 1), ~on & row, on & row)
+    layer = jnp.concatenate([jnp.zeros((2, own), layer.dtype), layer], axis=1)
+    on = jnp.arange(steps)[:, None] == layer[0][None, :]  # [L, B]
+    pair = jax.random.uniform(k_pair, (batch,)) < pair_share  # these change a second layer too
+    on = on | ((jnp.arange(steps)[:, None] == layer[1][None, :]) & pair[None, :])
+    queued = jnp.concatenate([jnp.zeros((own, steps, 2), jnp.int32), parents])
+    flat = jnp.broadcast_to(jnp.arange(batch) >= batch - uniform_rows, on.shape)
+    return Variants(jnp.swapaxes(queued, 0, 1), ~on & row, on & row, on & row & flat)
 
 
 def _equal_slope(env: Environment, env_params, lam) -> jax.Array:
@@ -140,7 +201,7 @@ def _queued(plans: jax.Array, batch: int) -> Variants:
     own = batch - plans.shape[0]
     queued = jnp.concatenate([jnp.zeros((own, *plans.shape[1:]), jnp.int32), plans])
     keep = jnp.broadcast_to(jnp.arange(batch) >= own, (plans.shape[1], batch))
-    return Variants(jnp.swapaxes(queued, 0, 1), keep, jnp.zeros_like(keep))
+    return Variants(jnp.swapaxes(queued, 0, 1), keep, jnp.zeros_like(keep), jnp.zeros_like(keep))
 
 
 def _greedy_start(env, env_params, variants: Variants, update, updates: int, batch: int,
@@ -171,6 +232,13 @@ def _with_variants(act_fn, variants: Variants | None):
         other_ok = jnp.any(other, axis=(1, 2))
         mask = jnp.where((step.change & was & other_ok)[:, None, None], other, mask)
         sampled = act_fn(key, t_logits, r_logits, mask)
+        k_flat = jax.random.fold_in(key, 1)
+        if step.uniform is not None:
+            flat = jax.random.categorical(
+                k_flat, jnp.where(mask, 0.0, -jnp.inf).reshape(mask.shape[0], -1)
+            )
+            flat = jnp.stack(jnp.divmod(flat, mask.shape[-1]), axis=-1).astype(jnp.int32)
+            sampled = jnp.where(step.uniform[:, None], flat, sampled)
         return jnp.where((step.keep & was)[:, None], step.action, sampled)
 
     return act
@@ -226,6 +294,17 @@ def _loss(net, params, traj: Rollout, entropy_coef, value_coef, top_share=1.0):
     return total, {"pg_loss": pg, "value_loss": v, "entropy": -ent}
 
 
+def _batch_variants(key, state: TrainState, config: CompressorCriticConfig, local: int):
+    """The update's :class:`Variants` (``local`` rows of the batch), or None without any."""
+    if not local:
+        return None
+    front_rows = round(config.front_share * local) if config.front else 0
+    return _variants(
+        key, state.elite, config.batch_episodes, local, config.parent_decay, state.front,
+        front_rows, round(config.uniform_share * local), config.pair_share,
+    )  # fmt: skip
+
+
 def make_trainer(config: CompressorCriticConfig, env: Environment) -> Trainer:
     """The compressor-critic as a :class:`~autocomp.search.agent.Trainer`: one chunk is
     ``updates_per_chunk`` policy-gradient updates of ``batch_episodes`` plans each, one jitted
@@ -242,7 +321,8 @@ def make_trainer(config: CompressorCriticConfig, env: Environment) -> Trainer:
         dummy = jnp.zeros((1, env.spec.obs_dim), jnp.float32)
         params = net.init(k_init, net.initial_carry(1), dummy)
         elite = Elite.empty(config.elite, env.spec.num_steps)
-        return TrainState(params, tx.init(params), key, jnp.int32(0), elite)
+        front = Front.empty(config.front, env.spec.num_steps)
+        return TrainState(params, tx.init(params), key, jnp.int32(0), elite, front)
 
     local = config.variants_per_batch if config.elite else 0
     greedy_start = config.greedy_start if local and hasattr(env, "greedy_fits") else 0
@@ -254,11 +334,7 @@ def make_trainer(config: CompressorCriticConfig, env: Environment) -> Trainer:
 
     def update(env_params, state: TrainState, _):
         key, k_roll, k_var = jax.random.split(state.key, 3)
-        variants = (
-            _variants(k_var, state.elite, config.batch_episodes, local, config.parent_decay)
-            if local
-            else None
-        )
+        variants = _batch_variants(k_var, state, config, local)
         if greedy_start:  # the first updates' variant rows: equal-slope plans
             variants = _greedy_start(
                 env, env_params, variants, state.update, greedy_start, config.batch_episodes, local
@@ -279,11 +355,14 @@ def make_trainer(config: CompressorCriticConfig, env: Environment) -> Trainer:
         reward = traj.reward.sum(axis=0)
         plan = jnp.swapaxes(traj.action, 0, 1)
         elite = state.elite.push(plan, reward, last.violation) if config.elite else state.elite
+        front = state.front
+        if config.front:
+            front = front.push(plan, last.accuracy, last.latency_ms, last.violation)
         grads, aux = jax.grad(loss, has_aux=True)(state.params, traj, entropy_coef)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics = episode_record(plan, reward, last) | aux
-        return TrainState(params, opt_state, key, state.update + 1, elite), metrics
+        return TrainState(params, opt_state, key, state.update + 1, elite, front), metrics
 
     run_chunk = scan_chunk(update, config.updates_per_chunk)
 

@@ -148,6 +148,21 @@ def race_figures(env, params, scored: list[dict]) -> dict[str, float]:
     }
 
 
+def agent_race_figures(env, params, chunks: list[dict]) -> dict[str, float]:
+    """:func:`race_figures` on an agent's own plans (each chunk's metrics [U, B, ...], one
+    batch per step): the plans a search evaluates, nearer the budget line and wider apart in
+    accuracy than random ones. Prefixed ``agent_``; the throughput is left to the random plans."""
+    steps = [
+        {k: np.asarray(m[k][u]) for k in ("plan", "reward", "accuracy")}
+        for m in chunks
+        for u in range(np.asarray(m["reward"]).shape[0])
+    ]
+    figures = race_figures(env, params, steps)
+    figures["plans"] = sum(len(s["reward"]) for s in steps)
+    skip = ("race_examples", "race_keep", "plan_evals_per_s_whole_split")
+    return {f"agent_{k}": v for k, v in figures.items() if k not in skip}
+
+
 def split_half_accuracy(env, params, plans: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Each plan's validation accuracy on the first and on the second half of the split: how
     well the whole split itself can order these plans (their Spearman correlation is the
