@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # The smoke runs of the data-set experiments (about 1 min for MNIST, 2-3 min for the others on
 # 2 CPU cores) run with `make test-slow`; digits, the default, runs end to end through the CLI
 # in tests/test_pipeline.py.
-BIG = {"audio", "cifar", "imagenet", "mnist"}
+BIG = {"audio", "cifar", "cifar_resnet20", "imagenet", "mnist"}
 # `custom` needs the user's model (model._target_): tests/test_own_models.py runs it with one.
 NAMES = [
     p.stem
@@ -56,7 +56,8 @@ def test_experiment_composes_and_runs_a_few_steps(name, tmp_path, cache_dir):
     # The big models run a few steps with a subset of the techniques (every technique runs on
     # the small ones here, and on its own in test_techniques): compiling 12 branches per layer
     # of VGG and MobileNet costs minutes.
-    tiny = [*TINY, *(BIG_MODEL_TECHNIQUES if name in ("cifar", "imagenet") else [])]
+    big_model = name in ("cifar", "cifar_resnet20", "imagenet")
+    tiny = [*TINY, *(BIG_MODEL_TECHNIQUES if big_model else [])]
     cfg = _compose([f"experiment={name}", f"base.cache_dir={cache_dir}", *tiny])
     if cfg.data.source == "local" and not Path(cfg.data.path).exists():
         pytest.skip(f"data for experiment={name} not found at {cfg.data.path}")
