@@ -262,6 +262,16 @@ def test_racing_finishes_the_best_quarter_of_a_batch_on_the_whole_split(raced):
     np.testing.assert_allclose((half * first + (n - half) * second) / n, s["whole"]["accuracy"],
                                atol=1e-5)  # fmt: skip
     assert not np.allclose(first, second)  # two different halves
+    # the same figures on an agent's chunk ([U, B] steps of plans), against the whole split
+    from scipy.stats import spearmanr
+
+    from autocomp.search.benchmarks import agent_race_figures
+
+    chunk = {k: np.reshape(v, (2, 8, *np.shape(v)[1:])) for k, v in s["raced"].items()}
+    figures = agent_race_figures(race, params, [chunk])
+    assert figures["agent_plans"] == 16
+    rho = spearmanr(s["raced"]["accuracy"], s["whole"]["accuracy"]).statistic
+    np.testing.assert_allclose(figures["agent_race_spearman_accuracy"], rho, atol=1e-9)
 
 
 def test_selection_after_racing_rescores_until_the_chosen_plan_is_exact(prepared, raced):
