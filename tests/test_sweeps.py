@@ -73,8 +73,8 @@ def test_launch_files_compose(path, cache_dir):
         to_config(_compose([*combo, f"base.cache_dir={cache_dir}", *_tiny(combo)]))
 
 
-# budgets.yaml's trials run for real in the default run (test_sweep_runs_offline_and_resumes);
-# one trial of each other file, about 15 s each on 2 cores, with `make test-slow`
+# budgets.yaml's trials run for real through the sweep engine (test_sweep_runs_offline_and_resumes,
+# about 1 min) and one trial of each other file (about 15 s each on 2 cores), with `make test-slow`
 @pytest.mark.slow
 @pytest.mark.parametrize("path", [p for p in LAUNCH if p != BUDGETS], ids=lambda p: p.name)
 def test_launch_files_run_a_trial(path, tmp_path, cache_dir):
@@ -96,6 +96,7 @@ def _records(sweep_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (sweep_dir / "sweep.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_sweep_runs_offline_and_resumes(tmp_path, cache_dir):
     # budgets.yaml at seed 0 only: its first two budgets then share the cached base model (the
     # cache key holds the seed; a seed-1 trial would train its own, +20 s here).
