@@ -10,7 +10,10 @@ equal-slope plans (half of them the distinct plans nearest the budget line, then
 coarse to fine), so the queue starts from what the per-layer sensitivity recommends. Every plan
 feeds the queue; one Adam step on the own samples' ``pg_loss + value_coef * value_loss +
 entropy_coef * entropy_loss`` follows. Updates run in jitted chunks (``lax.scan``); the host logs
-and checkpoints between chunks. The delivered plan is the queue's head.
+and checkpoints between chunks. The delivered plan is the queue's head. Options, off by
+default: a share of the variants' parents drawn from an archive of the accuracy-latency front
+(``front``, ``front_share``), their new actions drawn uniformly (``uniform_share``), a second
+layer changed (``pair_share``).
 """
 
 from __future__ import annotations
