@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import sys
 import time
 
@@ -115,16 +116,36 @@ def bench_scale(argv: list[str]) -> list[dict]:
     return rows
 
 
+# Module-level programs with the environment static and its params an argument: a second call
+# (the agent's plans after the random ones) reuses the compiled program instead of compiling a
+# new closure's.
+@functools.partial(jax.jit, static_argnums=0)
+def _whole_split(env, params, plans):
+    return env.evaluate_plans(plans, params, True)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _accuracies(env, params, plans, x, y):
+    from autocomp.sharding import labelled_accuracy  # -1 labels pad a split over devices
+
+    def right(plan):
+        return labelled_accuracy(jnp.argmax(env.logits(plan, params, x), axis=-1), y)
+
+    return jax.lax.map(right, plans)
+
+
 def race_figures(env, params, scored: list[dict]) -> dict[str, float]:
     """The raced scores of ``scored`` (one dict per batch) against the whole-split scores of the
     same plans: rank correlation, whether each batch's best plan went on to the whole split,
     and the whole-split throughput."""
     from scipy.stats import spearmanr
 
-    full = jax.jit(lambda plans: env.evaluate_plans(plans, params, True))
-    jax.block_until_ready(full(scored[0]["plan"]))  # compile
+    jax.block_until_ready(_whole_split(env, params, scored[0]["plan"]))  # compile
     start = time.perf_counter()
-    exact = [jax.device_get(jax.block_until_ready(full(out["plan"]))) for out in scored]
+    exact = [
+        jax.device_get(jax.block_until_ready(_whole_split(env, params, out["plan"])))
+        for out in scored
+    ]
     full_s = time.perf_counter() - start
     raced = np.concatenate([out["reward"] for out in scored])
     whole = np.concatenate([out["reward"] for out in exact])
@@ -167,16 +188,9 @@ def split_half_accuracy(env, params, plans: np.ndarray) -> tuple[np.ndarray, np.
     """Each plan's validation accuracy on the first and on the second half of the split: how
     well the whole split itself can order these plans (their Spearman correlation is the
     reproducibility of a score on half the images, a ceiling for a race on fewer)."""
-    from autocomp.sharding import labelled_accuracy  # -1 labels pad a split over devices
-
     half = params.x_val.shape[0] // 2
-
-    def right(plan, x, y):
-        return labelled_accuracy(jnp.argmax(env.logits(plan, params, x), axis=-1), y)
-
     parts = ((params.x_val[:half], params.y_val[:half]), (params.x_val[half:], params.y_val[half:]))
-    score = jax.jit(lambda ps, x, y: jax.lax.map(lambda p: right(p, x, y), ps))
-    first, second = (np.asarray(score(jnp.asarray(plans), x, y)) for x, y in parts)
+    first, second = (np.asarray(_accuracies(env, params, plans, x, y)) for x, y in parts)
     return first, second
 
 
