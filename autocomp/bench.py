@@ -364,14 +364,17 @@ def main(argv: list[str]) -> None:
         return
     rest = [a for a in argv[1:] if not a.startswith(("budgets=", "batches=", "chunks="))]
     budgets = [a.split("=", 1)[1] for a in argv[1:] if a.startswith("budgets=")]
-    batches = [int(a.split("=", 1)[1]) for a in argv[1:] if a.startswith("batches=")]
-    chunks = [int(a.split("=", 1)[1]) for a in argv[1:] if a.startswith("chunks=")]
+    counts = {  # batches=, chunks=: the last one given of each
+        a.split("=", 1)[0]: int(a.split("=", 1)[1])
+        for a in argv[1:]
+        if a.startswith(("batches=", "chunks="))
+    }
     if budgets:
         from autocomp.search.benchmarks import bench_budgets
 
         result = bench_budgets(rest, [float(b) for b in budgets[-1].split(",")])
     else:
-        result = bench_search(rest, *(batches[-1:] or [20]), *chunks[-1:])
+        result = bench_search(rest, **counts)
     width = max(map(len, result))
     for key, value in result.items():
         shown = f"{value:,.3f}" if isinstance(value, float) else str(value)

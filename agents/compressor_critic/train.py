@@ -135,7 +135,7 @@ class Variants(NamedTuple):
     action: jax.Array
     keep: jax.Array
     change: jax.Array
-    uniform: jax.Array | None = None  # [L, B]: the changed layer's action uniform, not sampled
+    uniform: jax.Array  # [L, B]: where set, the changed layer's new action uniform, not sampled
 
 
 def _variants(
@@ -146,7 +146,8 @@ def _variants(
     full slots, rank r with weight exp(-decay * r) (the queue is sorted best first; while it is
     empty, every row is the policy's own sample); of them, the last ``front_rows`` drawn
     uniformly from the front archive's full slots instead (where it has any), and the last
-    ``uniform_rows`` take the changed layer's new action uniformly over the allowed ones."""
+    ``uniform_rows`` take the changed layer's new action uniformly over the allowed ones; each
+    variant changes a second layer as well with probability ``pair_share``."""
     k_pick, k_layer = jax.random.split(key)  # the same draws as without the options
     k_front, k_pair, k_second = (jax.random.fold_in(key, i) for i in (1, 2, 3))
     full = jnp.isfinite(elite.reward)
@@ -235,13 +236,11 @@ def _with_variants(act_fn, variants: Variants | None):
         other_ok = jnp.any(other, axis=(1, 2))
         mask = jnp.where((step.change & was & other_ok)[:, None, None], other, mask)
         sampled = act_fn(key, t_logits, r_logits, mask)
-        k_flat = jax.random.fold_in(key, 1)
-        if step.uniform is not None:
-            flat = jax.random.categorical(
-                k_flat, jnp.where(mask, 0.0, -jnp.inf).reshape(mask.shape[0], -1)
-            )
-            flat = jnp.stack(jnp.divmod(flat, mask.shape[-1]), axis=-1).astype(jnp.int32)
-            sampled = jnp.where(step.uniform[:, None], flat, sampled)
+        flat = jax.random.categorical(  # its own draw: the policy's samples stay as they were
+            jax.random.fold_in(key, 1), jnp.where(mask, 0.0, -jnp.inf).reshape(mask.shape[0], -1)
+        )
+        flat = jnp.stack(jnp.divmod(flat, mask.shape[-1]), axis=-1).astype(jnp.int32)
+        sampled = jnp.where(step.uniform[:, None], flat, sampled)
         return jnp.where((step.keep & was)[:, None], step.action, sampled)
 
     return act
