@@ -63,6 +63,17 @@ class CompileCounter:
         return self.events["compiles"]
 
 
+def _options(argv: list[str], keys: tuple[str, ...]) -> tuple[dict[str, str], list[str]]:
+    """The ``key=value`` arguments of ``argv`` whose key is one of ``keys`` (the last one given
+    of each), and the other arguments (the Hydra overrides)."""
+
+    def is_option(arg: str) -> bool:
+        return "=" in arg and arg.split("=", 1)[0] in keys
+
+    opts = dict(a.split("=", 1) for a in argv if is_option(a))
+    return opts, [a for a in argv if not is_option(a)]
+
+
 def _random_plans(env, params, batch: int):
     """A jitted rollout of uniformly random *allowed* actions: one batch of plans per call."""
     from autocomp.search import rollouts
@@ -186,9 +197,7 @@ def bench_costs(argv: list[str]) -> dict:
     from autocomp.devices.tables import load_profile
     from autocomp.run import compose
 
-    opts = {a.split("=", 1)[0]: a.split("=", 1)[1] for a in argv if a.split("=")[0] in
-            ("plans", "threads", "seed")}  # fmt: skip
-    overrides = [a for a in argv if a.split("=")[0] not in opts]
+    opts, overrides = _options(argv, ("plans", "threads", "seed"))
     if not any(a.startswith("device=") or a.startswith("device.") for a in overrides):
         overrides.append("device=host")
     config = compose(overrides)
@@ -272,9 +281,7 @@ def bench_agents(argv: list[str]) -> None:
     from autocomp.run import compose
     from autocomp.run.compare import compare_agents
 
-    keys = ("evaluations", "seeds", "agents", "out", "finetune")
-    opts = {a.split("=", 1)[0]: a.split("=", 1)[1] for a in argv if a.split("=")[0] in keys}
-    overrides = [a for a in argv if a.split("=")[0] not in keys]
+    opts, overrides = _options(argv, ("evaluations", "seeds", "agents", "out", "finetune"))
     name = compose(overrides).name
     out = Path(opts.get("out", f"outputs/bench/agents/{name}"))
     paths = compare_agents(
@@ -362,19 +369,13 @@ def main(argv: list[str]) -> None:
             print(f"{row['case']:<28} {row['lax_ms']:>12.1f} {row['fast_ms']:>12.1f} "
                   f"{row['speedup']:>7.1f}x")  # fmt: skip
         return
-    rest = [a for a in argv[1:] if not a.startswith(("budgets=", "batches=", "chunks="))]
-    budgets = [a.split("=", 1)[1] for a in argv[1:] if a.startswith("budgets=")]
-    counts = {  # batches=, chunks=: the last one given of each
-        a.split("=", 1)[0]: int(a.split("=", 1)[1])
-        for a in argv[1:]
-        if a.startswith(("batches=", "chunks="))
-    }
-    if budgets:
+    opts, rest = _options(argv[1:], ("budgets", "batches", "chunks"))
+    if "budgets" in opts:
         from autocomp.search.benchmarks import bench_budgets
 
-        result = bench_budgets(rest, [float(b) for b in budgets[-1].split(",")])
+        result = bench_budgets(rest, [float(b) for b in opts.pop("budgets").split(",")])
     else:
-        result = bench_search(rest, **counts)
+        result = bench_search(rest, **{k: int(v) for k, v in opts.items()})
     width = max(map(len, result))
     for key, value in result.items():
         shown = f"{value:,.3f}" if isinstance(value, float) else str(value)
