@@ -127,7 +127,6 @@ LONGEST = (
     "test_compress_a_trained_user_model_end_to_end",
     "test_joint_search_tunes_the_weights_and_materializes_them",
     "test_launch_files_run_a_trial",
-    "test_two_devices_score_plans_and_train_as_one_does",
     "test_a_budget_sweep_run_writes_a_model_per_budget_and_the_front",
     "test_sweep_runs_offline_and_resumes",
     "test_budget_sweep_on_a_real_search_chooses_what_separate_searches_choose",

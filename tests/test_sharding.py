@@ -38,6 +38,7 @@ def test_pad_examples_is_exact():
     assert float(labelled_accuracy(pred, yp)) == pytest.approx(0.8)
 
 
+@pytest.mark.slow  # about 70 s: two processes each compile a search and a training (make test-slow)
 @pytest.mark.xdist_group("sharding")
 def test_two_devices_score_plans_and_train_as_one_does(cache_dir):
     """An odd number of validation examples (so the 2-way split pads), 16 random plans: the same

@@ -90,7 +90,9 @@ def int8_view(profile: DeviceProfile) -> DeviceProfile | None:
     that have one, or (a table with an ``int8`` column and no int8 rows) times the ratio of the
     analytic model at the int8 MAC rate and bytes to the float one; the analytic model itself
     at the int8 rates; the int8 call overhead. Every lookup tier then answers for int8 as it
-    does for float. ``None``: the table has neither int8 rows nor an int8 column."""
+    does for float, and a ``+q8`` layer is priced as its float op of the view (no second int8
+    factor, no QUANTIZE/DEQUANTIZE). ``None``: the table has neither int8 rows nor an int8
+    column."""
     ratios = profile._int8_ratio
     if not ratios and profile.int8 is None:
         return None
@@ -107,12 +109,16 @@ def int8_view(profile: DeviceProfile) -> DeviceProfile | None:
                 kind, moved = analytic_kind(a, op, shape), weight_read + act_bytes
                 as_float = analytic_latency_ms(a, kind, macs, moved)
                 latency = row["latency_ms"] * analytic_latency_ms(a8, kind, macs, moved) / as_float
-        rows[key] = dict(row, latency_ms=float(latency))
+        rows[key] = {k: v for k, v in row.items() if k != "latency_int8_ms"}
+        rows[key]["latency_ms"] = float(latency)
     overhead = profile.invoke_overhead_int8_ms
+    # The view has no int8 data of its own: in model_int8.tflite a layer with 8-bit weights
+    # runs as every other layer does, so it must not be made int8 (and converted) twice.
     return replace(
         profile,
         name=f"{profile.name} (int8)",
         rows=rows,
         analytic=a8,
+        int8=None,
         invoke_overhead_ms=profile.invoke_overhead_ms if overhead is None else overhead,
     )
