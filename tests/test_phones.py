@@ -268,8 +268,7 @@ def test_the_int8_column_is_a_labelled_assumption_and_prices_int8_faster():
     assert price_ops_int8(phone, ops, (8, 8, 1)) < price_ops(phone, ops, (8, 8, 1)).latency_ms
     assert price_ops_int8(host, ops, (8, 8, 1)) is None
     # In model_int8.tflite a layer with 8-bit weights runs as every other one: int8 once, with
-    # no QUANTIZE/DEQUANTIZE (the int8 view of a
-    # model's search space priced it int8 twice before stop 41).
+    # no QUANTIZE/DEQUANTIZE (a search space priced on the view made it int8 twice before).
     for op, shape in cases[:2]:
         as_int8 = price_op(phone.int8_table, dataclasses.replace(op, bits=8), shape).latency_ms
         assert as_int8 == pytest.approx(int8_latency_ms(phone, op, shape))
